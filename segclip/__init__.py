@@ -1,0 +1,1 @@
+"""segclip: neuron-head pairs of CLIP-ResNet, for interpretation and training-free segmentation."""
