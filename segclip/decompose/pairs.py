@@ -1,0 +1,103 @@
+"""Pair directions w[n, h] = W_O^h W_v^h[:, n] in closed form, without forming N x H x d (method.md, section 2).
+
+    cos(w[n, h], t) = W_v^h[:, n] . (W_O^h^T t) / |w[n, h]|
+    |w[n, h]|^2     = W_v^h[:, n]^T G_h W_v^h[:, n],     G_h = W_O^h^T W_O^h  (head_dim x head_dim)
+
+All pairs against C texts cost O(N H head_dim C).
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from segclip.models.attnpool import AttentionPool
+
+
+
+class PairDirections:
+    """The fixed (image-independent) part of the neuron-head decomposition.
+
+    Args:
+        pool: the model's :class:`AttentionPool`.
+
+    Attributes:
+        num_neurons, num_heads, head_dim, embed_dim: N, H, head_dim, d.
+
+    Example:
+        >>> from segclip.models import load_model
+        >>> model = load_model("RN50", "none")
+        >>> pairs = PairDirections(model.pool)
+        >>> pairs.norms().shape
+        torch.Size([2048, 32])
+    """
+
+    def __init__(self, pool: AttentionPool):
+        self.pool = pool
+        self.num_neurons, self.num_heads = pool.neurons, pool.num_heads
+        self.head_dim, self.embed_dim = pool.head_dim, pool.embed_dim
+
+    @property
+    def value_weight(self) -> torch.Tensor:
+        """(H, head_dim, N): W_v^h."""
+        return self.pool.pool.v_proj.weight.view(self.num_heads, self.head_dim, self.num_neurons)
+
+    @property
+    def output_weight(self) -> torch.Tensor:
+        """(H, d, head_dim): W_O^h."""
+        return self.pool.pool.c_proj.weight.view(self.embed_dim, self.num_heads, self.head_dim).permute(1, 0, 2)
+
+    def head_biases(self) -> torch.Tensor:
+        """(H, d): beta[h] = W_O^h b_v^h."""
+        bias = self.pool.pool.v_proj.bias.view(self.num_heads, self.head_dim)
+        return torch.einsum("hdc,hc->hd", self.output_weight, bias)
+
+    def output_bias(self) -> torch.Tensor:
+        """(d,): b_O."""
+        return self.pool.pool.c_proj.bias
+
+    def norms(self) -> torch.Tensor:
+        """(N, H): |w[n, h]| via the per-head Gram matrices G_h."""
+        gram = torch.einsum("hdc,hde->hce", self.output_weight, self.output_weight)  # (H, hd, hd)
+        w_v = self.value_weight
+        squared = torch.einsum("hcn,hce,hen->nh", w_v, gram, w_v)
+        return squared.clamp_min(0).sqrt()
+
+    def dots(self, texts: torch.Tensor) -> torch.Tensor:
+        """(C, N, H): w[n, h] . t_c for texts (C, d)."""
+        projected = torch.einsum("hdc,kd->khc", self.output_weight, texts.to(self.output_weight.dtype))
+        return torch.einsum("khc,hcn->knh", projected, self.value_weight)
+
+    def cosines(self, texts: torch.Tensor) -> torch.Tensor:
+        """(C, N, H): cos(w[n, h], t_c) for texts (C, d)."""
+        texts = texts.to(self.output_weight.dtype)
+        unit = texts / texts.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        return self.dots(unit) / self.norms().clamp_min(1e-12)
+
+    def vectors(self, neurons: torch.Tensor, heads: torch.Tensor) -> torch.Tensor:
+        """Explicit directions for chosen pairs only.
+
+        Args:
+            neurons: (P,) neuron indices.
+            heads: (P,) head indices.
+
+        Returns:
+            (P, d): w[n_p, h_p].
+        """
+        w_v = self.value_weight[heads, :, neurons]  # (P, hd)
+        return torch.einsum("pdc,pc->pd", self.output_weight[heads], w_v)
+
+    def contributions(self, pair_scalars: torch.Tensor, neurons: torch.Tensor, heads: torch.Tensor) -> torch.Tensor:
+        """The paper's r[n, h] for chosen pairs: alpha w + beta[h] / N + b_O / (N H).
+
+        Args:
+            pair_scalars: (B, N, H) alpha.
+            neurons, heads: (P,) pair indices.
+
+        Returns:
+            (B, P, d).
+        """
+        alpha = pair_scalars[:, neurons, heads]  # (B, P)
+        shared = self.head_biases()[heads] / self.num_neurons + self.output_bias() / (self.num_neurons * self.num_heads)
+        return alpha[..., None] * self.vectors(neurons, heads) + shared

@@ -1,0 +1,118 @@
+"""CLIP-ResNet's attention pool, re-implemented from its parameters (method.md, section 1).
+
+open_clip's ``AttentionPool2d.forward`` changed between versions; its parameters did not. This module reads
+``positional_embedding``, ``q_proj``, ``k_proj``, ``v_proj``, ``c_proj`` and ``num_heads`` and exposes every
+intermediate: tokens, per-head projections and the class token's attention. Parity with ``attnpool(x)`` is
+tested for every ResNet architecture.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from segclip.errors import ModelError
+
+
+class AttentionPool(nn.Module):
+    """A view of open_clip's ``AttentionPool2d`` with named access points; shares its parameters.
+
+    Args:
+        pool: open_clip's ``AttentionPool2d`` (``model.visual.attnpool``).
+        interpolate_positions: accept layer4 grids other than the native one by bicubic interpolation of the
+            spatial positional embedding. Off by default: the paper's protocol uses native crops.
+
+    Example:
+        >>> import torch
+        >>> from open_clip.modified_resnet import AttentionPool2d
+        >>> pool = AttentionPool(AttentionPool2d(7, 2048, 32, 1024))
+        >>> x = torch.randn(2, 2048, 7, 7)
+        >>> torch.allclose(pool(x), pool.pool(x), atol=1e-4)
+        True
+    """
+
+    def __init__(self, pool: nn.Module, interpolate_positions: bool = False):
+        super().__init__()
+        self.pool = pool
+        self.interpolate_positions = interpolate_positions
+        self.num_heads = int(pool.num_heads)
+        self.neurons = int(pool.v_proj.in_features)
+        self.head_dim = self.neurons // self.num_heads
+        self.embed_dim = int(pool.c_proj.out_features)
+        self.grid = int(round(math.sqrt(pool.positional_embedding.shape[0] - 1)))
+
+    def positional_embedding(self, height: int, width: int) -> torch.Tensor:
+        """Positional embedding for a layer4 grid of ``height`` x ``width``: (K+1, N), class token first."""
+        pos = self.pool.positional_embedding
+        if (height, width) == (self.grid, self.grid):
+            return pos
+        if not self.interpolate_positions:
+            raise ModelError(
+                f"The layer4 grid is {height}x{width} but the model's native grid is {self.grid}x{self.grid} "
+                f"(input {self.grid * 32}x{self.grid * 32}). Resize or crop images to the native size, or enable "
+                "positional-embedding interpolation (interpolate_positions=True / --interpolate-positions).")
+        spatial = pos[1:].T.reshape(1, self.neurons, self.grid, self.grid)
+        spatial = F.interpolate(spatial.float(), size=(height, width), mode="bicubic", align_corners=False)
+        return torch.cat([pos[:1], spatial.to(pos.dtype).reshape(self.neurons, -1).T])
+
+    def tokens(self, neurons: torch.Tensor) -> torch.Tensor:
+        """Tokens z' entering the attention: (B, N, h, w) -> (B, K+1, N).
+
+        Token 0 is the mean of the K spatial columns (row-major, token 1 top-left); the positional embedding
+        is added to all K+1.
+        """
+        batch, channels, height, width = neurons.shape
+        spatial = neurons.flatten(2).transpose(1, 2)  # (B, N, h, w) -> (B, K, N)
+        tokens = torch.cat([spatial.mean(dim=1, keepdim=True), spatial], dim=1)
+        return tokens + self.positional_embedding(height, width).to(tokens.dtype)
+
+    def project(self, tokens: torch.Tensor, which: str) -> torch.Tensor:
+        """Per-head query, key or value projections: (B, T, N) -> (B, T, H, head_dim)."""
+        linear = {"q": self.pool.q_proj, "k": self.pool.k_proj, "v": self.pool.v_proj}[which]
+        out = F.linear(tokens, linear.weight, linear.bias)
+        return out.unflatten(-1, (self.num_heads, self.head_dim))
+
+    def class_attention(self, tokens: torch.Tensor, extra_key: torch.Tensor | None = None) -> torch.Tensor:
+        """Attention of the class token over all tokens, per head.
+
+        Args:
+            tokens: (B, T, N), the class token first.
+            extra_key: optional (B, N) token appended as one more key (the register intervention).
+
+        Returns:
+            (B, H, T) or, with ``extra_key``, (B, H, T+1); rows sum to one; softmax computed in float32 at least.
+        """
+        query = self.project(tokens[:, :1], "q")[:, 0]  # (B, H, hd)
+        keys = tokens if extra_key is None else torch.cat([tokens, extra_key[:, None]], dim=1)
+        key = self.project(keys, "k")  # (B, T, H, hd)
+        logits = torch.einsum("bhc,bthc->bht", query, key) / math.sqrt(self.head_dim)
+        work = torch.promote_types(logits.dtype, torch.float32)
+        return logits.to(work).softmax(dim=-1).to(tokens.dtype)
+
+    def output_from_pair_scalars(self, pair_scalars: torch.Tensor, attention_mass: torch.Tensor | None = None
+                                 ) -> torch.Tensor:
+        """The pool's output from alpha: sum_h W_O^h (W_v^h alpha[:, h] + b_v^h * mass_h) + b_O.
+
+        Args:
+            pair_scalars: (B, N, H) alpha.
+            attention_mass: (B, H) sum of each head's attention over the kept tokens (1 without interventions).
+
+        Returns:
+            (B, d).
+        """
+        heads, hd = self.num_heads, self.head_dim
+        w_v = self.pool.v_proj.weight.view(heads, hd, self.neurons)
+        values = torch.einsum("bnh,hcn->bhc", pair_scalars, w_v)
+        bias = self.pool.v_proj.bias.view(heads, hd)
+        values = values + (bias if attention_mass is None else attention_mass[..., None] * bias)
+        w_o = self.pool.c_proj.weight.view(self.embed_dim, heads, hd)
+        return torch.einsum("bhc,dhc->bd", values, w_o) + self.pool.c_proj.bias
+
+    def forward(self, neurons: torch.Tensor) -> torch.Tensor:
+        """The image embedding: (B, N, h, w) -> (B, d); equals open_clip's ``attnpool(x)``."""
+        tokens = self.tokens(neurons)
+        attention = self.class_attention(tokens)
+        pair_scalars = torch.einsum("bht,btn->bnh", attention, tokens)
+        return self.output_from_pair_scalars(pair_scalars)

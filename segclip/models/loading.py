@@ -1,0 +1,384 @@
+"""Loading CLIP-ResNet models from open_clip: by pretrained tag, local checkpoint file, or random initialisation.
+
+Every path ends in one place: an open_clip ``CLIP`` built from its config with keyword arguments, then a state
+dict loaded strictly. Checkpoints are read without unpickling arbitrary Python objects: safetensors,
+``torch.load(weights_only=True)``, or (for OpenAI's TorchScript ``.pt`` archives) ``torch.jit.load``, whose
+loader only rebuilds TorchScript modules and tensors.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import os
+import zipfile
+from dataclasses import asdict, dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import open_clip
+import torch
+from open_clip.modified_resnet import ModifiedResNet
+from safetensors.torch import load_file as load_safetensors
+
+from segclip.decompose.pairs import PairDirections
+from segclip.decompose.trace import Hook, Trace, backbone_neurons, check_images, trace_pool
+from segclip.errors import ModelError
+from segclip.models.attnpool import AttentionPool
+from segclip.paths import cache_dir
+
+log = logging.getLogger(__name__)
+
+RESNET_NAMES = ("RN50", "RN101", "RN50x4", "RN50x16", "RN50x64")
+BUNDLED_NAME = "segclip-tiny"
+OPENAI_METADATA_KEYS = ("input_resolution", "context_length", "vocab_size")  # scalars in OpenAI's archives
+PRECISIONS = {"fp32": torch.float32, "fp64": torch.float64, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a loaded model is; recorded in every result file.
+
+    Attributes:
+        name: model name (``RN50x16``, ``RN50-quickgelu``, ``segclip-tiny``).
+        pretrained: the weights source as given (a tag, a file path, ``none``, ``bundled``).
+        weights_hash: sha256 of the weights file, or ``random-init:<name>:seed<seed>``.
+        image_size: native input size S (images are S x S).
+        grid: side of the layer4 grid (S // 32); K = grid**2 spatial tokens.
+        neurons: N, channels of layer4.
+        heads: H, heads of the attention pool.
+        head_dim: channels per head (64 for OpenAI models).
+        embed_dim: d, the joint embedding size.
+        quick_gelu: whether the text tower uses QuickGELU.
+    """
+
+    name: str
+    pretrained: str
+    weights_hash: str
+    image_size: int
+    grid: int
+    neurons: int
+    heads: int
+    head_dim: int
+    embed_dim: int
+    quick_gelu: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class CLIPResNet(torch.nn.Module):
+    """A loaded CLIP-ResNet: the open_clip model, its tokenizer, what it is, and its decomposition.
+
+    Named access points (hooks): ``stem``, ``layer1``, ``layer2``, ``layer3``, ``neurons`` (layer4 output),
+    ``tokens`` (z'), ``attention`` (class-token attention). A hook is a callable taking the tensor and returning
+    a replacement or None; pass them as ``hooks={"neurons": fn}``. Nothing of open_clip is patched.
+
+    Args:
+        clip: an open_clip ``CLIP`` whose ``visual`` is a ``ModifiedResNet``.
+        tokenizer: the matching open_clip tokenizer.
+        info: the model's :class:`ModelInfo`.
+        interpolate_positions: accept inputs of other sizes (multiples of 32) by interpolating the positional
+            embedding. Off by default.
+
+    Example:
+        >>> import torch
+        >>> from segclip.models import load_model
+        >>> model = load_model("RN50", "none")
+        >>> trace = model.trace(torch.randn(2, 3, 224, 224))
+        >>> trace.pair_scalars.shape, trace.output.shape
+        (torch.Size([2, 2048, 32]), torch.Size([2, 1024]))
+    """
+
+    def __init__(self, clip: torch.nn.Module, tokenizer: Any, info: ModelInfo, interpolate_positions: bool = False):
+        super().__init__()
+        if not isinstance(clip.visual, ModifiedResNet):
+            raise ModelError(f"{info.name} is not a CLIP-ResNet (its image tower is {type(clip.visual).__name__}).")
+        self.clip = clip
+        self.tokenizer = tokenizer
+        self.info = info
+        self.pool = AttentionPool(clip.visual.attnpool, interpolate_positions=interpolate_positions)
+
+    @property
+    def pairs(self) -> PairDirections:
+        """The pair directions w[n, h] and biases, in closed form."""
+        return PairDirections(self.pool)
+
+    def neurons(self, images: torch.Tensor, hooks: dict[str, Hook] | None = None) -> torch.Tensor:
+        """Layer4 activations: (B, 3, S, S) normalised images -> (B, N, S/32, S/32)."""
+        check_images(images, self.info.image_size, self.pool.interpolate_positions)
+        return backbone_neurons(self.visual, images.to(self.device), hooks)
+
+    def trace(self, images: torch.Tensor, *, token_heads: bool = False, registers: torch.Tensor | None = None,
+              hooks: dict[str, Hook] | None = None) -> Trace:
+        """One batched forward pass with its exact decomposition.
+
+        Args:
+            images: (B, 3, S, S) CLIP-normalised images.
+            token_heads: also compute the token-head contributions (B, K+1, H, d).
+            registers: (R,) register neurons for the intervention of method.md section 6, or None.
+            hooks: callables at the named access points.
+
+        Returns:
+            The :class:`~segclip.decompose.trace.Trace`.
+
+        Raises:
+            ModelError: wrong shape, channel count or size, or non-finite pixels.
+        """
+        with torch.inference_mode():
+            neurons = self.neurons(images, hooks)
+            if registers is not None:
+                registers = torch.as_tensor(registers, dtype=torch.long, device=neurons.device)
+            return trace_pool(self.pool, neurons, token_heads=token_heads, registers=registers, hooks=hooks)
+
+    @property
+    def visual(self) -> ModifiedResNet:
+        return self.clip.visual
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.clip.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.visual.attnpool.c_proj.weight.dtype
+
+    @torch.no_grad()
+    def encode_text(self, prompts: list[str], batch_size: int = 256) -> torch.Tensor:
+        """Text embeddings, not normalised.
+
+        Args:
+            prompts: C strings.
+            batch_size: prompts per forward pass.
+
+        Returns:
+            (C, d) tensor in the model's dtype.
+        """
+        chunks = []
+        for start in range(0, len(prompts), batch_size):
+            tokens = self.tokenizer(prompts[start:start + batch_size]).to(self.device)
+            chunks.append(self.clip.encode_text(tokens))
+        return torch.cat(chunks)
+
+
+def available_models() -> list[str]:
+    """Names :func:`load_model` accepts."""
+    return [BUNDLED_NAME] + [n for base in RESNET_NAMES for n in (base, f"{base}-quickgelu")]
+
+
+def bundled_dir() -> Path:
+    """Folder of the bundled tiny model (``config.json`` and ``weights.safetensors``)."""
+    return Path(str(resources.files("segclip") / "assets" / "tiny-rn"))
+
+
+def _model_config(name: str) -> tuple[dict[str, Any], Path | None]:
+    """(open_clip CLIP kwargs, bundled weights path or None) for a model name."""
+    if name == BUNDLED_NAME:
+        folder = bundled_dir()
+        config_path, weights = folder / "config.json", folder / "weights.safetensors"
+        for path in (config_path, weights):
+            if not path.is_file():
+                raise ModelError(
+                    f"The bundled model file {path} is missing. Reinstall segclip (pip install --force-reinstall .) "
+                    "or regenerate it with `python tools/train_tiny_clip.py`.")
+        try:
+            config = json.loads(config_path.read_text(encoding="utf-8"))
+            return dict(config["model_cfg"]), weights
+        except (ValueError, KeyError) as err:
+            raise ModelError(f"The bundled model config {config_path} is corrupt ({err}); reinstall segclip.") from err
+    config = open_clip.get_model_config(name)
+    if config is None:
+        raise ModelError(f"Unknown model '{name}'. segclip supports: {', '.join(available_models())}.")
+    layers = config.get("vision_cfg", {}).get("layers")
+    if not isinstance(layers, (list, tuple)) or config["vision_cfg"].get("timm_model_name"):
+        raise ModelError(
+            f"'{name}' is not a CLIP-ResNet (its image tower is not open_clip's ModifiedResNet). segclip decomposes "
+            f"the attention pool of CLIP-ResNets: use one of {', '.join(available_models())}.")
+    config = copy.deepcopy(config)
+    if name.endswith("-quickgelu"):
+        config["quick_gelu"] = True
+    return config, None
+
+
+def _is_torchscript_archive(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(n.endswith("constants.pkl") or "/code/" in n for n in archive.namelist())
+
+
+def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], bool]:
+    """Read a state dict from a checkpoint file without unpickling arbitrary objects.
+
+    Args:
+        path: a ``.safetensors`` file, a state dict saved with ``torch.save`` (optionally under a
+            ``state_dict`` key, with ``module.`` prefixes), or OpenAI's TorchScript ``.pt`` archive.
+
+    Returns:
+        (state dict of float tensors on CPU, whether it was an OpenAI TorchScript archive).
+
+    Raises:
+        ModelError: the file is missing, unreadable, truncated or not a state dict.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"Checkpoint file {path} does not exist.")
+    is_archive = False
+    try:
+        if path.suffix == ".safetensors":
+            state = load_safetensors(str(path))
+        elif _is_torchscript_archive(path):
+            is_archive = True
+            state = torch.jit.load(str(path), map_location="cpu").state_dict()
+        else:
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as err:  # torch/safetensors raise many types for a damaged file
+        raise ModelError(
+            f"Cannot read checkpoint {path}: it is truncated, corrupt or not a weights file ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else ''}). Download it again, or pass another file with "
+            "--pretrained PATH.") from err
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelError(f"Checkpoint {path} does not hold a state dict of tensors.")
+    state = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
+    for key in OPENAI_METADATA_KEYS:
+        state.pop(key, None)
+    return state, is_archive
+
+
+def file_hash(path: str | os.PathLike) -> str:
+    """sha256 of a file, memoised on disk by (path, size, mtime)."""
+    path = Path(path).resolve()
+    stat = path.stat()
+    key = f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
+    memo_path = cache_dir() / "file_hashes.json"
+    try:
+        memo = json.loads(memo_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        memo = {}
+    if key in memo:
+        return memo[key]
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    memo[key] = digest.hexdigest()
+    try:
+        memo_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = memo_path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(memo), encoding="utf-8")
+        tmp.replace(memo_path)
+    except OSError:
+        log.debug("could not memoise the hash of %s", path)
+    return memo[key]
+
+
+def _resolve_weights(name: str, pretrained: str, cache: str | None) -> Path:
+    """Path of the weights file for a tag or a file path."""
+    if os.path.sep in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors")) \
+            or Path(pretrained).exists():
+        path = Path(pretrained).expanduser()
+        if not path.is_file():
+            raise ModelError(f"Checkpoint file {path} does not exist. Pass an existing file with --pretrained PATH.")
+        return path
+    base = name.removesuffix("-quickgelu")
+    tags = open_clip.list_pretrained_tags_by_model(base)
+    cfg = open_clip.get_pretrained_cfg(base, pretrained)
+    if not cfg:
+        raise ModelError(
+            f"Unknown pretrained tag '{pretrained}' for {name}. Known tags: {', '.join(tags) or 'none'}; "
+            "or pass a local checkpoint file with --pretrained PATH, or 'none' for random weights.")
+    try:
+        return Path(open_clip.download_pretrained(cfg, cache_dir=cache))
+    except Exception as err:
+        raise ModelError(
+            f"Could not fetch the '{pretrained}' weights of {name} ({type(err).__name__}). This machine may be "
+            f"offline. Download the checkpoint elsewhere (for OpenAI weights, the .pt file from OpenAI's CLIP "
+            f"repository; or open_clip's file) and pass it: --pretrained /path/to/{base}.pt") from err
+
+
+def load_model(
+    name: str = BUNDLED_NAME,
+    pretrained: str | os.PathLike | None = None,
+    *,
+    device: str | torch.device = "cpu",
+    precision: str = "fp32",
+    seed: int = 0,
+    download_dir: str | None = None,
+) -> CLIPResNet:
+    """Load a CLIP-ResNet.
+
+    Args:
+        name: ``segclip-tiny`` (bundled), or an open_clip ResNet name: RN50, RN101, RN50x4, RN50x16, RN50x64,
+            optionally with ``-quickgelu``.
+        pretrained: a tag open_clip knows (``openai``, ``yfcc15m``, ...), a local checkpoint path, or ``none`` for
+            random initialisation (seeded by ``seed``). Default: ``bundled`` for ``segclip-tiny``, ``openai`` else.
+        device: where the model lives.
+        precision: ``fp32`` (default), ``fp64`` (tests), ``bf16`` or ``fp16`` (GPU only).
+        seed: seed of the random initialisation when ``pretrained='none'``.
+        download_dir: where open_clip caches downloaded weights.
+
+    Returns:
+        The :class:`CLIPResNet`, in eval mode.
+
+    Raises:
+        ModelError: unknown or non-ResNet model, unknown tag, unreadable checkpoint, weights that do not fit the
+            architecture, or a low precision on CPU.
+
+    Example:
+        >>> from segclip.models import load_model
+        >>> model = load_model("RN50", "none")
+        >>> (model.info.neurons, model.info.heads, model.info.grid)
+        (2048, 32, 7)
+    """
+    if precision not in PRECISIONS:
+        raise ModelError(f"Unknown precision '{precision}'; use one of {', '.join(PRECISIONS)}.")
+    device = torch.device(device)
+    if precision in ("bf16", "fp16") and device.type == "cpu":
+        raise ModelError(f"--precision {precision} is for GPUs; on the CPU use fp32.")
+    config, bundled_weights = _model_config(name)
+    pretrained = str(pretrained) if pretrained is not None else ("bundled" if bundled_weights else "openai")
+    if bundled_weights is not None and pretrained not in ("bundled", "none"):
+        bundled_weights = None  # a user's own checkpoint for the tiny architecture
+    if pretrained == "none":
+        weights_path, weights_hash = None, f"random-init:{name}:seed{seed}"
+    elif bundled_weights is not None:
+        weights_path = bundled_weights
+        weights_hash = file_hash(weights_path)
+    else:
+        weights_path = _resolve_weights(name, pretrained, download_dir)
+        weights_hash = file_hash(weights_path)
+
+    state = None
+    if weights_path is not None:
+        state, is_archive = read_checkpoint(weights_path)
+        if is_archive or pretrained == "openai":
+            config["quick_gelu"] = True  # OpenAI's models were trained with QuickGELU
+    torch.manual_seed(seed)
+    clip = open_clip.model.CLIP(**config)
+    if state is not None:
+        state = {k: v.float() for k, v in state.items()}
+        try:
+            clip.load_state_dict(state, strict=True)
+        except RuntimeError as err:
+            missing = sorted(set(clip.state_dict()) - set(state))[:5]
+            unexpected = sorted(set(state) - set(clip.state_dict()))[:5]
+            raise ModelError(
+                f"The weights in {weights_path} do not fit {name} (missing keys: {missing or 'none'}; unexpected "
+                f"keys: {unexpected or 'none'}; or tensor shapes differ). Check --model matches the checkpoint."
+            ) from err
+    clip = clip.to(device=device, dtype=PRECISIONS[precision]).eval()
+    tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=clip.context_length)
+    visual = clip.visual
+    pool = visual.attnpool
+    neurons = pool.c_proj.in_features
+    info = ModelInfo(
+        name=name, pretrained=pretrained, weights_hash=weights_hash, image_size=int(visual.image_size),
+        grid=int(round((pool.positional_embedding.shape[0] - 1) ** 0.5)), neurons=neurons, heads=pool.num_heads,
+        head_dim=neurons // pool.num_heads, embed_dim=pool.c_proj.out_features,
+        quick_gelu=bool(config.get("quick_gelu", False)))
+    log.info("loaded %s (%s) on %s", name, pretrained, device)
+    return CLIPResNet(clip, tokenizer, info)
