@@ -63,10 +63,8 @@ def test_identities(name):
     assert (trace.output - reference).abs().max() < tol
     pairs = PairDirections(pool)
     summed = pairs.head_biases().sum(0) + pairs.output_bias()
-    all_neurons = torch.arange(pool.neurons)
     for head in range(pool.num_heads):  # explicit w[n, h], one head at a time: never N x H x d at once
-        directions = pairs.vectors(all_neurons, torch.full_like(all_neurons, head))  # (N, d)
-        summed = summed + trace.pair_scalars[:, :, head] @ directions
+        summed = summed + trace.pair_scalars[:, :, head] @ pairs.head_vectors(head)
     assert (summed - reference).abs().max() < tol  # (b)
     assert (trace.token_heads.sum(dim=(1, 2)) - reference).abs().max() < tol  # (c)
     assert torch.allclose(trace.attention.sum(-1), torch.ones(3, pool.num_heads, dtype=torch.float64))
@@ -113,6 +111,7 @@ def test_closed_form_cosines(name):
     neurons = torch.randint(pool.neurons, (64,), generator=generator)
     heads = torch.randint(pool.num_heads, (64,), generator=generator)
     explicit = pairs.vectors(neurons, heads)
+    assert (explicit[:3] - torch.stack([pairs.head_vectors(h)[n] for n, h in zip(neurons[:3], heads[:3])])).abs().max() < 1e-12
     brute = torch.nn.functional.cosine_similarity(explicit[None], texts[:, None], dim=-1)
     assert (cosines[:, neurons, heads] - brute).abs().max() < 1e-12
     assert (pairs.norms()[neurons, heads] - explicit.norm(dim=-1)).abs().max() < 1e-12

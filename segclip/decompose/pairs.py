@@ -86,7 +86,16 @@ class PairDirections:
             (P, d): w[n_p, h_p].
         """
         w_v = self.value_weight[heads, :, neurons]  # (P, hd)
-        return torch.einsum("pdc,pc->pd", self.output_weight[heads], w_v)
+        out = w_v.new_empty(len(neurons), self.embed_dim)
+        w_o = self.output_weight
+        for head in heads.unique().tolist():  # one (P_h, hd) x (hd, d) product per head present
+            chosen = heads == head
+            out[chosen] = w_v[chosen] @ w_o[head].T
+        return out
+
+    def head_vectors(self, head: int) -> torch.Tensor:
+        """(N, d): the directions w[:, head] of every neuron through one head."""
+        return (self.output_weight[head] @ self.value_weight[head]).T
 
     def contributions(self, pair_scalars: torch.Tensor, neurons: torch.Tensor, heads: torch.Tensor) -> torch.Tensor:
         """The paper's r[n, h] for chosen pairs: alpha w + beta[h] / N + b_O / (N H).

@@ -52,6 +52,7 @@ class ModelInfo:
         head_dim: channels per head (64 for OpenAI models).
         embed_dim: d, the joint embedding size.
         quick_gelu: whether the text tower uses QuickGELU.
+        classes: the class names a bundled model was trained on (empty for open_clip models).
     """
 
     name: str
@@ -64,6 +65,7 @@ class ModelInfo:
     head_dim: int
     embed_dim: int
     quick_gelu: bool
+    classes: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -173,8 +175,8 @@ def bundled_dir() -> Path:
     return Path(str(resources.files("segclip") / "assets" / "tiny-rn"))
 
 
-def _model_config(name: str) -> tuple[dict[str, Any], Path | None]:
-    """(open_clip CLIP kwargs, bundled weights path or None) for a model name."""
+def _model_config(name: str) -> tuple[dict[str, Any], Path | None, tuple[str, ...]]:
+    """(open_clip CLIP kwargs, bundled weights path or None, bundled class names) for a model name."""
     if name == BUNDLED_NAME:
         folder = bundled_dir()
         config_path, weights = folder / "config.json", folder / "weights.safetensors"
@@ -185,7 +187,7 @@ def _model_config(name: str) -> tuple[dict[str, Any], Path | None]:
                     "or regenerate it with `python tools/train_tiny_clip.py`.")
         try:
             config = json.loads(config_path.read_text(encoding="utf-8"))
-            return dict(config["model_cfg"]), weights
+            return dict(config["model_cfg"]), weights, tuple(config.get("classes", ()))
         except (ValueError, KeyError) as err:
             raise ModelError(f"The bundled model config {config_path} is corrupt ({err}); reinstall segclip.") from err
     config = open_clip.get_model_config(name)
@@ -199,7 +201,7 @@ def _model_config(name: str) -> tuple[dict[str, Any], Path | None]:
     config = copy.deepcopy(config)
     if name.endswith("-quickgelu"):
         config["quick_gelu"] = True
-    return config, None
+    return config, None, ()
 
 
 def _is_torchscript_archive(path: Path) -> bool:
@@ -339,7 +341,7 @@ def load_model(
     device = torch.device(device)
     if precision in ("bf16", "fp16") and device.type == "cpu":
         raise ModelError(f"--precision {precision} is for GPUs; on the CPU use fp32.")
-    config, bundled_weights = _model_config(name)
+    config, bundled_weights, classes = _model_config(name)
     pretrained = str(pretrained) if pretrained is not None else ("bundled" if bundled_weights else "openai")
     if bundled_weights is not None and pretrained not in ("bundled", "none"):
         bundled_weights = None  # a user's own checkpoint for the tiny architecture
@@ -379,6 +381,6 @@ def load_model(
         name=name, pretrained=pretrained, weights_hash=weights_hash, image_size=int(visual.image_size),
         grid=int(round((pool.positional_embedding.shape[0] - 1) ** 0.5)), neurons=neurons, heads=pool.num_heads,
         head_dim=neurons // pool.num_heads, embed_dim=pool.c_proj.out_features,
-        quick_gelu=bool(config.get("quick_gelu", False)))
+        quick_gelu=bool(config.get("quick_gelu", False)), classes=classes)
     log.info("loaded %s (%s) on %s", name, pretrained, device)
     return CLIPResNet(clip, tokenizer, info)
