@@ -1,0 +1,345 @@
+"""Streaming statistics of neuron-head pairs, neurons and heads over an image set, in constant memory.
+
+Per image only alpha (N, H), the layer4 maps and the attention are seen (method.md section 2); nothing of size
+N x H x d is formed. The running state holds sums and, per unit, running top-k lists:
+
+- pairs: the k largest and k smallest alpha[n, h] with their image indices. The top-k deviations
+  |alpha - mean| are among them (for any mean), and so are the top-k contribution norms, because
+  |r[n, h]|^2 = alpha^2 |w|^2 + 2 alpha (w . c_h) + |c_h|^2 (c_h = beta_h / N + b_O / (N H)) is convex in alpha.
+  Both are therefore exact after one pass, whatever the final mean turns out to be.
+- neurons: the second moment of alpha[n, :] (N, H, H), for principal components of r[n] = sum_h r[n, h] in closed
+  form; per image |r[n]|^2 = alpha_n^T G_n alpha_n + 2 alpha_n . (W_n^T C) + |C|^2 with the per-neuron Gram
+  G_n = W_n^T W_n (H x H), W_n = [w[n, 1] .. w[n, H]], C = sum_h c_h; running top-k norms; the mean activation
+  map and running top-k activation norms |x[n]| (over the grid).
+- heads: running top-k norms of r[h] = W_O^h (W_v^h alpha[:, h] + b_v^h) + b_O / H.
+- the attention sink: the mean attention of the class token to the last token per head, and the mean
+  |change| of it when each neuron is zeroed (register neurons; :mod:`segclip.analysis.sink`).
+
+The state is mergeable (:meth:`RunningStatistics.merge`) and savable (:meth:`RunningStatistics.state_dict`), so
+:func:`segclip.analysis.stream.run_pass` checkpoints and resumes it.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from segclip.analysis.sink import sink_attention, sink_changes
+from segclip.analysis.stream import atomic_save, read_safetensors, run_pass
+from segclip.decompose.pairs import PairDirections
+from segclip.decompose.trace import Trace
+from segclip.errors import CacheError
+from segclip.models.attnpool import AttentionPool
+from segclip.models.loading import CLIPResNet
+
+STATISTICS_VERSION = 1
+TOP_LISTS = ("high", "low", "neuron", "activation", "head")
+
+
+def _merge_top(values: torch.Tensor, images: torch.Tensor, new_values: torch.Tensor, new_images: torch.Tensor,
+               k: int, largest: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Merge two top-k lists along dim 0: (k1, ...) + (k2, ...) -> (min(k, k1+k2), ...), sorted."""
+    values, images = torch.cat([values, new_values]), torch.cat([images, new_images])
+    if values.shape[0] > k:
+        top = values.topk(k, dim=0, largest=largest)
+        values, images = top.values, images.gather(0, top.indices)
+    return values, images
+
+
+@torch.no_grad()
+def pair_constants(pool: AttentionPool, dtype: torch.dtype = torch.float64) -> dict[str, torch.Tensor]:
+    """Image-independent quantities of the norm formulas, in ``dtype``.
+
+    Returns:
+        ``norms2`` (N, H) |w|^2; ``w_dot_c`` (N, H) w[n, h] . c_h; ``c_norm2`` (H,) |c_h|^2; ``gram`` (N, H, H)
+        w[n, h] . w[n, h']; ``w_dot_total`` (N, H) w[n, h] . C; ``total_norm2`` () |C|^2.
+    """
+    pairs = PairDirections(pool)
+    n, h = pairs.num_neurons, pairs.num_heads
+    w_o = pairs.output_weight.to(dtype)  # (H, d, hd)
+    w_v = pairs.value_weight.to(dtype)  # (H, hd, N)
+    shares = pairs.head_biases().to(dtype) / n + pairs.output_bias().to(dtype) / (n * h)  # c_h: (H, d)
+    total = shares.sum(0)
+    projected = torch.einsum("hdc,hd->hc", w_o, shares)  # W_O^h^T c_h: (H, hd)
+    gram = torch.empty(n, h, h, dtype=dtype, device=w_o.device)
+    step = max(1, (1 << 23) // (h * pairs.embed_dim))
+    for start in range(0, n, step):
+        vectors = torch.einsum("hdc,hcn->nhd", w_o, w_v[:, :, start:start + step])  # (n, H, d)
+        gram[start:start + step] = vectors @ vectors.transpose(1, 2)
+    return {"norms2": torch.diagonal(gram, dim1=1, dim2=2).clone(),
+            "w_dot_c": torch.einsum("hc,hcn->nh", projected, w_v),
+            "c_norm2": (shares * shares).sum(-1),
+            "gram": gram,
+            "w_dot_total": torch.einsum("hdc,d,hcn->nh", w_o, total, w_v),
+            "total_norm2": total @ total}
+
+
+class RunningStatistics:
+    """The streaming state; feed it traces with :meth:`update`, then :meth:`finalise`.
+
+    Args:
+        pool: the model's attention pool.
+        top_k: length of every running top list (and of the stored top deviations; method.md uses 50).
+        registers: also accumulate register-neuron scores (the sink change of every neuron; costs about one
+            extra attention computation per neuron chunk).
+        dtype: accumulation dtype (float64 by default, so sums do not depend on chunking).
+
+    Example:
+        >>> from segclip.models import load_model
+        >>> model = load_model("RN50", "none")
+        >>> running = RunningStatistics(model.pool, top_k=4)
+        >>> running.update(model.trace(torch.randn(2, 3, 224, 224)), first=0)
+        >>> running.finalise().mean_scalars.shape
+        torch.Size([2048, 32])
+    """
+
+    def __init__(self, pool: AttentionPool, *, top_k: int = 50, registers: bool = True,
+                 dtype: torch.dtype = torch.float64):
+        if top_k < 1:
+            raise ValueError("top_k must be at least 1")
+        self.pool, self.top_k, self.registers, self.dtype = pool, top_k, registers, dtype
+        self.constants = pair_constants(pool, dtype)
+        n, h, k = pool.neurons, pool.num_heads, pool.grid ** 2
+        device = pool.pool.c_proj.weight.device
+        zeros = lambda *shape: torch.zeros(*shape, dtype=dtype, device=device)  # noqa: E731
+        self.state: dict[str, torch.Tensor] = {
+            "count": torch.zeros(1, dtype=torch.long, device=device),
+            "alpha_sum": zeros(n, h), "alpha_outer": zeros(n, h, h), "activation_sum": zeros(n, k),
+            "sink_sum": zeros(h), "register_sum": zeros(n)}
+        for name, shape in zip(TOP_LISTS, [(n, h), (n, h), (n,), (n,), (h,)]):
+            self.state[f"{name}_values"] = zeros(0, *shape)
+            self.state[f"{name}_images"] = torch.zeros(0, *shape, dtype=torch.long, device=device)
+
+    @property
+    def count(self) -> int:
+        return int(self.state["count"].item())
+
+    def _push(self, name: str, values: torch.Tensor, images: torch.Tensor, largest: bool = True) -> None:
+        self.state[f"{name}_values"], self.state[f"{name}_images"] = _merge_top(
+            self.state[f"{name}_values"], self.state[f"{name}_images"], values, images, self.top_k, largest)
+
+    @torch.inference_mode()
+    def update(self, trace: Trace, first: int) -> None:
+        """Add a batch of B images whose indices are ``first .. first + B - 1``."""
+        alpha = trace.pair_scalars.to(self.dtype)  # (B, N, H)
+        batch = alpha.shape[0]
+        index = torch.arange(first, first + batch, device=alpha.device)
+        c, s = self.constants, self.state
+        s["count"] += batch
+        s["alpha_sum"] += alpha.sum(0)
+        s["alpha_outer"] += torch.einsum("bnh,bnk->nhk", alpha, alpha)
+        self._push("high", alpha, index[:, None, None].expand_as(alpha))
+        self._push("low", alpha, index[:, None, None].expand_as(alpha), largest=False)
+        neuron_norm2 = (torch.einsum("bnh,nhk,bnk->bn", alpha, c["gram"], alpha)
+                        + 2 * torch.einsum("bnh,nh->bn", alpha, c["w_dot_total"]) + c["total_norm2"])
+        per_image = index[:, None].expand(batch, alpha.shape[1])
+        self._push("neuron", neuron_norm2.clamp_min(0).sqrt(), per_image)
+        maps = trace.neurons.to(self.dtype).flatten(2)  # (B, N, K)
+        s["activation_sum"] += maps.sum(0)
+        self._push("activation", maps.norm(dim=-1), per_image)
+        self._push("head", head_contributions(self.pool, alpha).norm(dim=-1), index[:, None].expand(batch, alpha.shape[2]))
+        s["sink_sum"] += sink_attention(trace.attention).to(self.dtype).sum(0)
+        if self.registers:
+            s["register_sum"] += sink_changes(self.pool, trace.tokens).abs().to(self.dtype).sum(0)
+
+    @torch.inference_mode()
+    def merge(self, other: RunningStatistics) -> None:
+        """Add another state computed on other images (with global image indices) into this one."""
+        for key, value in other.state.items():
+            if key.endswith("_values") or key.endswith("_images"):
+                continue
+            self.state[key] = self.state[key] + value
+        for name in TOP_LISTS:
+            self._push(name, other.state[f"{name}_values"], other.state[f"{name}_images"], largest=name != "low")
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return dict(self.state)
+
+    @torch.inference_mode()
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        device = self.state["count"].device
+        missing = set(self.state) - set(state)
+        if missing:
+            raise CacheError(f"statistics checkpoint lacks {sorted(missing)}; delete it and run again")
+        self.state = {key: state[key].to(device) for key in self.state}
+
+    @torch.inference_mode()
+    def finalise(self, *, top_fraction: float = 0.01, top_images: int = 10) -> Statistics:
+        """The statistics of the images seen so far.
+
+        Args:
+            top_fraction: units are ranked by the mean of their top ``top_fraction`` norms (the paper's "top
+                percentile"), at least 1 and at most ``top_k`` images.
+            top_images: how many top images per unit to keep (at most ``top_k``).
+
+        Returns:
+            The :class:`Statistics`.
+
+        Raises:
+            ValueError: no image was seen.
+        """
+        n = self.count
+        if n == 0:
+            raise ValueError("no images were accumulated")
+        s, c = self.state, self.constants
+        norm_k = min(self.top_k, n, max(1, math.ceil(top_fraction * n)))
+        image_k = min(self.top_k, n, max(norm_k, top_images))
+        mean = s["alpha_sum"] / n
+        candidates = torch.cat([s["high_values"], s["low_values"]])  # (2k, N, H)
+        images = torch.cat([s["high_images"], s["low_images"]])
+        order = images.argsort(dim=0, stable=True)  # an image in both lists counts once
+        sorted_images = images.gather(0, order)
+        repeated = torch.zeros_like(images, dtype=torch.bool)
+        repeated.scatter_(0, order[1:], sorted_images[1:] == sorted_images[:-1])
+        deviation = candidates - mean
+        dev_top = deviation.abs().masked_fill(repeated, -1).topk(min(self.top_k, n), dim=0)
+        deviations = deviation.gather(0, dev_top.indices)
+        votes = torch.sign(deviations).sum(0)
+        norms = (candidates ** 2 * c["norms2"] + 2 * candidates * c["w_dot_c"] + c["c_norm2"]).clamp_min(0).sqrt()
+        norm_top = norms.masked_fill(repeated, -1).topk(image_k, dim=0)
+        covariance = s["alpha_outer"] / n - mean[:, :, None] * mean[:, None, :]
+        return Statistics(
+            count=n, top_k=self.top_k, norm_k=norm_k,
+            mean_scalars=mean, deviations=deviations, deviation_images=images.gather(0, dev_top.indices),
+            signs=torch.where(votes >= 0, 1, -1).to(torch.int8),
+            pair_top_norm=norm_top.values[:norm_k].mean(0), pair_top_images=images.gather(0, norm_top.indices),
+            neuron_covariance=covariance,
+            neuron_top_norm=s["neuron_values"][:norm_k].mean(0), neuron_top_images=s["neuron_images"][:image_k],
+            activation_mean=s["activation_sum"] / n,
+            activation_top_norm=s["activation_values"][:norm_k].mean(0),
+            activation_top_images=s["activation_images"][:image_k],
+            head_top_norm=s["head_values"][:norm_k].mean(0), head_top_images=s["head_images"][:image_k],
+            sink_attention=s["sink_sum"] / n,
+            register_scores=s["register_sum"] / n if self.registers else torch.zeros_like(s["register_sum"]))
+
+
+@torch.no_grad()
+def head_contributions(pool: AttentionPool, pair_scalars: torch.Tensor) -> torch.Tensor:
+    """r[h] = W_O^h (W_v^h alpha[:, h] + b_v^h) + b_O / H: (B, N, H) -> (B, H, d); summed over h = the output."""
+    heads, hd = pool.num_heads, pool.head_dim
+    dtype = pair_scalars.dtype
+    w_v = pool.pool.v_proj.weight.view(heads, hd, pool.neurons).to(dtype)
+    values = torch.einsum("bnh,hcn->bhc", pair_scalars, w_v) + pool.pool.v_proj.bias.view(heads, hd).to(dtype)
+    w_o = pool.pool.c_proj.weight.view(pool.embed_dim, heads, hd).to(dtype)
+    return torch.einsum("bhc,dhc->bhd", values, w_o) + pool.pool.c_proj.bias.to(dtype) / heads
+
+
+@dataclass
+class Statistics:
+    """Finalised statistics of one image set (image indices refer to the image list of the run).
+
+    Attributes:
+        count: images seen.
+        top_k: length of the top lists; norm_k: how many top norms are averaged for ``*_top_norm``.
+        mean_scalars: (N, H) mean alpha.
+        deviations: (k, N, H) alpha - mean of the top-k images by |alpha - mean|, largest first (signed).
+        deviation_images: (k, N, H) their image indices.
+        signs: (N, H) int8 +-1: majority sign of the top-k deviations, ties +1 (method.md section 2).
+        pair_top_norm: (N, H) mean of the top ``norm_k`` |r[n, h]|; pair_top_images: (t, N, H) top images by it.
+        neuron_covariance: (N, H, H) covariance of alpha[n, :] over images.
+        neuron_top_norm, neuron_top_images: (N,), (t, N) the same for |r[n]|.
+        activation_mean: (N, K) mean layer4 map; activation_top_norm, activation_top_images: (N,), (t, N) for the
+            grid norm of x[n].
+        head_top_norm, head_top_images: (H,), (t, H) for |r[h]|.
+        sink_attention: (H,) mean attention of the class token to the last token.
+        register_scores: (N,) mean |change| of the sink attention (mean over heads) when the neuron is zeroed.
+        metadata: free-form JSON-able provenance (model, weights hash, image folder, image names).
+    """
+
+    count: int
+    top_k: int
+    norm_k: int
+    mean_scalars: torch.Tensor
+    deviations: torch.Tensor
+    deviation_images: torch.Tensor
+    signs: torch.Tensor
+    pair_top_norm: torch.Tensor
+    pair_top_images: torch.Tensor
+    neuron_covariance: torch.Tensor
+    neuron_top_norm: torch.Tensor
+    neuron_top_images: torch.Tensor
+    activation_mean: torch.Tensor
+    activation_top_norm: torch.Tensor
+    activation_top_images: torch.Tensor
+    head_top_norm: torch.Tensor
+    head_top_images: torch.Tensor
+    sink_attention: torch.Tensor
+    register_scores: torch.Tensor
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if isinstance(getattr(self, f.name), torch.Tensor)}
+
+    def save(self, path: str | Path) -> None:
+        """Write a compact safetensors artifact atomically: float32 values, image indices in the narrowest int.
+
+        Raises:
+            CacheError: the file cannot be written.
+        """
+        index_dtype = torch.int16 if self.count <= torch.iinfo(torch.int16).max else torch.int32
+        tensors = {key: (value.to(index_dtype) if key.endswith("_images") else
+                         value if value.dtype == torch.int8 else value.float())
+                   for key, value in self.tensors().items()}
+        header = {"version": STATISTICS_VERSION, "count": self.count, "top_k": self.top_k, "norm_k": self.norm_k,
+                  "metadata": self.metadata}
+        atomic_save(tensors, Path(path), {"statistics": json.dumps(header, sort_keys=True)})  # one key: same bytes
+
+    @classmethod
+    def load(cls, path: str | Path) -> Statistics:
+        """Read an artifact written by :meth:`save`.
+
+        Raises:
+            CacheError: missing, unreadable, of another version, or incomplete.
+        """
+        path = Path(path)
+        saved = read_safetensors(path) if path.is_file() else None
+        if saved is None:
+            raise CacheError(f"Statistics file {path} is missing or unreadable; compute it again.")
+        tensors, meta = saved
+        try:
+            meta = json.loads(meta["statistics"])
+        except (KeyError, ValueError):
+            raise CacheError(f"Statistics file {path} has no valid header; compute it again.") from None
+        if meta.get("version") != STATISTICS_VERSION:
+            raise CacheError(f"Statistics file {path} has version {meta.get('version')}, expected "
+                             f"{STATISTICS_VERSION}; compute it again.")
+        names = [f.name for f in fields(cls) if f.name not in ("count", "top_k", "norm_k", "metadata")]
+        if set(names) - set(tensors):
+            raise CacheError(f"Statistics file {path} lacks {sorted(set(names) - set(tensors))}; compute it again.")
+        values = {key: tensors[key].long() if key.endswith("_images") else tensors[key] for key in names}
+        return cls(count=meta["count"], top_k=meta["top_k"], norm_k=meta["norm_k"], metadata=meta["metadata"],
+                   **values)
+
+
+def collect_statistics(model: CLIPResNet, paths: list[Path], *, top_k: int = 50, registers: bool = True,
+                       top_fraction: float = 0.01, top_images: int = 10, batch_size: int = 8, chunk_size: int = 64,
+                       checkpoint: Path | None = None, progress: bool = True) -> Statistics:
+    """One resumable pass over ``paths`` -> :class:`Statistics` (the calibration and analysis code path).
+
+    Args:
+        model: the loaded model.
+        paths: image files (index i in the results is ``paths[i]``).
+        top_k, registers: see :class:`RunningStatistics`.
+        top_fraction, top_images: see :meth:`RunningStatistics.finalise`.
+        batch_size, chunk_size, checkpoint, progress: see :func:`segclip.analysis.stream.run_pass`.
+
+    Returns:
+        The statistics, ``metadata`` holding the model, weights hash and image names.
+
+    Raises:
+        ImageError: an image is unreadable (finished chunks stay in the checkpoint).
+    """
+    running = RunningStatistics(model.pool, top_k=top_k, registers=registers)
+    run_pass(model, paths, running, key={"kind": "statistics", "version": STATISTICS_VERSION, "top_k": top_k,
+                                         "registers": registers},
+             checkpoint=checkpoint, batch_size=batch_size, chunk_size=chunk_size, progress=progress,
+             description="statistics")
+    stats = running.finalise(top_fraction=top_fraction, top_images=top_images)
+    stats.metadata = {"model": model.info.name, "weights_hash": model.info.weights_hash,
+                      "image_folder": str(Path(paths[0]).parent.resolve()) if paths else "",
+                      "images": [Path(p).name for p in paths]}
+    return stats

@@ -1,0 +1,135 @@
+"""One resumable pass of a model over an image set, feeding a streaming accumulator (constant memory).
+
+Every dataset-scale analysis (calibration statistics, reconstruction, ablation, concept scores) is an
+:class:`Accumulator` fed by :func:`run_pass`: images are read in chunks of whole batches; after each chunk the
+accumulator's state and the number of images done are written to one safetensors checkpoint, atomically (temp
+file + rename). A rerun with the same key restarts after the last finished chunk; because chunk boundaries are
+batch boundaries, every batch is the same as in an uninterrupted run and the final state is identical.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from tqdm import tqdm
+
+from segclip.data.images import read_image
+from segclip.data.preprocess import clip_batch
+from segclip.decompose.trace import Hook, Trace
+from segclip.errors import CacheError
+from segclip.models.loading import CLIPResNet
+
+log = logging.getLogger(__name__)
+
+
+class Accumulator(Protocol):
+    """What :func:`run_pass` feeds: a streaming state with a savable form."""
+
+    def update(self, trace: Trace, first: int) -> None:
+        """Add a batch whose first image has index ``first`` in the image list."""
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """All state as tensors (saved in the checkpoint)."""
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore the state saved by :meth:`state_dict`."""
+
+
+def images_digest(paths: Sequence[Path]) -> str:
+    """sha256 over the image names, in order: a checkpoint is only resumed on the same image list (a file
+    repaired in place after an unreadable-image error keeps its place)."""
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(f"{Path(path).name}\n".encode())
+    return digest.hexdigest()
+
+
+def atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    """Write a safetensors file via a temporary file and a rename (never a half-written file at ``path``).
+
+    Raises:
+        CacheError: the folder cannot be written.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        tmp.replace(path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise CacheError(f"Cannot write {path} ({err.strerror}); choose a writable output folder.") from err
+
+
+def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]] | None:
+    """(tensors, metadata) of a safetensors file, or None (with a warning) when it is unreadable."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return {key: handle.get_tensor(key) for key in handle.keys()}, dict(handle.metadata() or {})
+    except Exception as err:  # a damaged file fails in many ways
+        log.warning("%s is unreadable (%s: %s); not using it", path, type(err).__name__, err)
+        return None
+
+
+def run_pass(model: CLIPResNet, paths: Sequence[Path], accumulator: Accumulator, *, key: dict[str, Any],
+             checkpoint: Path | None = None, batch_size: int = 8, chunk_size: int = 64,
+             hooks: dict[str, Hook] | None = None, progress: bool = True, description: str = "images") -> int:
+    """Run the model over ``paths`` in batches and feed every trace to ``accumulator``; resumable.
+
+    Args:
+        model: the loaded model.
+        paths: image files, in a fixed order (image ``i`` is ``paths[i]``).
+        accumulator: the state to feed.
+        key: what the pass computes (kind, parameters); with the model and the image list it decides whether a
+            checkpoint may be resumed. A checkpoint with another key is stale and ignored, with a warning.
+        checkpoint: safetensors file for the state after each chunk (None: no checkpoints).
+        batch_size: images per backbone pass.
+        chunk_size: images between checkpoints; rounded up to a multiple of ``batch_size``.
+        hooks: forwarded to :meth:`CLIPResNet.trace` (e.g. neuron mean-ablation).
+        progress: show a tqdm bar.
+        description: the bar's label.
+
+    Returns:
+        The number of images that came from an existing checkpoint (0 for a fresh run).
+
+    Raises:
+        ImageError: an image cannot be read (the checkpoint up to the last chunk is kept).
+        CacheError: the checkpoint cannot be written.
+    """
+    chunk_size = max(batch_size, -(-chunk_size // batch_size) * batch_size)
+    full_key = json.dumps({**key, "model": model.info.name, "weights": model.info.weights_hash,
+                           "images": images_digest(paths), "count": len(paths), "batch_size": batch_size,
+                           "chunk_size": chunk_size}, sort_keys=True, default=str)
+    done = 0
+    if checkpoint is not None and Path(checkpoint).is_file():
+        saved = read_safetensors(Path(checkpoint))
+        if saved is not None and saved[1].get("key") == full_key:
+            accumulator.load_state_dict(saved[0])
+            done = int(saved[1]["done"])
+            log.info("resuming %s from %s: %d of %d images done", description, checkpoint, done, len(paths))
+        elif saved is not None:
+            log.warning("checkpoint %s belongs to another run (model, images or options differ); starting over",
+                        checkpoint)
+    resumed = done
+    bar = tqdm(total=len(paths), initial=done, desc=description, unit="img", disable=not progress, leave=False)
+    size = model.info.image_size
+    while done < len(paths):
+        stop = min(done + chunk_size, len(paths))
+        for start in range(done, stop, batch_size):
+            batch = [read_image(path) for path in paths[start:min(start + batch_size, stop)]]
+            trace = model.trace(clip_batch(batch, size).to(model.device, model.dtype), hooks=hooks)
+            accumulator.update(trace, start)
+            bar.update(len(batch))
+        done = stop
+        if checkpoint is not None:
+            atomic_save(accumulator.state_dict(), Path(checkpoint), {"key": full_key, "done": str(done)})
+    bar.close()
+    return resumed

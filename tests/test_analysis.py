@@ -1,0 +1,158 @@
+"""Streaming statistics against two-pass references, merging, resuming (float64, a small random CLIP-ResNet)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import pytest
+import torch
+from PIL import Image
+
+from segclip.analysis.sink import sink_changes
+from segclip.analysis.statistics import RunningStatistics, Statistics, collect_statistics
+from segclip.decompose import PairDirections, trace_pool
+from segclip.errors import DataError, ImageError
+from segclip.models.loading import CLIPResNet, ModelInfo
+
+SMALL_CFG = {"embed_dim": 32, "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 1], "width": 8, "head_width": 64},
+             "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+
+
+def small_model(seed: int = 0) -> CLIPResNet:
+    """A random CLIP-ResNet with N = 256 neurons, H = 4 heads, a 2 x 2 grid and d = 32, in float64."""
+    torch.manual_seed(seed)
+    clip = open_clip.model.CLIP(**SMALL_CFG).double().eval()
+    with torch.no_grad():
+        for linear in (clip.visual.attnpool.v_proj, clip.visual.attnpool.c_proj):
+            linear.bias.normal_(std=0.3)
+    info = ModelInfo(name="small-rn", pretrained="none", weights_hash=f"random-init:small-rn:seed{seed}",
+                     image_size=64, grid=2, neurons=256, heads=4, head_dim=64, embed_dim=32, quick_gelu=False)
+    return CLIPResNet(clip, open_clip.tokenizer.SimpleTokenizer(context_length=16), info)
+
+
+def write_images(folder: Path, count: int, seed: int = 0, size: int = 64) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(count):
+        path = folder / f"img{i:04d}.png"
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(path)
+        paths.append(path)
+    return paths
+
+
+def random_traces(model: CLIPResNet, batches: int, batch: int, seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(batches):
+        x = torch.randn(batch, 256, 2, 2, generator=generator, dtype=torch.float64).relu()
+        x[:, :3] *= 4  # a few neurons with skewed, large values
+        yield trace_pool(model.pool, x)
+
+
+@torch.no_grad()
+def test_one_pass_matches_two_pass_reference():
+    model = small_model()
+    k, traces = 5, list(random_traces(model, batches=4, batch=7))
+    running = RunningStatistics(model.pool, top_k=k)
+    first = 0
+    for trace in traces:
+        running.update(trace, first)
+        first += len(trace)
+    stats = running.finalise(top_fraction=0.1, top_images=4)
+    alpha = torch.cat([t.pair_scalars for t in traces])  # (n, N, H), all of it: the two-pass reference
+    n = alpha.shape[0]
+    mean = alpha.mean(0)
+    assert torch.allclose(stats.mean_scalars, mean, atol=1e-12)
+    order = (alpha - mean).abs().argsort(dim=0, descending=True)[:k]
+    assert torch.equal(stats.deviation_images, order)
+    assert torch.allclose(stats.deviations, (alpha - mean).gather(0, order), atol=1e-12)
+    votes = torch.sign((alpha - mean).gather(0, order)).sum(0)
+    assert torch.equal(stats.signs.long(), torch.where(votes >= 0, 1, -1))
+    assert (stats.signs == -1).any() and (stats.signs == 1).any()
+
+    pairs = PairDirections(model.pool)
+    neurons, heads = torch.meshgrid(torch.arange(256), torch.arange(4), indexing="ij")
+    contributions = pairs.contributions(alpha, neurons.flatten(), heads.flatten()).view(n, 256, 4, -1)
+    norms = contributions.norm(dim=-1)  # (n, N, H)
+    assert stats.norm_k == 3  # ceil(0.1 * 28)
+    top = norms.sort(dim=0, descending=True)
+    assert torch.allclose(stats.pair_top_norm, top.values[:3].mean(0), atol=1e-12)
+    assert torch.equal(stats.pair_top_images, top.indices[:4])
+    neuron_norms = contributions.sum(2).norm(dim=-1)  # (n, N)
+    assert torch.allclose(stats.neuron_top_norm, neuron_norms.sort(0, descending=True).values[:3].mean(0))
+    assert torch.equal(stats.neuron_top_images, neuron_norms.argsort(0, descending=True)[:4])
+    centred = alpha - mean
+    assert torch.allclose(stats.neuron_covariance, torch.einsum("bnh,bnk->nhk", centred, centred) / n, atol=1e-12)
+    maps = torch.cat([t.neurons for t in traces]).flatten(2)
+    assert torch.allclose(stats.activation_mean, maps.mean(0))
+    assert torch.equal(stats.activation_top_images, maps.norm(dim=-1).argsort(0, descending=True)[:4])
+    head_norms = torch.cat([trace_pool(model.pool, t.neurons, token_heads=True).token_heads.sum(1)
+                            for t in traces]).norm(dim=-1)  # (n, H)
+    assert torch.allclose(stats.head_top_norm, head_norms.sort(0, descending=True).values[:3].mean(0))
+    sink = torch.cat([t.attention[..., -1] for t in traces]).mean(0)
+    assert torch.allclose(stats.sink_attention, sink)
+
+
+@torch.no_grad()
+def test_register_scores_match_a_loop_over_neurons():
+    model = small_model()
+    trace = next(random_traces(model, batches=1, batch=3))
+    changes = sink_changes(model.pool, trace.tokens, chunk_elements=500)  # several neuron chunks
+    base = model.pool.class_attention(trace.tokens)[..., -1]
+    for neuron in range(256):
+        tokens = trace.tokens.clone()
+        tokens[:, :, neuron] = 0
+        brute = (model.pool.class_attention(tokens)[..., -1] - base).mean(1)
+        assert torch.allclose(changes[:, neuron], brute, atol=1e-14)
+    running = RunningStatistics(model.pool, top_k=2)
+    running.update(trace, 0)
+    assert torch.allclose(running.finalise().register_scores, changes.abs().mean(0))
+
+
+@torch.no_grad()
+def test_merged_shards_equal_one_pass():
+    model = small_model()
+    traces = list(random_traces(model, batches=4, batch=5, seed=3))
+    whole, left, right = (RunningStatistics(model.pool, top_k=4) for _ in range(3))
+    for i, trace in enumerate(traces):
+        whole.update(trace, 5 * i)
+        (left if i < 2 else right).update(trace, 5 * i)
+    left.merge(right)
+    a, b = whole.finalise(), left.finalise()
+    for name, value in a.tensors().items():
+        other = b.tensors()[name]
+        assert torch.equal(value, other) if value.dtype in (torch.long, torch.int8) else \
+            torch.allclose(value, other, atol=1e-12), name
+
+
+def test_resume_gives_identical_artifacts(tmp_path, caplog):
+    model = small_model()
+    paths = write_images(tmp_path / "images", 10)
+    reference = collect_statistics(model, paths, top_k=3, batch_size=2, chunk_size=4, progress=False,
+                                   checkpoint=tmp_path / "reference.partial.safetensors")
+    reference.save(tmp_path / "reference.safetensors")
+
+    good = paths[6].read_bytes()
+    paths[6].write_bytes(b"not an image")  # the run stops in its second chunk
+    checkpoint = tmp_path / "run.partial.safetensors"
+    with pytest.raises(ImageError, match="img0006"):
+        collect_statistics(model, paths, top_k=3, batch_size=2, chunk_size=4, progress=False, checkpoint=checkpoint)
+    assert checkpoint.is_file()  # the first chunk is kept
+    caplog.set_level("INFO")
+    paths[6].write_bytes(good)
+    resumed = collect_statistics(model, paths, top_k=3, batch_size=2, chunk_size=4, progress=False,
+                                 checkpoint=checkpoint)
+    assert "resuming statistics" in caplog.text and "4 of 10" in caplog.text
+    resumed.save(tmp_path / "resumed.safetensors")
+    a, b = Statistics.load(tmp_path / "reference.safetensors"), Statistics.load(tmp_path / "resumed.safetensors")
+    assert (tmp_path / "reference.safetensors").read_bytes() == (tmp_path / "resumed.safetensors").read_bytes()
+    assert a.count == b.count == 10 and a.metadata == b.metadata
+
+
+def test_empty_folder_is_a_clear_error(tmp_path):
+    from segclip.analysis.calibration import calibrate
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="holds no images"):
+        calibrate(small_model(), tmp_path / "empty", progress=False)
