@@ -20,6 +20,7 @@ from segclip.errors import ConfigError, SegclipError
 
 COMMAND_MODULES = (
     "segclip.decompose.commands",
+    "segclip.analysis.commands",
 )
 
 log = logging.getLogger("segclip")
