@@ -1,0 +1,394 @@
+"""Segmentation methods reading one shared attention-pool trace (method.md sections 3-6).
+
+Every method maps a :class:`~segclip.decompose.trace.Trace` of B crops to window logits ``(B, C, g, g)``:
+
+- ``neuron-head`` (paper Eq. 6): ``logit_c(i) = (1/k) sum_h L_h,c(i) U_c,h(i)`` with the top-k pairs ``P_c`` by
+  ``s[n,h] cos(w[n,h], t_c)``, neuron maps ``Z_n`` (layer4, no positional embedding), head maps
+  ``L_h,c(i) = cos(r^h_i, t_c)`` and ``U_c,h(i) = sum_{n:(n,h) in P_c} Z_n(i)`` (one ``(K x N)`` by ``(N x C H)``
+  product for all classes; nothing per pair).
+- ``neuron-only`` (ablation): ``(1/k) sum_{(n,h) in P_c} Z_n(i) = (1/k) sum_h U_c,h(i)``: Eq. 6 without the head
+  maps (the same pairs, each neuron counted once per selected head).
+- ``head-only`` (ablation): ``(1/H) sum_h L_h,c(i)``: the paper's "single aggregated" head map, before any pair
+  selection (Section 5.1: the per-head maps aggregated over heads).
+- ``maskclip``: ``cos(c_proj(v_proj(z_i)), t_c)`` per spatial location, biases kept, no positional embedding.
+- ``self-self``: the attention pool with ``A^h = softmax(Q Q^T / sqrt(hd)) + softmax(K K^T / sqrt(hd))`` over all
+  K+1 tokens (rows sum to 2), class token dropped, ``cos(out_i, t_c)``.
+
+Methods run under ``torch.inference_mode``. The attention-sink fix (``sink_fix``) replaces the last spatial token by the mean of its west, north and
+north-west neighbours, in the neuron maps and in the head contributions before they are normalised. Head maps are
+computed from the per-head values ``u^h_i = a^h_i (W_v^h z'_i + b_v^h)`` (B, K, H, head_dim) and the Gram matrices
+of ``W_O^h``, never from the (B, K+1, H, d) token-head tensor: ``r^h_i = W_O^h u^h_i + b_O / ((K+1) H)`` is linear
+in ``u``, so the sink fix and the cosine are exact.
+
+Text recipes (method.md section 3): the pair methods use the 80 OpenAI templates, centred; ``maskclip`` MaskCLIP's
+85, not centred; ``self-self`` the 80 OpenAI templates, not centred (as SCLIP's released code). Centring over the
+class set degenerates for small sets (two centred vectors are opposite), so ``centring="auto"`` centres over the
+class set when it has at least :data:`CENTRING_MIN_CLASSES` classes and otherwise against a fixed reference
+vocabulary (the bundled model's own classes, or the 59 PASCAL Context names) together with the classes.
+
+Signs ``s[n,h]`` come from a calibration artifact (``segclip calibrate``); without one every sign is assumed +1
+(the sign is the one thing the weights alone do not fix) and the results say so.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from segclip.data.pascal_context import class_names as dataset_class_names
+from segclip.decompose.trace import Trace
+from segclip.errors import ConfigError
+from segclip.models.loading import CLIPResNet
+from segclip.models.text import centre, check_class_names, encode_classes, resolve_templates
+
+log = logging.getLogger(__name__)
+
+METHODS = ("neuron-head", "maskclip", "self-self", "neuron-only", "head-only")
+PAIR_METHODS = ("neuron-head", "neuron-only", "head-only")
+REGISTER_METHODS = ("neuron-head", "head-only")  # those reading the class-token attention
+CENTRING_MIN_CLASSES = 10
+CENTRING_CHOICES = ("auto", "classes", "reference", "none")
+DEFAULT_K = 20000
+NO_CALIBRATION = "assumed +1 (no calibration)"
+
+
+@dataclass(frozen=True)
+class TextRecipe:
+    """How class embeddings are made.
+
+    Attributes:
+        templates: template set name (``openai``: 80, ``maskclip``: 85, ``single``).
+        centring: ``auto``, ``classes``, ``reference`` or ``none`` (see the module docstring).
+    """
+
+    templates: str
+    centring: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"templates": self.templates, "template_count": len(resolve_templates(self.templates)),
+                "centring": self.centring}
+
+
+DEFAULT_RECIPES = {
+    "neuron-head": TextRecipe("openai", "auto"), "neuron-only": TextRecipe("openai", "auto"),
+    "head-only": TextRecipe("openai", "auto"), "maskclip": TextRecipe("maskclip", "none"),
+    "self-self": TextRecipe("openai", "none"),
+}
+
+
+def reference_vocabulary(model: CLIPResNet) -> list[str]:
+    """Names whose mean embedding small class sets are centred against: the bundled model's classes, or the 59
+    PASCAL Context names for open_clip models."""
+    return list(model.info.classes) or dataset_class_names("pascal_context", 59)
+
+
+def class_embeddings(model: CLIPResNet, names: Sequence[str], recipe: TextRecipe) -> tuple[torch.Tensor, str]:
+    """Unit class embeddings for a recipe, and a description of the centring actually applied.
+
+    Args:
+        model: the model.
+        names: C class names.
+        recipe: templates and centring.
+
+    Returns:
+        ``(C, d)`` float32 embeddings of norm one, and e.g. ``"class set (59 classes)"``.
+
+    Raises:
+        ConfigError: bad class names, template set or centring choice.
+    """
+    names = check_class_names(list(names))
+    if recipe.centring not in CENTRING_CHOICES:
+        raise ConfigError(f"Unknown centring '{recipe.centring}'; use one of {', '.join(CENTRING_CHOICES)}.")
+    texts = encode_classes(model, names, recipe.templates).float()
+    mode = recipe.centring
+    if mode == "auto":
+        mode = "classes" if len(names) >= CENTRING_MIN_CLASSES else "reference"
+    if mode == "none":
+        return texts, "none"
+    if mode == "classes":
+        return centre(texts), f"class set ({len(names)} classes)"
+    lowered = {name.lower() for name in names}
+    extra = [word for word in reference_vocabulary(model) if word.lower() not in lowered]
+    reference = torch.cat([texts, encode_classes(model, extra, recipe.templates).float()]) if extra else texts
+    return centre(texts, reference), f"reference vocabulary ({len(names)} classes + {len(extra)} reference words)"
+
+
+def sink_fix(maps: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Replace the last spatial token by the mean of its west, north and north-west neighbours.
+
+    Args:
+        maps: ``(B, K, ...)`` per-token values, tokens in row-major order over ``grid``.
+        grid: ``(h, w)`` with ``h, w >= 2``.
+
+    Returns:
+        A copy of ``maps`` with token ``K-1`` replaced.
+
+    Example:
+        >>> sink_fix(torch.arange(4.).view(1, 4), (2, 2))
+        tensor([[0.0000, 1.0000, 2.0000, 1.0000]])
+    """
+    height, width = grid
+    if height < 2 or width < 2:
+        raise ValueError(f"the attention-sink fix needs a grid of at least 2x2, got {height}x{width}")
+    last = height * width - 1
+    fixed = maps.clone()
+    fixed[:, last] = (maps[:, last - 1] + maps[:, last - width] + maps[:, last - width - 1]) / 3
+    return fixed
+
+
+def to_window_logits(per_token: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """``(B, K, C)`` -> ``(B, C, h, w)`` float32."""
+    return per_token.float().transpose(1, 2).unflatten(-1, grid).contiguous()
+
+
+def _cosine_logits(features: torch.Tensor, texts: torch.Tensor) -> torch.Tensor:
+    """``(B, K, d)`` features and ``(C, d)`` unit texts -> ``(B, K, C)`` cosines."""
+    return F.normalize(features.float(), dim=-1) @ texts.T
+
+
+class SegmentationMethod(ABC):
+    """A method: a name, its class embeddings, and ``__call__(trace) -> (B, C, h, w)`` window logits.
+
+    Args:
+        model: the model.
+        names: C class names.
+        recipe: how to make the class embeddings from the names.
+        texts: ``(C, d)`` embeddings to use instead (normalised here, not centred); ``recipe`` is then unused.
+
+    Raises:
+        ConfigError: bad class names, or ``texts`` not matching them.
+
+    Attributes:
+        name: the method's name (one of :data:`METHODS`).
+        texts: ``(C, d)`` unit class embeddings on the model's device.
+        params: what the method did, for result files (text recipe, centring, k, signs, registers, ...).
+    """
+
+    name: str
+    uses_registers = False
+
+    def __init__(self, model: CLIPResNet, names: Sequence[str], recipe: TextRecipe,
+                 texts: torch.Tensor | None = None):
+        self.model = model
+        if texts is None:
+            texts, centring = class_embeddings(model, names, recipe)
+            self.params: dict[str, Any] = {"text": {**recipe.to_dict(), "centring_applied": centring}}
+        else:
+            texts = F.normalize(texts.float(), dim=-1)
+            self.params = {"text": {"templates": "given embeddings", "centring": "none"}}
+        self.names = check_class_names(list(names))
+        if len(texts) != len(self.names):
+            raise ConfigError(f"{len(texts)} text embeddings for {len(self.names)} class names.")
+        self.texts = texts.to(model.device)
+
+    def __call__(self, trace: Trace) -> torch.Tensor:
+        """Window logits ``(B, C, h, w)`` float32 for a trace of B crops (computed without autograd)."""
+        with torch.inference_mode():
+            return self.window_logits(trace)
+
+    @abstractmethod
+    def window_logits(self, trace: Trace) -> torch.Tensor:
+        """The method's maps: trace of B crops -> ``(B, C, h, w)`` float32."""
+
+
+class MaskCLIP(SegmentationMethod):
+    """MaskCLIP for CLIP-ResNet: ``cos(c_proj(v_proj(z_i)), t_c)`` per spatial location (method.md section 5).
+
+    Example:
+        >>> from segclip.models import load_model
+        >>> model = load_model("RN50", "none")
+        >>> method = MaskCLIP(model, ["cat", "dog"])
+        >>> method(model.trace(torch.randn(1, 3, 224, 224))).shape
+        torch.Size([1, 2, 7, 7])
+    """
+
+    name = "maskclip"
+
+    def __init__(self, model: CLIPResNet, names: Sequence[str], recipe: TextRecipe = DEFAULT_RECIPES["maskclip"],
+                 texts: torch.Tensor | None = None):
+        super().__init__(model, names, recipe, texts)
+
+    def window_logits(self, trace: Trace) -> torch.Tensor:
+        pool = self.model.pool.pool
+        spatial = trace.neurons.flatten(2).transpose(1, 2)  # (B, N, h, w) -> (B, K, N)
+        features = pool.c_proj(pool.v_proj(spatial))  # (B, K, d)
+        return to_window_logits(_cosine_logits(features, self.texts), trace.grid)
+
+
+def self_self_features(model: CLIPResNet, neurons: torch.Tensor) -> torch.Tensor:
+    """Self-self attention outputs of the spatial tokens (method.md section 5).
+
+    Args:
+        model: the model.
+        neurons: ``(B, N, h, w)`` layer4 output.
+
+    Returns:
+        ``(B, K, d)``: ``out_i = sum_h W_O^h (A^h V^h)_i + b_O`` with ``A^h = softmax(Q^h Q^h^T / sqrt(hd)) +
+        softmax(K^h K^h^T / sqrt(hd))`` over all K+1 tokens (class token and positional embedding included);
+        the class token's row dropped.
+    """
+    pool = model.pool
+    tokens = pool.tokens(neurons)  # (B, K+1, N)
+    query, key, value = (pool.project(tokens, which).transpose(1, 2) for which in ("q", "k", "v"))  # (B, H, T, hd)
+    scale = 1 / math.sqrt(pool.head_dim)
+    work = torch.promote_types(tokens.dtype, torch.float32)
+    attention = sum(((x @ x.transpose(-1, -2)) * scale).to(work).softmax(-1) for x in (query, key))
+    mixed = (attention.to(value.dtype) @ value).transpose(1, 2).flatten(2)  # (B, H, T, hd) -> (B, T, N)
+    return pool.pool.c_proj(mixed)[:, 1:]
+
+
+class SelfSelf(SegmentationMethod):
+    """Self-self attention in the attention pool (method.md section 5); reads only the layer4 neurons, so the
+    register intervention does not apply to it."""
+
+    name = "self-self"
+
+    def __init__(self, model: CLIPResNet, names: Sequence[str], recipe: TextRecipe = DEFAULT_RECIPES["self-self"],
+                 texts: torch.Tensor | None = None):
+        super().__init__(model, names, recipe, texts)
+
+    def window_logits(self, trace: Trace) -> torch.Tensor:
+        features = self_self_features(self.model, trace.neurons)
+        return to_window_logits(_cosine_logits(features, self.texts), trace.grid)
+
+
+def head_maps(model: CLIPResNet, trace: Trace, texts: torch.Tensor) -> torch.Tensor:
+    """Per-head maps ``L_h,c(i) = cos(r^h_i, t_c)`` over spatial tokens, with the attention-sink fix on r^h.
+
+    Computed from ``u^h_i = a^h_i v^h_i`` (B, K, H, hd): ``r^h_i . t = u^h_i . (W_O^h^T t) + b_O . t / ((K+1) H)``
+    and ``|r^h_i|^2 = u^T G_h u + 2 u . W_O^h^T b_O / ((K+1) H) + |b_O|^2 / ((K+1) H)^2`` with ``G_h = W_O^h^T
+    W_O^h``; equal to the cosine of :func:`~segclip.decompose.trace.token_head_contributions`.
+
+    Args:
+        model: the model.
+        trace: the trace (its tokens and attention, with the register intervention if it was applied).
+        texts: ``(C, d)`` unit class embeddings.
+
+    Returns:
+        ``(B, K, C, H)`` float32.
+    """
+    pool, pairs = model.pool, model.pairs
+    values = pool.project(trace.tokens, "v") * trace.attention.transpose(1, 2)[..., None]  # (B, T, H, hd)
+    spread = trace.tokens.shape[1] * pool.num_heads  # (K+1) H
+    units = sink_fix(values[:, 1:], trace.grid)  # (B, K, H, hd)
+    w_o = pairs.output_weight  # (H, d, hd)
+    bias = pairs.output_bias()
+    text_proj = torch.einsum("hdc,kd->khc", w_o, texts.to(w_o.dtype))  # (C, H, hd)
+    dots = torch.einsum("bihc,khc->bikh", units, text_proj) + (texts.to(w_o.dtype) @ bias)[:, None] / spread
+    gram = torch.einsum("hdc,hde->hce", w_o, w_o)
+    bias_proj = torch.einsum("hdc,d->hc", w_o, bias)  # (H, hd)
+    squared = (torch.einsum("bihc,hce,bihe->bih", units, gram, units) + 2 * (units * bias_proj).sum(-1) / spread
+               + bias.dot(bias) / spread**2)
+    return (dots / squared.clamp_min(1e-24).sqrt()[:, :, None]).float()
+
+
+class PairMethod(SegmentationMethod):
+    """The neuron-head method (paper Eq. 6) and its two ablations, ``neuron-only`` and ``head-only``.
+
+    Args:
+        model: the model.
+        names: C class names.
+        name: ``neuron-head``, ``neuron-only`` or ``head-only``.
+        k: pairs kept per class (clamped to N H).
+        signs: ``(N, H)`` pair signs (+-1) from calibration, or None to assume +1.
+        sign_source: description of where the signs came from, for results.
+        recipe: text recipe.
+        texts: ``(C, d)`` embeddings to use instead of the recipe's.
+
+    Raises:
+        ConfigError: unknown name, ``k < 1`` or signs of the wrong shape.
+
+    Example:
+        >>> from segclip.models import load_model
+        >>> model = load_model("RN50", "none")
+        >>> method = PairMethod(model, ["cat", "dog"], k=100)
+        >>> method(model.trace(torch.randn(1, 3, 224, 224))).shape
+        torch.Size([1, 2, 7, 7])
+    """
+
+    uses_registers = True
+
+    def __init__(self, model: CLIPResNet, names: Sequence[str], name: str = "neuron-head", *, k: int = DEFAULT_K,
+                 signs: torch.Tensor | None = None, sign_source: str | None = None, recipe: TextRecipe | None = None,
+                 texts: torch.Tensor | None = None):
+        if name not in PAIR_METHODS:
+            raise ConfigError(f"Unknown pair method '{name}'; use one of {', '.join(PAIR_METHODS)}.")
+        if k < 1:
+            raise ConfigError(f"--k must be at least 1, got {k}.")
+        super().__init__(model, names, recipe or DEFAULT_RECIPES[name], texts)
+        self.name = name
+        self.uses_registers = name in REGISTER_METHODS
+        pairs = model.pairs
+        shape = (pairs.num_neurons, pairs.num_heads)
+        self.k = min(k, shape[0] * shape[1])
+        if name == "head-only":
+            return
+        self.params["k"] = self.k
+        scores = pairs.cosines(self.texts)  # (C, N, H)
+        if signs is not None:
+            if tuple(signs.shape) != shape:
+                raise ConfigError(f"Pair signs have shape {tuple(signs.shape)}; this model needs {shape}.")
+            scores = scores * signs.to(scores)[None]
+        self.params["signs"] = sign_source or ("calibration" if signs is not None else NO_CALIBRATION)
+        chosen = scores.flatten(1).topk(self.k, dim=1).indices  # (C, k) into N*H
+        mask = torch.zeros_like(scores.flatten(1)).scatter_(1, chosen, 1.0).view(-1, *shape)  # M_c: (C, N, H)
+        self.pairs_per_head = mask.sum(1)  # (C, H)
+        self.selection = mask.permute(1, 0, 2).flatten(1).to(model.dtype).contiguous()  # (N, C H)
+
+    def neuron_sums(self, trace: Trace) -> torch.Tensor:
+        """``U_c,h(i) = sum_{n:(n,h) in P_c} Z_n(i)`` with the sink fix on Z: ``(B, K, C, H)``."""
+        grid = trace.grid
+        neurons = sink_fix(trace.neurons.flatten(2).transpose(1, 2), grid)  # (B, N, h, w) -> (B, K, N)
+        return (neurons @ self.selection).unflatten(-1, (len(self.texts), -1)).float()
+
+    def window_logits(self, trace: Trace) -> torch.Tensor:
+        if self.name == "neuron-only":
+            per_token = self.neuron_sums(trace).sum(-1) / self.k
+        elif self.name == "head-only":
+            per_token = head_maps(self.model, trace, self.texts).mean(-1)
+        else:
+            per_token = (head_maps(self.model, trace, self.texts) * self.neuron_sums(trace)).sum(-1) / self.k
+        return to_window_logits(per_token, trace.grid)
+
+
+def build_methods(model: CLIPResNet, names: Sequence[str], methods: Sequence[str], *, k: int = DEFAULT_K,
+                  signs: torch.Tensor | None = None, sign_source: str | None = None,
+                  templates: str | None = None, centring: str | None = None) -> list[SegmentationMethod]:
+    """Build methods by name, sharing nothing but the model.
+
+    Args:
+        model: the model.
+        names: C class names.
+        methods: names from :data:`METHODS`, each at most once.
+        k: pairs per class for the pair methods.
+        signs: ``(N, H)`` calibrated pair signs or None (+1 assumed).
+        sign_source: where the signs came from (recorded in results).
+        templates: override every method's template set (``openai``, ``maskclip``, ``single``).
+        centring: override every method's centring (``auto``, ``classes``, ``reference``, ``none``).
+
+    Returns:
+        The methods, in the order asked.
+
+    Raises:
+        ConfigError: unknown or repeated method names, bad class names or options.
+    """
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise ConfigError(f"Unknown methods {unknown}; choose from {', '.join(METHODS)}.")
+    if len(set(methods)) != len(methods):
+        raise ConfigError(f"Methods are listed more than once: {list(methods)}.")
+    built: list[SegmentationMethod] = []
+    for name in methods:
+        default = DEFAULT_RECIPES[name]
+        recipe = TextRecipe(templates or default.templates, centring or default.centring)
+        if name in PAIR_METHODS:
+            built.append(PairMethod(model, names, name, k=k, signs=signs, sign_source=sign_source, recipe=recipe))
+        else:
+            built.append({"maskclip": MaskCLIP, "self-self": SelfSelf}[name](model, names, recipe))
+    return built
