@@ -145,4 +145,4 @@ def token_head_contributions(pool: AttentionPool, tokens: torch.Tensor, attentio
     values = values * attention.transpose(1, 2)[..., None]
     w_o = pool.pool.c_proj.weight.view(pool.embed_dim, pool.num_heads, pool.head_dim)
     contributions = torch.einsum("bthc,dhc->bthd", values, w_o)
-    return contributions + pool.pool.c_proj.bias / (tokens.shape[1] * pool.num_heads)
+    return contributions.add_(pool.pool.c_proj.bias / (tokens.shape[1] * pool.num_heads))
