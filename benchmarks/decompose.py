@@ -2,8 +2,8 @@
 
 RN50x16 (random init) at 384x384, batch 4, CPU: the time of a forward pass that also produces every pair scalar
 and every token-head contribution (``model.trace(images, token_heads=True)``) over the time of open_clip's plain
-``encode_image``, both measured in this run (interleaved; the fastest of the repeats, the least disturbed by other load), plus the peak memory of each
-(measured in fresh subprocesses as peak RSS above the RSS after loading the model).
+``encode_image``, both measured in this run (interleaved; the fastest of the repeats, the least disturbed by
+other load), plus the peak memory of each (in fresh subprocesses: peak RSS above the RSS after loading).
 
     python benchmarks/decompose.py [--model RN50x16] [--batch 4] [--repeats 5] [--threads N]
 """
