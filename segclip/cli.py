@@ -21,6 +21,7 @@ from segclip.errors import ConfigError, SegclipError
 COMMAND_MODULES = (
     "segclip.decompose.commands",
     "segclip.analysis.commands",
+    "segclip.segment.commands",
 )
 
 log = logging.getLogger("segclip")

@@ -1,0 +1,152 @@
+"""Lightning wrappers: dataset-level evaluation (test) and segmentation (predict) over devices, DDP included.
+
+The LightningModule is thin: each step calls :func:`~segclip.segment.pipeline.segment_images` (one batched trace
+for all crops of the step's images, every method on it) and updates one
+:class:`~segclip.segment.metric.SegmentationMetric` per method. Under DDP every image is seen exactly once
+(an unrepeated distributed sampler, not Lightning's padding one), and the confusion matrices are summed across
+processes, so a 2-process run gives the single-process confusion matrix.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from torch.utils.data import DataLoader, Dataset, SequentialSampler
+
+from segclip.data.pascal_context import collate_samples
+from segclip.models.loading import CLIPResNet
+from segclip.segment.methods import SegmentationMethod
+from segclip.segment.metric import SegmentationMetric
+from segclip.segment.pipeline import Segmentation, segment_images
+from segclip.segment.windows import SlidingWindowProtocol
+
+log = logging.getLogger(__name__)
+
+ImageCallback = Callable[[str, dict[str, Segmentation], torch.Tensor | None], None]
+
+
+class SegmentationTask(L.LightningModule):
+    """Segment batches of images with several methods; score them against labels (test) or hand them out
+    (predict).
+
+    Args:
+        model: the CLIP-ResNet, on the device the trainer uses (for DDP on GPUs: ``cuda:<local rank>``).
+        methods: the built methods (their tensors on the model's device).
+        protocol: the sliding-window protocol.
+        num_classes: C, for the metrics.
+        crops_per_pass: crops per backbone pass.
+        registers: register neurons for the intervention, or None.
+        background_threshold: label pixels below this top probability as background (predict only).
+        on_image: called per image with ``(id, {method: Segmentation}, confusion stack (M, C, C) or None)``
+            (writes partial results and outputs).
+
+    Attributes:
+        confusions: after ``trainer.test``, per method the ``(C, C)`` confusion matrix of this run's images, summed
+            over all processes.
+        images_seen: images processed by this process.
+        seconds: wall time of this process's test or predict loop.
+    """
+
+    def __init__(self, model: CLIPResNet, methods: Sequence[SegmentationMethod], protocol: SlidingWindowProtocol,
+                 num_classes: int, *, crops_per_pass: int = 8, registers: torch.Tensor | None = None,
+                 background_threshold: float | None = None, on_image: ImageCallback | None = None):
+        super().__init__()
+        self.model = model
+        self.methods, self.protocol, self.num_classes = list(methods), protocol, num_classes
+        self.crops_per_pass, self.registers = crops_per_pass, registers
+        self.background_threshold, self.on_image = background_threshold, on_image
+        self.metrics = torch.nn.ModuleDict({m.name: SegmentationMetric(num_classes) for m in self.methods})
+        self.confusions: dict[str, torch.Tensor] = {}
+        self.images_seen, self.seconds, self._start = 0, 0.0, 0.0
+
+    def _start_loop(self) -> None:
+        self.images_seen, self._start = 0, time.perf_counter()
+
+    def _segment(self, batch: dict[str, list[Any]]) -> list[dict[str, Segmentation]]:
+        return segment_images(self.model, batch["image"], self.methods, self.protocol, self.crops_per_pass,
+                              registers=self.registers, background_threshold=self.background_threshold)
+
+    def on_test_start(self) -> None:
+        self._start_loop()
+
+    def test_step(self, batch: dict[str, list[Any]], batch_idx: int) -> None:
+        for image_id, label, result in zip(batch["id"], batch["label"], self._segment(batch)):
+            target = torch.as_tensor(label, device=self.device).long()
+            stack = []
+            for method in self.methods:
+                metric = self.metrics[method.name]
+                before = metric.confusion.clone()
+                metric.update(result[method.name].labels.to(self.device), target)
+                stack.append(metric.confusion - before)
+            if self.on_image is not None:
+                self.on_image(image_id, result, torch.stack(stack).cpu())
+            self.images_seen += 1
+
+    def on_test_epoch_end(self) -> None:
+        self.seconds = time.perf_counter() - self._start
+        self.confusions = {name: metric.compute()["confusion_matrix"] for name, metric in self.metrics.items()}
+
+    def on_predict_start(self) -> None:
+        self._start_loop()
+
+    def predict_step(self, batch: dict[str, list[Any]], batch_idx: int) -> list[str]:
+        for image_id, result in zip(batch["id"], self._segment(batch)):
+            if self.on_image is not None:
+                self.on_image(image_id, result, None)
+            self.images_seen += 1
+        self.seconds = time.perf_counter() - self._start
+        return list(batch["id"])
+
+
+class SegmentationData(L.LightningDataModule):
+    """Serves a dataset of ``{"id", "image"[, "label"]}`` samples in batches of images, each image once per run
+    across all processes.
+
+    Args:
+        dataset: the dataset (PASCAL Context, the synthetic benchmark, an image folder, or a subset).
+        images_per_step: images per step.
+        num_workers: DataLoader worker processes.
+    """
+
+    def __init__(self, dataset: Dataset, images_per_step: int = 1, num_workers: int = 0):
+        super().__init__()
+        self.dataset, self.images_per_step, self.num_workers = dataset, images_per_step, num_workers
+
+    def _loader(self) -> DataLoader:
+        trainer = self.trainer
+        if trainer is not None and trainer.world_size > 1:
+            sampler = UnrepeatedDistributedSampler(self.dataset, num_replicas=trainer.world_size,
+                                                   rank=trainer.global_rank, shuffle=False)
+        else:
+            sampler = SequentialSampler(self.dataset)
+        return DataLoader(self.dataset, batch_size=self.images_per_step, sampler=sampler, collate_fn=collate_samples,
+                          num_workers=self.num_workers)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader()
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader()
+
+
+def make_trainer(device: torch.device, devices: int = 1, progress: bool = True) -> L.Trainer:
+    """A Trainer for inference: CPU or GPU, ``devices`` processes with DDP when more than one.
+
+    Args:
+        device: where the model lives (its type picks the accelerator).
+        devices: number of devices (processes).
+        progress: show Lightning's progress bar.
+
+    Returns:
+        The trainer (no logger, no checkpoints, our own distributed sampler).
+    """
+    accelerator = "gpu" if device.type == "cuda" else "cpu"
+    chosen: Any = devices if devices > 1 or device.type != "cuda" else [device.index or 0]
+    return L.Trainer(accelerator=accelerator, devices=chosen, strategy="ddp" if devices > 1 else "auto",
+                     logger=False, enable_checkpointing=False, enable_model_summary=False,
+                     enable_progress_bar=progress, use_distributed_sampler=False, inference_mode=True)

@@ -1,0 +1,222 @@
+"""Result files: per-image partial results (resume), predictions, and ``results.json`` / ``results.csv``.
+
+An output folder holds::
+
+    results.json, results.csv            written last, atomically (temporary file + rename)
+    partial/run.json                     the run's fingerprint (model, methods, protocol, classes, dataset)
+    partial/<image id>.npy               (M, C, C) int64 confusion contributions of the M methods, one per image
+    predictions/<method>/<image id>.png  uint8 labels (0-based, class-list order), with --save-predictions
+
+Every per-image file is written atomically, so an interrupted run resumes from the images whose file exists and
+ends with the same numbers (integer confusion matrices summed in any order are equal).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import os
+import shutil
+import subprocess
+from collections.abc import Iterable, Sequence
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from segclip.errors import CacheError, ConfigError
+
+log = logging.getLogger(__name__)
+
+RESULT_FILES = ("results.json", "results.csv")
+PACKAGES = ("segclip", "torch", "open_clip_torch", "lightning", "torchmetrics", "numpy", "opencv-python-headless",
+            "Pillow")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same folder and a rename.
+
+    Raises:
+        ConfigError: the folder cannot be created or written.
+    """
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(data)
+        tmp.replace(path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise ConfigError(f"Cannot write {path} ({err.strerror}); choose a writable --out folder.") from err
+
+
+def png_bytes(labels: np.ndarray) -> bytes:
+    """``(H, W)`` uint8 labels -> PNG bytes."""
+    buffer = io.BytesIO()
+    Image.fromarray(labels.astype(np.uint8), mode="L").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def package_versions() -> dict[str, str]:
+    """Installed versions of the packages a result depends on."""
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib_metadata.version(name)
+        except importlib_metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def git_revision() -> str | None:
+    """The git revision of the segclip source tree (``+dirty`` if modified), or None outside a checkout."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        rev = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return rev + ("+dirty" if dirty else "")
+
+
+def check_writable(out: Path) -> None:
+    """Create ``out`` and prove it writable before any model work.
+
+    Raises:
+        ConfigError: it is a file, or cannot be created or written.
+    """
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; pass a folder.")
+    probe = out / f".write-test{os.getpid()}"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise ConfigError(f"Cannot write to the output folder {out} ({err.strerror}); choose a writable --out.") \
+            from err
+
+
+class ResultStore:
+    """Per-image partial results and predictions in an output folder, for resuming.
+
+    Args:
+        out: the output folder.
+        fingerprint: what defines the run (JSON-able); a folder holding another run's partial results is refused.
+        methods: method names, in the order of the confusion stacks.
+        num_classes: C.
+        save_predictions: also write label PNGs.
+        overwrite: delete earlier results, partial results and predictions first.
+        primary: whether this process owns the folder (global rank 0): only it deletes or writes the fingerprint.
+
+    Raises:
+        ConfigError: results already exist (without ``overwrite``), or the folder is not writable.
+        CacheError: the folder holds partial results of a different run.
+    """
+
+    def __init__(self, out: Path, fingerprint: dict[str, Any], methods: Sequence[str], num_classes: int, *,
+                 save_predictions: bool = False, overwrite: bool = False, primary: bool = True):
+        self.out, self.methods, self.num_classes = Path(out), list(methods), num_classes
+        self.save_predictions = save_predictions
+        self.partial = self.out / "partial"
+        existing = [name for name in RESULT_FILES if (self.out / name).exists()]
+        if primary:
+            check_writable(self.out)
+            if overwrite:
+                for name in RESULT_FILES:
+                    (self.out / name).unlink(missing_ok=True)
+                for folder in (self.partial, self.out / "predictions"):
+                    shutil.rmtree(folder, ignore_errors=True)
+            elif existing:
+                raise ConfigError(
+                    f"{self.out} already holds {', '.join(existing)} of a finished run; pass --overwrite to replace "
+                    "them, or choose another --out.")
+        run_file = self.partial / "run.json"
+        fingerprint = json.loads(json.dumps(fingerprint, sort_keys=True, default=str))
+        if run_file.is_file():
+            try:
+                earlier = json.loads(run_file.read_text(encoding="utf-8"))
+            except ValueError:
+                earlier = None
+            if earlier != fingerprint:
+                raise CacheError(
+                    f"{self.partial} holds partial results of a different run (other model, methods, protocol, "
+                    "classes or options); pass --overwrite to discard them, or choose another --out.")
+        elif primary:
+            atomic_write_bytes(run_file, json.dumps(fingerprint, indent=1, sort_keys=True).encode())
+
+    def _partial_file(self, image_id: str) -> Path:
+        return self.partial / f"{image_id}.npy"
+
+    def done(self, ids: Iterable[str]) -> set[str]:
+        """The ids among ``ids`` whose partial result exists."""
+        return {i for i in ids if self._partial_file(i).is_file()}
+
+    def write(self, image_id: str, confusions: torch.Tensor, labels: Sequence[torch.Tensor] | None = None) -> None:
+        """Store one image: predictions first, then its ``(M, C, C)`` confusion stack (which marks it done)."""
+        if self.save_predictions and labels is not None:
+            for method, label in zip(self.methods, labels):
+                atomic_write_bytes(self.out / "predictions" / method / f"{image_id}.png",
+                                   png_bytes(label.cpu().numpy()))
+        buffer = io.BytesIO()
+        np.save(buffer, confusions.cpu().numpy().astype(np.int64))
+        atomic_write_bytes(self._partial_file(image_id), buffer.getvalue())
+
+    def load(self, ids: Iterable[str]) -> torch.Tensor:
+        """Sum of the stored ``(M, C, C)`` confusion stacks of ``ids``.
+
+        Raises:
+            CacheError: a file is unreadable or shaped for another run.
+        """
+        total = torch.zeros(len(self.methods), self.num_classes, self.num_classes, dtype=torch.long)
+        for image_id in ids:
+            path = self._partial_file(image_id)
+            try:
+                stack = torch.from_numpy(np.load(path, allow_pickle=False))
+            except (OSError, ValueError) as err:
+                raise CacheError(f"Partial result {path} is unreadable ({err}); delete it to recompute it.") from err
+            if tuple(stack.shape) != tuple(total.shape):
+                raise CacheError(f"Partial result {path} has shape {tuple(stack.shape)}, not {tuple(total.shape)}; "
+                                 "pass --overwrite.")
+            total += stack
+        return total
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe: NaN -> None, tensors -> lists."""
+    if isinstance(value, torch.Tensor):
+        value = value.tolist()
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+def write_results(out: Path, entries: list[dict[str, Any]]) -> None:
+    """Write ``results.json`` (the entries) and ``results.csv`` (method, mIoU, pixel accuracy, images/s, per-class
+    IoU), each atomically.
+
+    Args:
+        out: output folder.
+        entries: one dict per method with at least ``method``, ``miou``, ``pixel_accuracy``, ``images_per_second``,
+            ``per_class_iou`` and ``protocol`` (holding ``class_names``).
+    """
+    entries = _clean(entries)
+    atomic_write_bytes(out / "results.json", (json.dumps(entries, indent=1) + "\n").encode())
+    names = entries[0]["protocol"]["class_names"]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["method", "miou", "pixel_accuracy", "images_per_second"] + [f"iou_{n}" for n in names])
+    for entry in entries:
+        writer.writerow([entry["method"], entry["miou"], entry["pixel_accuracy"], entry["images_per_second"]]
+                        + ["" if v is None else v for v in entry["per_class_iou"]])
+    atomic_write_bytes(out / "results.csv", buffer.getvalue().encode())

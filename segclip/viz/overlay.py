@@ -1,0 +1,62 @@
+"""Colour overlays of label maps with a legend, and per-class heatmaps (PIL only; no display needed)."""
+from __future__ import annotations
+
+import colorsys
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+BACKGROUND_COLOUR = (0, 0, 0)
+
+
+def palette(count: int) -> np.ndarray:
+    """``count`` well-separated RGB colours (golden-ratio hues, alternating brightness): ``(count, 3)`` uint8."""
+    colours = [colorsys.hsv_to_rgb((i * 0.618033988749895) % 1.0, 0.75, 0.95 if i % 2 == 0 else 0.7)
+               for i in range(count)]
+    return (np.array(colours).reshape(count, 3) * 255).round().astype(np.uint8)
+
+
+def overlay(image: np.ndarray, labels: np.ndarray, class_names: Sequence[str], alpha: float = 0.5,
+            background: str | None = None) -> Image.Image:
+    """Blend a colour-coded label map over an image and add a legend of the classes present.
+
+    Args:
+        image: ``(H, W, 3)`` uint8 RGB.
+        labels: ``(H, W)`` integer labels in ``0..C-1``, or ``C`` for background.
+        class_names: C names.
+        alpha: weight of the colours.
+        background: legend name of label ``C`` (None: label ``C`` never occurs).
+
+    Returns:
+        An RGB image: the blend, with the legend in a strip to its right.
+
+    Example:
+        >>> overlay(np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), int), ["sky"]).size[1] >= 8
+        True
+    """
+    colours = np.concatenate([palette(len(class_names)), np.array([BACKGROUND_COLOUR], np.uint8)])
+    blend = (image.astype(np.float32) * (1 - alpha) + colours[labels].astype(np.float32) * alpha)
+    blended = Image.fromarray(blend.round().clip(0, 255).astype(np.uint8))
+    present = [int(v) for v in np.unique(labels)]
+    names = [class_names[v] if v < len(class_names) else (background or "background") for v in present]
+    font = ImageFont.load_default()
+    row = 16
+    width = 24 + max((int(font.getlength(n)) for n in names), default=0) + 8
+    height = max(image.shape[0], row * len(present) + 8)
+    canvas = Image.new("RGB", (image.shape[1] + width, height), (255, 255, 255))
+    canvas.paste(blended, (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    for i, (value, name) in enumerate(zip(present, names)):
+        x, y = image.shape[1] + 4, 4 + i * row
+        draw.rectangle((x, y, x + 12, y + 12), fill=tuple(int(c) for c in colours[value]), outline=(0, 0, 0))
+        draw.text((x + 18, y), name, fill=(0, 0, 0), font=font)
+    return canvas
+
+
+def heatmap(probability: np.ndarray) -> Image.Image:
+    """A ``(H, W)`` map in ``[0, 1]`` as an RGB image (dark blue -> yellow, the viridis colour map)."""
+    from matplotlib import colormaps
+
+    rgb = colormaps["viridis"](np.clip(probability, 0, 1))[..., :3]
+    return Image.fromarray((rgb * 255).round().astype(np.uint8))
