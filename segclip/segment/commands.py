@@ -15,6 +15,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -130,6 +131,15 @@ def _quiet_lightning(verbose: bool) -> None:
         logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
 
 
+def _run_loop(loop: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+    """Run ``trainer.test`` / ``trainer.predict``; Lightning turns Ctrl-C into ``sys.exit(1)`` after its teardown,
+    which becomes the KeyboardInterrupt the command line reports as resumable."""
+    try:
+        loop(*args, **kwargs)
+    except SystemExit as err:
+        raise KeyboardInterrupt from err
+
+
 def _load(args: argparse.Namespace, names: list[str] | None, methods: list[str], default_short_side: int | None):
     """Model, class names (default: the bundled model's own), built methods, protocol, register neurons and
     calibration metadata from the options."""
@@ -232,7 +242,7 @@ def run_eval(args: argparse.Namespace) -> int:
     if todo:
         loader = SegmentationData(Subset(data.dataset, todo), args.batch_size, args.num_workers)
         start = time.perf_counter()
-        trainer.test(task, datamodule=loader, verbose=False)
+        _run_loop(trainer.test, task, datamodule=loader, verbose=False)
         seconds = time.perf_counter() - start
         confusion += torch.stack([task.confusions[m].cpu() for m in methods])
     if not trainer.is_global_zero:
@@ -334,7 +344,7 @@ def run_segment(args: argparse.Namespace) -> int:
     task = SegmentationTask(model, built, protocol, len(names), crops_per_pass=args.batch_size,
                             registers=registers, background_threshold=threshold, on_image=on_image)
     trainer = make_trainer(model.device, 1, progress=False)
-    trainer.predict(task, datamodule=SegmentationData(dataset, args.batch_size), return_predictions=False)
+    _run_loop(trainer.predict, task, datamodule=SegmentationData(dataset, args.batch_size), return_predictions=False)
     record = _protocol_record(model, protocol, names, meta, args,
                               "given" if args.short_side else "4/3 of the crop (512 / 384 scaled)")
     summary = {"method": args.method, "params": {**built[0].params, "registers": len(meta["registers"])},

@@ -1,0 +1,200 @@
+"""`segclip eval / compare / segment` end to end through `segclip.cli.main`, with a tiny random model standing in
+for the loader (the README's own commands with real architectures are the `slow` tests at the end)."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from fake_data import make_fake_pascal_context
+from PIL import Image
+from test_methods import tiny_model
+
+import segclip.cli
+from segclip.cli import main
+from segclip.data.images import read_label
+from segclip.segment.metric import miou_from_confusion
+from segclip.segment.results import ResultStore
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+FAST = ["--short-side", "128", "--templates", "single", "--k", "200", "--no-progress"]
+
+
+@pytest.fixture
+def tiny(monkeypatch):
+    """Every command loads the tiny float32 model; records how often the loader ran."""
+    model = tiny_model(torch.float32)
+    calls = []
+    monkeypatch.setattr(segclip.cli, "load_from_args", lambda args: calls.append(args) or model)
+    return calls
+
+
+@pytest.fixture
+def data(tmp_path):
+    make_fake_pascal_context(tmp_path / "data", n_images=4)
+    return tmp_path / "data"
+
+
+def compare(data, out, *extra):
+    return main(["compare", "--dataset", "pascal_context", "--data-root", str(data), "--limit", "4", "--out",
+                 str(out), *FAST, *extra])
+
+
+def test_compare_results_match_saved_predictions(tiny, data, tmp_path, capsys):
+    assert compare(data, tmp_path / "out", "--save-predictions") == 0
+    table = capsys.readouterr().out
+    assert table.count("| ") >= 6 and "neuron-head" in table and "self-self" in table
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert [r["method"] for r in results] == ["neuron-head", "maskclip", "self-self", "neuron-only", "head-only"]
+    ids = [line for line in (data / "VOCdevkit/VOC2010/ImageSets/SegmentationContext/val.txt").read_text().split()]
+    for entry in results:
+        confusion = torch.zeros(59, 59, dtype=torch.long)
+        for image_id in ids:
+            predicted = np.asarray(Image.open(tmp_path / "out/predictions" / entry["method"] / f"{image_id}.png"))
+            label = read_label(data / "VOCdevkit/VOC2010/SegmentationClassContext" / f"{image_id}.png", 59, True)
+            keep = label != 255
+            confusion += torch.bincount(torch.from_numpy(label[keep].astype(np.int64) * 59 + predicted[keep]),
+                                        minlength=59 * 59).view(59, 59)
+        assert entry["miou"] == pytest.approx(miou_from_confusion(confusion), abs=1e-9)
+        protocol = entry["protocol"]
+        assert protocol["window"]["short_side"] == 128 and protocol["window"]["crop"] == 128
+        assert len(protocol["class_names"]) == 59 and "torch" in protocol["package_versions"]
+        assert entry["params"]["text"]["templates"] == "single"
+    assert results[0]["params"]["signs"] == "assumed +1 (no calibration)" and results[0]["params"]["k"] == 200
+    csv_lines = (tmp_path / "out" / "results.csv").read_text().splitlines()
+    assert len(csv_lines) == 6 and csv_lines[0].startswith("method,miou,pixel_accuracy,images_per_second,iou_")
+
+
+def test_interrupted_run_resumes_to_identical_numbers(tiny, data, tmp_path, monkeypatch):
+    assert compare(data, tmp_path / "fresh", "--methods", "neuron-head,maskclip") == 0
+    original, written = ResultStore.write, []
+
+    def interrupt_after_two(self, image_id, *args):
+        if len(written) == 2:
+            raise KeyboardInterrupt
+        written.append(image_id)
+        original(self, image_id, *args)
+
+    monkeypatch.setattr(ResultStore, "write", interrupt_after_two)
+    assert compare(data, tmp_path / "resumed", "--methods", "neuron-head,maskclip") == 130
+    assert len(list((tmp_path / "resumed" / "partial").glob("*.npy"))) == 2
+    assert not (tmp_path / "resumed" / "results.json").exists()
+    monkeypatch.setattr(ResultStore, "write", original)
+    assert compare(data, tmp_path / "resumed", "--methods", "neuron-head,maskclip") == 0
+    fresh = json.loads((tmp_path / "fresh" / "results.json").read_text())
+    resumed = json.loads((tmp_path / "resumed" / "results.json").read_text())
+    for a, b in zip(fresh, resumed):
+        assert a["confusion_matrix"] == b["confusion_matrix"] and a["miou"] == b["miou"]
+    assert resumed[0]["images_this_run"] == 2
+
+
+def test_existing_outputs_and_other_runs_are_never_overwritten(tiny, data, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert compare(data, out, "--methods", "maskclip") == 0
+    assert compare(data, out, "--methods", "maskclip") == 2
+    assert "--overwrite" in capsys.readouterr().err
+    (out / "results.json").unlink()
+    (out / "results.csv").unlink()
+    assert compare(data, out, "--methods", "maskclip", "--stride", "32") == 2  # partial results of another run
+    assert "different run" in capsys.readouterr().err
+    assert compare(data, out, "--methods", "maskclip", "--stride", "32", "--overwrite") == 0
+
+
+def test_bad_inputs_fail_before_model_work(tiny, data, tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    assert compare(data, blocker / "out") == 2
+    assert "Cannot write" in capsys.readouterr().err
+    assert main(["eval", "--dataset", "pascal_context", "--data-root", str(tmp_path / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["eval", "--dataset", "pascal_context"]) == 2
+    assert "--data-root" in capsys.readouterr().err
+    assert main(["compare", "--dataset", "pascal_context", "--data-root", str(data), "--methods", "nope"]) == 2
+    assert tiny == []
+    assert compare(data, tmp_path / "out", "--registers", "4") == 2
+    assert "calibration" in capsys.readouterr().err
+
+
+def test_config_file(tiny, data, tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text((CONFIGS / "pascal_context_authors.yaml").read_text() + "limit: 2\nmethod: maskclip\n")
+    assert main(["eval", "--config", str(config), "--data-root", str(data), "--out", str(tmp_path / "out"),
+                 "--stride", "64", *FAST]) == 0  # the tiny stand-in model has 128-pixel crops
+    entry = json.loads((tmp_path / "out" / "results.json").read_text())[0]
+    assert entry["method"] == "maskclip" and entry["images"] == 2
+    assert entry["protocol"]["class_names"][0] == "airplane"  # the authors' text names
+    assert tiny[0].model == "RN50x16"
+
+
+@pytest.mark.parametrize("name", ["pascal_context_paper", "pascal_context_authors", "synthetic"])
+def test_shipped_configs_parse(name):
+    parser = segclip.cli.build_parser()
+    args = parser.parse_args(["compare", "--config", str(CONFIGS / f"{name}.yaml")])
+    args = segclip.cli.apply_config(parser, ["compare", "--config", str(CONFIGS / f"{name}.yaml")], args)
+    assert args.short_side in (512, 384, 256)
+
+
+def test_synthetic_dataset(tiny, tmp_path):
+    out = tmp_path / "out"
+    assert main(["eval", "--dataset", "synthetic", "--data-root", str(tmp_path / "syn"), "--limit", "2", "--method",
+                 "neuron-head", "--out", str(out), "--templates", "single", "--k", "100", "--no-progress"]) == 0
+    entry = json.loads((out / "results.json").read_text())[0]
+    assert entry["protocol"]["window"]["crop"] == 128 and entry["protocol"]["window"]["stride"] == 64
+    assert entry["protocol"]["window"]["short_side"] == 171  # 4/3 of the crop
+    assert entry["protocol"]["dataset"]["name"] == "synthetic" and len(entry["per_class_iou"]) == 12
+
+
+def write_images(folder: Path) -> list[Path]:
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    rgba = folder / "rgba.png"
+    Image.fromarray(rng.integers(0, 256, (70, 90, 4), dtype=np.uint8), mode="RGBA").save(rgba)
+    gray = folder / "gray.jpg"
+    Image.fromarray(rng.integers(0, 256, (150, 60), dtype=np.uint8), mode="L").save(gray)
+    return [rgba, gray]
+
+
+def test_segment_writes_labels_overlays_heatmaps(tiny, tmp_path):
+    paths = write_images(tmp_path / "images")
+    out = tmp_path / "out"
+    assert main(["segment", *map(str, paths), "--classes", "cat,dog,grass", "--out", str(out), "--heatmaps",
+                 "--templates", "single", "--k", "50"]) == 0
+    labels = np.asarray(Image.open(out / "rgba.png"))
+    assert labels.shape == (70, 90) and labels.max() < 3
+    assert Image.open(out / "gray_overlay.png").size[0] > 60  # image plus legend strip
+    assert len(list((out / "heatmaps" / "gray").glob("*.png"))) == 3
+    summary = json.loads((out / "segment.json").read_text())
+    assert summary["params"]["text"]["centring_applied"].startswith("reference vocabulary (3 classes")
+    assert main(["segment", *map(str, paths), "--classes", "cat,dog", "--out", str(out)]) == 2  # existing outputs
+    assert main(["segment", str(paths[0]), "--classes", "cat,dog", "--out", str(out), "--overwrite",
+                 "--background-threshold", "0.9", "--templates", "single", "--method", "maskclip"]) == 0
+    assert np.asarray(Image.open(out / "rgba.png")).max() <= 2
+
+
+def test_segment_bad_inputs(tiny, tmp_path, capsys):
+    paths = write_images(tmp_path / "images")
+    corrupt = tmp_path / "images" / "corrupt.jpg"
+    corrupt.write_bytes(b"\xff\xd8 not a jpeg")
+    out = tmp_path / "out"
+    assert main(["segment", str(corrupt), "--classes", "cat", "--out", str(out)]) == 2
+    assert "corrupt.jpg" in capsys.readouterr().err
+    latin = tmp_path / "classes.txt"
+    latin.write_bytes("café\nthé\n".encode("latin-1"))
+    assert main(["segment", str(paths[0]), "--classes-file", str(latin), "--out", str(out)]) == 2
+    assert "not UTF-8" in capsys.readouterr().err
+    for classes, message in (("cat,,dog", "blank"), ("cat,Cat", "Duplicate"), ("", "blank")):
+        assert main(["segment", str(paths[0]), "--classes", classes, "--out", str(out)]) == 2
+        assert message in capsys.readouterr().err
+    assert main(["segment", str(paths[0]), "--classes", "cat", "--classes-file", str(latin), "--out", str(out)]) == 2
+    assert tiny == [] and not list(out.glob("*.png"))
+
+
+@pytest.mark.slow
+def test_readme_compare_command(data, tmp_path):
+    """The issue's acceptance command, as written (RN50, random weights, the paper's 512 short side)."""
+    out = tmp_path / "out"
+    assert main(["compare", "--dataset", "pascal_context", "--data-root", str(data), "--model", "RN50",
+                 "--pretrained", "none", "--limit", "4", "--save-predictions", "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert len(results) == 5 and all(len(list((out / "predictions" / r["method"]).glob("*.png"))) == 4
+                                     for r in results)
