@@ -198,3 +198,15 @@ def test_readme_compare_command(data, tmp_path):
     results = json.loads((out / "results.json").read_text())
     assert len(results) == 5 and all(len(list((out / "predictions" / r["method"]).glob("*.png"))) == 4
                                      for r in results)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (Path(segclip.__file__).parent / "assets" / "tiny-rn" / "weights.safetensors").is_file(),
+                    reason="the bundled tiny model is not built yet (tools/train_tiny_clip.py)")
+def test_default_compare_on_synthetic_with_bundled_model(tmp_path, capsys):
+    """`segclip compare --dataset synthetic` with no --model: the bundled model, every method, a table."""
+    assert main(["compare", "--dataset", "synthetic", "--limit", "4", "--out", str(tmp_path / "out"),
+                 "--no-progress"]) == 0
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results[0]["protocol"]["model"]["name"] == "segclip-tiny" and len(results) == 5
+    assert results[0]["protocol"]["window"]["crop"] == results[0]["protocol"]["model"]["image_size"]

@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import Subset
 
 from segclip.errors import ConfigError
-from segclip.segment.methods import CENTRING_CHOICES, DEFAULT_K, METHODS, NO_CALIBRATION
+from segclip.segment.methods import CENTRING_CHOICES, DEFAULT_K, METHODS
 
 log = logging.getLogger(__name__)
 
@@ -144,14 +144,13 @@ def _load(args: argparse.Namespace, names: list[str] | None, methods: list[str],
     """Model, class names (default: the bundled model's own), built methods, protocol, register neurons and
     calibration metadata from the options."""
     from segclip.analysis.calibration import load_calibration
-    from segclip.cli import load_from_args
+    from segclip.cli import load_from_args, resolve_device
     from segclip.segment.methods import build_methods
     from segclip.segment.pipeline import protocol_for
 
     _quiet_lightning(args.verbose)
-    if getattr(args, "devices", 1) > 1 and args.device.startswith("cuda") or (
-            args.device == "auto" and getattr(args, "devices", 1) > 1 and torch.cuda.is_available()):
-        args.device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    if getattr(args, "devices", 1) > 1 and resolve_device(args.device).type == "cuda":
+        args.device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"  # one GPU per DDP process
     model = load_from_args(args)
     names = names or list(model.info.classes)
     if not names:
@@ -225,8 +224,8 @@ def run_eval(args: argparse.Namespace) -> int:
                        "methods": params, "save_predictions": args.save_predictions}
         store = ResultStore(args.out, fingerprint, methods, len(data.class_names),
                             save_predictions=args.save_predictions, overwrite=args.overwrite, primary=primary)
-    done = sorted(store.done(ids)) if store else []
-    todo = [i for i, image_id in enumerate(ids) if image_id not in set(done)]
+    done = store.done(ids) if store else set()
+    todo = [i for i, image_id in enumerate(ids) if image_id not in done]
     if done:
         log.warning("resuming: %d of %d images already done in %s", len(done), len(ids), args.out)
 
@@ -248,7 +247,7 @@ def run_eval(args: argparse.Namespace) -> int:
     if not trainer.is_global_zero:
         return 0
     if store is not None:
-        confusion += store.load(done)
+        confusion += store.load(sorted(done))
     entries = []
     for method, matrix in zip(methods, confusion):
         scores = segmentation_scores(matrix)

@@ -8,7 +8,6 @@ processes, so a 2-process run gives the single-process confusion matrix.
 """
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -24,8 +23,6 @@ from segclip.segment.methods import SegmentationMethod
 from segclip.segment.metric import SegmentationMetric
 from segclip.segment.pipeline import Segmentation, segment_images
 from segclip.segment.windows import SlidingWindowProtocol
-
-log = logging.getLogger(__name__)
 
 ImageCallback = Callable[[str, dict[str, Segmentation], torch.Tensor | None], None]
 

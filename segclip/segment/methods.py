@@ -116,6 +116,7 @@ def class_embeddings(model: CLIPResNet, names: Sequence[str], recipe: TextRecipe
     lowered = {name.lower() for name in names}
     extra = [word for word in reference_vocabulary(model) if word.lower() not in lowered]
     reference = torch.cat([texts, encode_classes(model, extra, recipe.templates).float()]) if extra else texts
+    log.info("%d classes are centred against a reference vocabulary of %d more words", len(names), len(extra))
     return centre(texts, reference), f"reference vocabulary ({len(names)} classes + {len(extra)} reference words)"
 
 
@@ -338,7 +339,8 @@ class PairMethod(SegmentationMethod):
         self.params["signs"] = sign_source or ("calibration" if signs is not None else NO_CALIBRATION)
         chosen = scores.flatten(1).topk(self.k, dim=1).indices  # (C, k) into N*H
         mask = torch.zeros_like(scores.flatten(1)).scatter_(1, chosen, 1.0).view(-1, *shape)  # M_c: (C, N, H)
-        self.pairs_per_head = mask.sum(1)  # (C, H)
+        log.info("%s: %d pairs per class; pairs per head, mean over classes: %s", name, self.k,
+                 mask.sum(1).mean(0).round().int().tolist())
         self.selection = mask.permute(1, 0, 2).flatten(1).to(model.dtype).contiguous()  # (N, C H)
 
     def neuron_sums(self, trace: Trace) -> torch.Tensor:

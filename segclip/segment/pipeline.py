@@ -114,6 +114,7 @@ def segment_images(model: CLIPResNet, images: Sequence[np.ndarray], methods: Seq
             f"The crop ({protocol.crop}) must be the model's input size ({model.info.image_size}): the positional "
             "embedding is not interpolated.")
     windows = prepare_windows(images, protocol)
+    log.debug("%d images -> %d windows, %d per backbone pass", len(images), len(windows.crops), batch_size)
     per_method = window_logits(model, windows.crops, methods, batch_size, registers)
     results: list[dict[str, Segmentation]] = [{} for _ in images]
     for method, logits in zip(methods, per_method):

@@ -15,7 +15,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import logging
 import math
 import os
 import shutil
@@ -30,8 +29,6 @@ import torch
 from PIL import Image
 
 from segclip.errors import CacheError, ConfigError
-
-log = logging.getLogger(__name__)
 
 RESULT_FILES = ("results.json", "results.csv")
 PACKAGES = ("segclip", "torch", "open_clip_torch", "lightning", "torchmetrics", "numpy", "opencv-python-headless",
