@@ -10,7 +10,9 @@ import torch
 from PIL import Image
 
 from segclip.analysis.sink import sink_changes
-from segclip.analysis.statistics import RunningStatistics, Statistics, collect_statistics
+from segclip.analysis.components import component_directions, principal_components
+from segclip.analysis.statistics import (RunningStatistics, Statistics, collect_statistics, head_contributions,
+                                         head_values)
 from segclip.decompose import PairDirections, trace_pool
 from segclip.errors import DataError, ImageError
 from segclip.models.loading import CLIPResNet, ModelInfo
@@ -84,14 +86,62 @@ def test_one_pass_matches_two_pass_reference():
     assert torch.equal(stats.neuron_top_images, neuron_norms.argsort(0, descending=True)[:4])
     centred = alpha - mean
     assert torch.allclose(stats.neuron_covariance, torch.einsum("bnh,bnk->nhk", centred, centred) / n, atol=1e-12)
+    top = alpha.gather(0, neuron_norms.argsort(0, descending=True)[:k, :, None].expand(-1, -1, 4))  # (k, N, H)
+    top_centred = top - top.mean(0)
+    assert torch.allclose(stats.neuron_top_mean, top.mean(0), atol=1e-12)
+    assert torch.allclose(stats.neuron_top_covariance, torch.einsum("knh,knj->nhj", top_centred, top_centred) / k,
+                          atol=1e-12)
     maps = torch.cat([t.neurons for t in traces]).flatten(2)
     assert torch.allclose(stats.activation_mean, maps.mean(0))
     assert torch.equal(stats.activation_top_images, maps.norm(dim=-1).argsort(0, descending=True)[:4])
     head_norms = torch.cat([trace_pool(model.pool, t.neurons, token_heads=True).token_heads.sum(1)
                             for t in traces]).norm(dim=-1)  # (n, H)
     assert torch.allclose(stats.head_top_norm, head_norms.sort(0, descending=True).values[:3].mean(0))
+    values = head_values(model.pool, alpha)  # (n, H, hd)
+    value_centred = values - values.mean(0)
+    assert torch.allclose(stats.head_covariance, torch.einsum("bhc,bhe->hce", value_centred, value_centred) / n,
+                          atol=1e-12)
+    top_values = values.gather(0, head_norms.argsort(0, descending=True)[:k, :, None].expand(-1, -1, 64))
+    assert torch.allclose(stats.head_top_mean, top_values.mean(0), atol=1e-12)
     sink = torch.cat([t.attention[..., -1] for t in traces]).mean(0)
     assert torch.allclose(stats.sink_attention, sink)
+
+
+@pytest.fixture(scope="module")
+def pca_setup():
+    """(model, statistics with top_k = 6, alpha (28, N, H)) of 28 random layer4 maps."""
+    model = small_model()
+    traces = list(random_traces(model, batches=4, batch=7))
+    running = RunningStatistics(model.pool, top_k=6, registers=False)
+    for i, trace in enumerate(traces):
+        running.update(trace, 7 * i)
+    return model, running.finalise(), torch.cat([t.pair_scalars for t in traces])
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("unit, samples, p", [("neurons", "all", 2), ("neurons", "top", 2), ("heads", "all", 3)])
+def test_principal_components_match_an_svd_of_explicit_contributions(unit, samples, p, pca_setup):
+    model, stats, alpha = pca_setup
+    k = stats.top_k
+    if unit == "neurons":  # r[n] = sum_h r[n, h], materialised: (n, N, d)
+        neurons, heads = torch.meshgrid(torch.arange(256), torch.arange(4), indexing="ij")
+        r = PairDirections(model.pool).contributions(alpha, neurons.flatten(), heads.flatten())
+        r = r.view(len(alpha), 256, 4, -1).sum(2)
+    else:
+        r = head_contributions(model.pool, alpha)  # (n, H, d); d = 32 < head_dim: W_O^h is rank deficient
+    chosen = r if samples == "all" else r.gather(0, r.norm(dim=-1).argsort(0, descending=True)[:k, :, None]
+                                                 .expand(-1, -1, r.shape[-1]))
+    _, singular, vh = torch.linalg.svd((chosen - chosen.mean(0)).transpose(0, 1), full_matrices=False)
+    components = principal_components(model.pool, stats, unit, p, samples)
+    directions = component_directions(model.pool, components)  # (U, p, d)
+    assert torch.allclose(torch.einsum("ujd,ujd->uj", directions, vh[:, :p]).abs(), torch.ones(1, dtype=alpha.dtype),
+                          atol=1e-9)
+    assert torch.allclose(components.variance, singular[:, :p] ** 2 / len(chosen), atol=1e-10)
+    coordinates = alpha if unit == "neurons" else head_values(model.pool, alpha)
+    coefficients = torch.einsum("ujq,buq->buj", components.analysis, coordinates - components.mean)
+    assert torch.allclose(coefficients, torch.einsum("bud,ujd->buj", r - r.mean(0), directions), atol=1e-10)
+    top_images = r.norm(dim=-1).argsort(0, descending=True)[:k]  # orientation: top images project positively
+    assert (coefficients.gather(0, top_images[..., None].expand(-1, -1, p)).mean(0) >= 0).all()
 
 
 @torch.no_grad()

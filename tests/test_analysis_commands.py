@@ -2,17 +2,20 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
 
 from segclip import cli
 from segclip.analysis.evaluation import read_labelled_folder
-from segclip.analysis.omp import omp, read_vocabulary
-from segclip.analysis.statistics import RunningStatistics
+from segclip.analysis.components import component_directions, principal_components
+from segclip.analysis.evaluation import neuron_pca_condition
+from segclip.analysis.omp import component_text_condition, label_components, omp, read_vocabulary
+from segclip.analysis.statistics import RunningStatistics, head_values
 from segclip.analysis.units import ConceptScores, point_biserial, read_groups
 from segclip.decompose import PairDirections, trace_pool
-from segclip.errors import DataError
+from segclip.errors import ConfigError, DataError
 from test_analysis import small_model, write_images
 
 
@@ -62,10 +65,17 @@ def test_label_sink_top_images_shift_run(model, labelled, tmp_path):
     out = tmp_path / "out"
     vocabulary = tmp_path / "words.txt"
     vocabulary.write_text("\n".join(f"word{i}" for i in range(40)) + "\n")
-    run("analyze", "label", "--vocabulary", str(vocabulary), "--words", "4", "--record", "1,4",
-        "--images", str(labelled), "--templates", "single", "--out", str(out))
+    run("analyze", "label", "--vocabulary", str(vocabulary), "--words", "4", "--record", "1,4", "--components", "2",
+        "--pc-samples", "top", "--images", str(labelled), "--templates", "single", "--out", str(out))
     label = results(out, "label")
-    assert label["pairs"] == 256 * 4 and set(label["accuracy"]) == {"baseline", "pairs 1 words", "pairs 4 words"}
+    assert label["labelled"] == {"pairs": 256 * 4, "neurons": 256 * 2, "heads": 4 * 2}
+    assert set(label["accuracy"]) == {"baseline"} | {f"{u} {j} words" for u in ("pairs", "neurons", "heads")
+                                                     for j in (1, 4)}
+    assert label["principal_components"]["neurons"].startswith("top 6 images")  # min(--top-k 50, 6 images)
+    table = (out / "label.csv").read_text().splitlines()
+    assert table[0] == "unit,neuron,head,component,words" and len(table) == 1 + 1024 + 512 + 8
+    assert table[1].startswith("pair,0,0,,") and table[1025].startswith("neuron,0,,1,") and \
+        table[-1].startswith("head,,3,2,") and table[-1].count("(") == 4
     flat = tmp_path / "flat"
     write_images(flat, 6, seed=5)
     run("analyze", "sink", "--images", str(flat), "--registers", "4", "--out", str(out / "sink"))
@@ -94,6 +104,76 @@ def test_omp_recovers_a_planted_combination():
         for word, weight in zip(planted[p].tolist(), weights[p].tolist()):
             assert abs(found[word] - weight) < 1e-10
     assert coefficients[2].shape == (2, 2)
+
+
+@pytest.fixture(scope="module")
+def statistics():
+    model = small_model()
+    running = RunningStatistics(model.pool, top_k=4, registers=False)
+    x = torch.rand(16, 256, 2, 2, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    running.update(trace_pool(model.pool, x), 0)
+    return model, running.finalise(), trace_pool(model.pool, x[:5])
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("unit, samples", [("neurons", "all"), ("neurons", "top"), ("heads", "all")])
+def test_omp_recovers_a_planted_combination_for_unit_components(statistics, unit, samples):
+    model, stats, _ = statistics
+    components = principal_components(model.pool, stats, unit, 2, samples)
+    target = component_directions(model.pool, components)[3, 1]  # unit 3, second component (unit norm)
+    generator = torch.Generator().manual_seed(0)
+    words = torch.nn.functional.normalize(torch.randn(80, 32, generator=generator, dtype=torch.float64), dim=-1)
+    rest = target - 0.6 * words[5] + 0.4 * words[17]  # the target is 0.6 w5 - 0.4 w17 + |rest| w40
+    words[40] = rest / rest.norm()
+    index, coefficients = label_components(model.pool, components, words, 3, [3], progress=False)
+    found = dict(zip(index[3, 1].tolist(), coefficients[3][3, 1].tolist()))
+    assert set(found) == {5, 17, 40}
+    assert abs(found[5] - 0.6) < 1e-9 and abs(found[17] + 0.4) < 1e-9 and abs(found[40] - rest.norm()) < 1e-9
+
+
+@torch.no_grad()
+def test_text_condition_with_exact_words_is_the_pca_reconstruction(statistics):
+    model, stats, trace = statistics
+    pool = model.pool
+    neurons = principal_components(pool, stats, "neurons", 1, "top")
+    words = component_directions(pool, neurons)[:, 0]  # each neuron's component is a word: one word suffices
+    index, coefficients = label_components(pool, neurons, words, 1, [1], progress=False)
+    assert torch.equal(index[:, 0, 0], torch.arange(256))
+    text = component_text_condition(pool, stats, neurons, words, index, coefficients[1])(trace)
+    assert torch.allclose(text, neuron_pca_condition(pool, stats, 1, "top")(trace), atol=1e-10)
+    heads = principal_components(pool, stats, "heads", 2)
+    words = component_directions(pool, heads).flatten(0, 1)  # (H * 2, d)
+    index, coefficients = label_components(pool, heads, words, 1, [1], progress=False)
+    values = head_values(pool, trace.pair_scalars)
+    projected = heads.mean + torch.einsum("hqc,bhc->bhq", heads.projector(), values - heads.mean)
+    w_o = pool.pool.c_proj.weight.view(32, 4, 64)
+    expected = torch.einsum("bhc,dhc->bd", projected, w_o) + pool.pool.c_proj.bias
+    text = component_text_condition(pool, stats, heads, words, index, coefficients[1])(trace)
+    assert torch.allclose(text, expected, atol=1e-10)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--units", "pairs,neuron"], "unknown: neuron.*subset of pairs, neurons, heads"),
+    (["--units", " , "], "--units got ' , '"),
+    (["--units", "heads"], "need statistics"),
+    (["--components", "5", "--images", "IMAGES"], "--components must be between 1 and 4"),
+])
+def test_label_rejects_bad_units_and_components(model, labelled, tmp_path, capsys, argv, message):
+    vocabulary = tmp_path / "words.txt"
+    vocabulary.write_text("\n".join(f"word{i}" for i in range(40)) + "\n")
+    argv = [str(labelled) if a == "IMAGES" else a for a in argv]
+    assert cli.main(["analyze", "label", "--vocabulary", str(vocabulary), "--words", "4", "--out", str(tmp_path / "o"),
+                     *argv]) == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert not (tmp_path / "o" / "label.json").exists()
+
+
+def test_pc_samples_must_be_all_or_top(model, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["analyze", "label", "--pc-samples", "top50", "--out", str(tmp_path / "o")])
+    assert "invalid choice: 'top50'" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="kept for neurons only"):
+        principal_components(model.pool, None, "heads", 1, "top")
 
 
 @torch.no_grad()

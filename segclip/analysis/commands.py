@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from segclip.analysis.components import PC_SAMPLES, UNITS
 from segclip.errors import ConfigError
 
 PACKAGES = ("segclip", "torch", "open_clip_torch", "numpy", "scikit-learn", "wordfreq", "safetensors")
@@ -63,6 +64,9 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
     parser = commands.add_parser("reconstruct", parents=[shared, labelled],
                                  help="zero-shot accuracy with rank-one pairs and 1..4 neuron PCs (Table 1)")
     parser.add_argument("--components", type=int, default=4, help="neuron principal components up to (default 4).")
+    parser.add_argument("--pc-samples", choices=PC_SAMPLES, default="all",
+                        help="neuron PCs from the covariance over all images, or over each neuron's top-k images "
+                             "by contribution norm (paper A.2; k = --top-k) (default: all).")
     parser.set_defaults(func=run_reconstruct)
     parser = commands.add_parser("ablate", parents=[shared, labelled],
                                  help="mean-ablation curves of pairs, neuron contributions and activations (Fig. 1)")
@@ -71,7 +75,16 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
                         help="kept fractions (default: 10%% steps).")
     parser.set_defaults(func=run_ablate)
     parser = commands.add_parser("label", parents=[shared],
-                                 help="sparse text decomposition of every pair by OMP; accuracy vs m (Fig. 2)")
+                                 help="sparse text decomposition of every pair, neuron PC and head PC by OMP; "
+                                      "accuracy vs m (Fig. 2); top words (Table 2)")
+    parser.add_argument("--units", default="pairs,neurons,heads",
+                        help="comma-separated units to label: pairs (directions w), neurons and heads (their "
+                             "contributions' principal components; need statistics) (default: all three).")
+    parser.add_argument("--components", type=int, default=1,
+                        help="principal components labelled per neuron and per head (default: 1).")
+    parser.add_argument("--pc-samples", choices=PC_SAMPLES, default="all",
+                        help="neuron PCs from all images or from each neuron's top-k images by norm (paper A.2); "
+                             "heads always use all images (default: all).")
     parser.add_argument("--images", type=Path, default=None, help="labelled folder for accuracy vs m (optional).")
     parser.add_argument("--class-names", type=Path, default=None, help="as for reconstruct.")
     parser.add_argument("--calibration-images", type=Path, default=None, help="folder for the statistics.")
@@ -81,7 +94,7 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
     parser.add_argument("--vocabulary-size", type=int, default=30000, help="words from wordfreq (default 30000).")
     parser.add_argument("--words", type=int, default=64, help="m, words per pair (default: 64).")
     parser.add_argument("--record", default="1,2,4,8,16,32,64", help="sparsities evaluated (<= --words).")
-    parser.add_argument("--table", type=int, default=5, help="top words per pair in the CSV (default: 5).")
+    parser.add_argument("--table", type=int, default=5, help="top words per unit in the CSV (default: 5).")
     parser.set_defaults(func=run_label)
     parser = commands.add_parser("top-images", parents=[shared],
                                  help="top images per neuron, head and pair as montages; inertia (Figs. 3-4)")
@@ -231,7 +244,7 @@ def run_reconstruct(args: argparse.Namespace) -> int:
     stats = _statistics(args, model, calibration, out)
     conditions = {"baseline": lambda trace: trace.output, "pairs rank-1": rank_one_condition(model.pool, stats)}
     for p in range(1, args.components + 1):
-        conditions[f"neurons {p} PC"] = neuron_pca_condition(model.pool, stats, p)
+        conditions[f"neurons {p} PC"] = neuron_pca_condition(model.pool, stats, p, args.pc_samples)
     accuracy = _evaluate(args, model, out, "reconstruct", conditions, paths, labels, texts)
     pcs = list(range(1, args.components + 1))
     line_plot(out / "reconstruct.png", {"neurons": (pcs, [accuracy[f"neurons {p} PC"] for p in pcs]),
@@ -239,7 +252,8 @@ def run_reconstruct(args: argparse.Namespace) -> int:
               xlabel="principal components", ylabel="zero-shot accuracy (%)", baseline=accuracy["baseline"],
               title=f"Reconstruction ({model.info.name}, {len(paths)} images)")
     write_results(out, "reconstruct", args, model, {"accuracy": accuracy, "images": len(paths),
-                                                    "statistics_images": stats.count},
+                                                    "statistics_images": stats.count,
+                                                    "neuron_pcs_from": _pc_source(args.pc_samples, stats)},
                   [{"condition": k, "accuracy": v} for k, v in accuracy.items()], time.perf_counter() - start)
     sys.stdout.write("".join(f"{k}: {v:.2f}%\n" for k, v in accuracy.items()))
     return 0
@@ -251,7 +265,7 @@ def run_ablate(args: argparse.Namespace) -> int:
 
     out, model = _setup(args)
     start = time.perf_counter()
-    units = [u.strip() for u in args.units.split(",") if u.strip()]
+    units = parse_units(args.units, ("pairs", "neurons", "activations"))
     try:
         fractions = [float(f) for f in args.fractions.split(",")]
     except ValueError:
@@ -277,11 +291,45 @@ def run_ablate(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_units(text: str, allowed: tuple[str, ...] = UNITS, option: str = "--units") -> list[str]:
+    """Comma-separated unit kinds, in order, each once.
+
+    Raises:
+        ConfigError: empty, or a kind not in ``allowed``.
+    """
+    units = list(dict.fromkeys(u.strip() for u in text.split(",") if u.strip()))
+    unknown = [u for u in units if u not in allowed]
+    if unknown or not units:
+        raise ConfigError(f"{option} got '{text}'" + (f" (unknown: {', '.join(unknown)})" if unknown else "")
+                          + f"; use a comma-separated subset of {', '.join(allowed)}.")
+    return units
+
+
+def _pc_source(samples: str, stats) -> str:
+    return (f"all {stats.count} images" if samples == "all" else
+            f"top {min(stats.top_k, stats.count)} images by contribution norm (paper A.2)")
+
+
+def _word_lists(vocabulary: list[str], index: torch.Tensor, coefficients: torch.Tensor, top: int) -> list[str]:
+    """Per unit, its ``top`` words by |coefficient| as 'word(+0.123) ...': (..., >= j), (..., j) -> units in order."""
+    coefficients = coefficients.cpu().flatten(0, -2)
+    index = index[..., :coefficients.shape[-1]].cpu().flatten(0, -2)
+    order = coefficients.abs().argsort(dim=-1, descending=True)[:, :top]
+    return [" ".join(f"{vocabulary[w]}({c:+.3f})" for w, c in zip(words, weights))
+            for words, weights in zip(index.gather(-1, order).tolist(), coefficients.gather(-1, order).tolist())]
+
+
 def run_label(args: argparse.Namespace) -> int:
-    from segclip.analysis.omp import label_pairs, read_vocabulary, sparse_text_condition
+    from segclip.analysis.components import principal_components
+    from segclip.analysis.omp import (component_text_condition, label_components, label_pairs, read_vocabulary,
+                                      sparse_text_condition)
     from segclip.models.text import encode_classes
     from segclip.viz.plots import line_plot
 
+    units = parse_units(args.units)
+    if set(units) - {"pairs"} and args.images is None and args.calibration_images is None and args.statistics is None:
+        raise ConfigError("--units neurons and heads are labelled through their principal components, which need "
+                          "statistics: give --images, --calibration-images or --statistics (or --units pairs).")
     out, model = _setup(args)
     start = time.perf_counter()
     try:
@@ -292,6 +340,10 @@ def run_label(args: argparse.Namespace) -> int:
     if not 1 <= args.words <= min(len(vocabulary), model.info.embed_dim):
         raise ConfigError(f"--words must be between 1 and min(vocabulary size {len(vocabulary)}, d = "
                           f"{model.info.embed_dim}).")
+    if "neurons" in units and not 1 <= args.components <= model.info.heads or \
+            "heads" in units and not 1 <= args.components <= model.info.head_dim:
+        raise ConfigError(f"--components must be between 1 and {model.info.heads} (H, for neurons) and "
+                          f"{model.info.head_dim} (head dim, for heads), got {args.components}.")
     record = [r for r in record if 1 <= r <= args.words] or [args.words]
     words = encode_classes(model, vocabulary, "single").to(model.device, torch.float32)
     accuracy, stats, evaluation = {}, None, None
@@ -303,27 +355,46 @@ def run_label(args: argparse.Namespace) -> int:
 
         stats = _statistics(args, model, list_images(args.calibration_images)[:args.limit]
                             if args.calibration_images else [], out)
-    index, coefficients = label_pairs(model.pool, stats, words, args.words, record)
+    labels, conditions, seconds, rows = {}, {"baseline": lambda trace: trace.output}, {}, []
+    for unit in units:
+        begun = time.perf_counter()
+        if unit == "pairs":
+            labels[unit] = label_pairs(model.pool, stats, words, args.words, record)
+            conditions.update({f"pairs {j} words": sparse_text_condition(model.pool, stats, words, labels[unit][0],
+                                                                         labels[unit][1][j]) for j in record})
+            keys = [{"neuron": n, "head": h, "component": ""}
+                    for n in range(model.info.neurons) for h in range(model.info.heads)]
+        else:
+            samples = args.pc_samples if unit == "neurons" else "all"
+            components = principal_components(model.pool, stats, unit, args.components, samples)
+            labels[unit] = label_components(model.pool, components, words, args.words, record)
+            conditions.update({f"{unit} {j} words": component_text_condition(
+                model.pool, stats, components, words, labels[unit][0], labels[unit][1][j]) for j in record})
+            count = model.info.neurons if unit == "neurons" else model.info.heads
+            keys = [{"neuron": u if unit == "neurons" else "", "head": u if unit == "heads" else "", "component": p + 1}
+                    for u in range(count) for p in range(args.components)]
+        seconds[unit] = round(time.perf_counter() - begun, 3)
+        rows += [{"unit": unit[:-1], **key, "words": text}
+                 for key, text in zip(keys, _word_lists(vocabulary, labels[unit][0], labels[unit][1][max(record)],
+                                                        args.table))]
     if evaluation is not None:
-        paths, labels, _, _, texts = evaluation
-        conditions = {"baseline": lambda trace: trace.output}
-        for j in record:
-            conditions[f"pairs {j} words"] = sparse_text_condition(model.pool, stats, words, index, coefficients[j])
-        accuracy = _evaluate(args, model, out, "label", conditions, paths, labels, texts)
-        line_plot(out / "label.png", {"pairs": (record, [accuracy[f"pairs {j} words"] for j in record])},
-                  xlabel="words per pair (m)", ylabel="zero-shot accuracy (%)", baseline=accuracy["baseline"],
+        paths, labels_true, _, _, texts = evaluation
+        accuracy = _evaluate(args, model, out, "label", conditions, paths, labels_true, texts)
+        pcs = f" ({args.components} PC{'s' if args.components > 1 else ''})"
+        line_plot(out / "label.png", {unit + ("" if unit == "pairs" else pcs):
+                                      (record, [accuracy[f"{unit} {j} words"] for j in record]) for unit in units},
+                  xlabel="words per unit (m)", ylabel="zero-shot accuracy (%)", baseline=accuracy["baseline"],
                   title=f"Sparse text decomposition ({model.info.name})", logx=True)
-    full = coefficients[max(record)].cpu()
-    order = full.abs().argsort(dim=-1, descending=True)[..., :args.table]
-    chosen, weights = index[..., :full.shape[-1]].cpu().gather(-1, order), full.gather(-1, order)
-    rows = [{"neuron": n, "head": h, "words": " ".join(f"{vocabulary[w]}({c:+.3f})" for w, c in
-                                                        zip(chosen[n, h].tolist(), weights[n, h].tolist()))}
-            for n in range(model.info.neurons) for h in range(model.info.heads)]
-    write_results(out, "label", args, model, {"accuracy": accuracy, "vocabulary": len(vocabulary),
-                                              "words_per_pair": args.words, "pairs": len(rows),
-                                              "signs": "calibration" if stats is not None else "+1 (no statistics)"},
-                  rows, time.perf_counter() - start)
-    sys.stdout.write(f"labelled {len(rows)} pairs over {len(vocabulary)} words\n"
+    labelled = {unit: labels[unit][0].shape[0] * labels[unit][0].shape[1] for unit in units}
+    results = {"accuracy": accuracy, "vocabulary": len(vocabulary), "words_per_unit": args.words,
+               "labelled": labelled, "omp_seconds": seconds,
+               "signs": "calibration" if stats is not None else "+1 (no statistics)"}
+    if stats is not None and set(units) - {"pairs"}:
+        results["principal_components"] = {"per_unit": args.components,
+                                           "neurons": _pc_source(args.pc_samples, stats),
+                                           "heads": _pc_source("all", stats)}
+    write_results(out, "label", args, model, results, rows, time.perf_counter() - start)
+    sys.stdout.write(f"labelled {', '.join(f'{v} {k}' for k, v in labelled.items())} over {len(vocabulary)} words\n"
                      + "".join(f"{k}: {v:.2f}%\n" for k, v in accuracy.items()))
     return 0
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from segclip.analysis.components import principal_components
 from segclip.analysis.statistics import Statistics, pair_constants
 from segclip.data.images import list_images
 from segclip.decompose.trace import Trace, trace_pool
@@ -128,30 +129,17 @@ def rank_one_condition(pool: AttentionPool, stats: Statistics) -> Condition:
     return condition
 
 
-def neuron_projectors(pool: AttentionPool, stats: Statistics, components: int) -> torch.Tensor:
-    """Per neuron, the alpha-space map of projecting r[n] - mean onto its first ``components`` principal components.
+def neuron_pca_condition(pool: AttentionPool, stats: Statistics, components: int, samples: str = "all"
+                         ) -> Condition:
+    """Each neuron contribution r[n] replaced by its mean plus its projection on the first principal components.
 
-    r[n] - mean = W_n delta (delta = alpha[n, :] - mean, W_n = (d, H)); its covariance is W_n S_n W_n^T. With the
-    Gram G_n = W_n^T W_n, the principal directions are W_n G_n^-1/2 z_j for the top eigenvectors z_j of
-    G_n^1/2 S_n G_n^1/2, and the projection of W_n delta is W_n (G_n^-1/2 Z Z^T G_n^1/2) delta.
-
-    Returns:
-        (N, H, H) float64 P_n with delta_hat = P_n delta.
+    Args:
+        pool, stats: the pool and calibration statistics.
+        components: principal components per neuron.
+        samples: ``all`` images or each neuron's ``top`` images by norm (paper A.2); see
+            :func:`~segclip.analysis.components.principal_components`.
     """
-    gram = pair_constants(pool)["gram"]
-    values, vectors = torch.linalg.eigh(gram)
-    values = values.clamp_min(values[:, -1:] * 1e-12)
-    root = vectors @ torch.diag_embed(values.sqrt()) @ vectors.transpose(1, 2)
-    inverse_root = vectors @ torch.diag_embed(values.rsqrt()) @ vectors.transpose(1, 2)
-    covariance = stats.neuron_covariance.to(gram)
-    _, z = torch.linalg.eigh(root @ covariance @ root)
-    top = z[:, :, -components:]  # eigh sorts ascending
-    return inverse_root @ top @ top.transpose(1, 2) @ root
-
-
-def neuron_pca_condition(pool: AttentionPool, stats: Statistics, components: int) -> Condition:
-    """Each neuron contribution r[n] replaced by its mean plus its projection on the first principal components."""
-    projectors = neuron_projectors(pool, stats, components)
+    projectors = principal_components(pool, stats, "neurons", components, samples).projector()  # (N, H, H)
 
     def condition(trace: Trace) -> torch.Tensor:
         dtype = trace.pair_scalars.dtype

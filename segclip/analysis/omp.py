@@ -1,9 +1,10 @@
-"""Sparse text decomposition of pair directions by orthogonal matching pursuit (paper section 4.1, Figure 2).
+"""Sparse text decomposition of unit directions by orthogonal matching pursuit (paper section 4.1, Figure 2).
 
-A batched torch OMP: many targets at once, each step one (P, d) x (d, V) product against the vocabulary, an
-incremental Gram-Schmidt basis of the chosen words (reorthogonalised once, "CGS2") and a triangular solve for the
-coefficients at the recorded sparsities. It runs on whatever device the tensors live on; on a GPU every pair of
-RN50x16 (147,456 directions) against 30,000 words takes seconds per step.
+Units: pair directions u[n, h] = s w / |w|, and the principal components of neuron and head contributions
+(:mod:`segclip.analysis.components`). A batched torch OMP: many targets at once, each step one (P, d) x (d, V)
+product against the vocabulary, an incremental QR of the chosen words (Gram-Schmidt reorthogonalised once, "CGS2";
+nothing is re-solved from scratch) and a triangular solve for the coefficients at the recorded sparsities only. The
+selection product dominates: O(P V d m) in all; ``benchmarks/label.py`` times it for all pairs of RN50x16.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from segclip.analysis.components import Components, component_directions, unit_coordinates
 from segclip.analysis.evaluation import Condition
 from segclip.analysis.statistics import Statistics, pair_constants
 from segclip.decompose.pairs import PairDirections
@@ -116,6 +118,32 @@ def omp(targets: torch.Tensor, dictionary: torch.Tensor, atoms: int, record: Seq
 
 
 @torch.no_grad()
+def label_directions(directions: torch.Tensor, words: torch.Tensor, atoms: int, record: Sequence[int],
+                     chunk: int = 4096, bar: tqdm | None = None) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+    """OMP of many directions in batches of ``chunk``: (P, d) -> (indices (P, m), {j: (P, j) coefficients}).
+
+    Args:
+        directions: (P, d) targets (any device; computed on ``words.device`` in ``words.dtype``).
+        words: (V, d) unit word embeddings.
+        atoms, record: see :func:`omp`.
+        chunk: directions per OMP batch (memory: about chunk x (V + m d) floats).
+        bar: a tqdm bar advanced per batch, or None.
+    """
+    record = sorted(set(record))
+    index = torch.zeros(len(directions), atoms, dtype=torch.long, device=words.device)
+    coefficients = {j: words.new_zeros(len(directions), j) for j in record}
+    for start in range(0, len(directions), chunk):
+        rows = slice(start, start + chunk)
+        found, coef = omp(directions[rows].to(words), words, atoms, record)
+        index[rows] = found
+        for j in record:
+            coefficients[j][rows] = coef[j]
+        if bar is not None:
+            bar.update(len(found))
+    return index, coefficients
+
+
+@torch.no_grad()
 def label_pairs(pool: AttentionPool, stats: Statistics | None, words: torch.Tensor, atoms: int,
                 record: Sequence[int], chunk: int = 4096, progress: bool = True
                 ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
@@ -137,19 +165,35 @@ def label_pairs(pool: AttentionPool, stats: Statistics | None, words: torch.Tens
     index = torch.zeros(n, h, atoms, dtype=torch.long, device=words.device)
     coefficients = {j: words.new_zeros(n, h, j) for j in record}
     signs = stats.signs.to(words) if stats is not None else words.new_ones(n, h)
-    bar = tqdm(total=n * h, desc="OMP", unit="pair", disable=not progress, leave=False)
-    for head in range(h):
-        directions = pairs.head_vectors(head).to(words)  # (N, d)
-        directions = directions / directions.norm(dim=-1, keepdim=True).clamp_min(1e-12) * signs[:, head, None]
-        for start in range(0, n, chunk):
-            rows = slice(start, min(start + chunk, n))
-            found, coef = omp(directions[rows], words, atoms, record)
-            index[rows, head] = found
+    with tqdm(total=n * h, desc="OMP pairs", unit="pair", disable=not progress, leave=False) as bar:
+        for head in range(h):
+            directions = pairs.head_vectors(head).to(words)  # (N, d)
+            directions = directions / directions.norm(dim=-1, keepdim=True).clamp_min(1e-12) * signs[:, head, None]
+            index[:, head], found = label_directions(directions, words, atoms, record, chunk, bar)
             for j in record:
-                coefficients[j][rows, head] = coef[j]
-            bar.update(found.shape[0])
-    bar.close()
+                coefficients[j][:, head] = found[j]
     return index, coefficients
+
+
+@torch.no_grad()
+def label_components(pool: AttentionPool, components: Components, words: torch.Tensor, atoms: int,
+                     record: Sequence[int], chunk: int = 4096, progress: bool = True
+                     ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+    """OMP of every unit's principal components (unit norm) over the word embeddings.
+
+    Args:
+        pool: the attention pool.
+        components: neuron or head components (:func:`~segclip.analysis.components.principal_components`).
+        words, atoms, record, chunk, progress: see :func:`label_pairs`.
+
+    Returns:
+        (indices (U, p, m), {j: (U, p, j) coefficients}), on ``words.device``.
+    """
+    directions = component_directions(pool, components)  # (U, p, d)
+    units, p = directions.shape[:2]
+    with tqdm(total=units * p, desc=f"OMP {components.unit}", unit="pc", disable=not progress, leave=False) as bar:
+        index, coefficients = label_directions(directions.flatten(0, 1), words, atoms, record, chunk, bar)
+    return index.view(units, p, atoms), {j: c.view(units, p, j) for j, c in coefficients.items()}
 
 
 def sparse_text_condition(pool: AttentionPool, stats: Statistics, words: torch.Tensor, index: torch.Tensor,
@@ -174,6 +218,34 @@ def sparse_text_condition(pool: AttentionPool, stats: Statistics, words: torch.T
         mean = stats.mean_scalars.to(device, dtype)
         scale = (alpha - mean) * (norms * stats.signs).to(device, dtype)  # (B, N, H)
         weights = (scale[..., None] * coefficients.to(device, dtype)).reshape(len(alpha), -1)  # (B, N*H*j)
+        per_word = alpha.new_zeros(len(alpha), words.shape[0]).index_add_(1, flat_index.to(device), weights)
+        return pool.output_from_pair_scalars(mean.expand_as(alpha)) + per_word @ words.to(device, dtype)
+    return condition
+
+
+def component_text_condition(pool: AttentionPool, stats: Statistics, components: Components, words: torch.Tensor,
+                             index: torch.Tensor, coefficients: torch.Tensor) -> Condition:
+    """Each neuron (or head) contribution replaced by its mean plus sum_j c_j v_hat_j, v_hat_j the j-word
+    approximation of its principal component v_j and c_j = A_j (x - mean) the image's coefficient on v_j.
+
+    out_hat = out(mean alpha) + per-image word weights (B, V) times the word embeddings (the contributions are affine
+    in alpha, so the means sum to out(mean alpha)).
+
+    Args:
+        pool, stats: the pool and calibration statistics.
+        components: the units' components; words: (V, d) word embeddings.
+        index: (U, p, >= j) chosen words; coefficients: (U, p, j).
+    """
+    j = coefficients.shape[-1]
+    flat_index = index[..., :j].reshape(-1)
+
+    def condition(trace: Trace) -> torch.Tensor:
+        alpha = trace.pair_scalars
+        device, dtype = alpha.device, alpha.dtype
+        mean = stats.mean_scalars.to(device, dtype)
+        x = unit_coordinates(pool, components.unit, alpha)
+        c = torch.einsum("upq,buq->bup", components.analysis.to(device, dtype), x - components.mean.to(device, dtype))
+        weights = (c[..., None] * coefficients.to(device, dtype)).reshape(len(alpha), -1)  # (B, U*p*j)
         per_word = alpha.new_zeros(len(alpha), words.shape[0]).index_add_(1, flat_index.to(device), weights)
         return pool.output_from_pair_scalars(mean.expand_as(alpha)) + per_word @ words.to(device, dtype)
     return condition

@@ -11,7 +11,10 @@ N x H x d is formed. The running state holds sums and, per unit, running top-k l
   form; per image |r[n]|^2 = alpha_n^T G_n alpha_n + 2 alpha_n . (W_n^T C) + |C|^2 with the per-neuron Gram
   G_n = W_n^T W_n (H x H), W_n = [w[n, 1] .. w[n, H]], C = sum_h c_h; running top-k norms; the mean activation
   map and running top-k activation norms |x[n]| (over the grid).
-- heads: running top-k norms of r[h] = W_O^h (W_v^h alpha[:, h] + b_v^h) + b_O / H.
+  The top-k list also carries each top image's alpha[n, :]; their mean and covariance are kept for principal
+  components of the top samples (paper A.2) and for orienting components.
+- heads: the second moment of the value v^h = W_v^h alpha[:, h] + b_v^h (H, head_dim, head_dim), since
+  r[h] = W_O^h v^h + b_O / H; running top-k norms of r[h], carrying each top image's v^h (their mean is kept).
 - the attention sink: the mean attention of the class token to the last token per head, and the mean
   |change| of it when each neuron is zeroed (register neurons; :mod:`segclip.analysis.sink`).
 
@@ -36,18 +39,26 @@ from segclip.errors import CacheError
 from segclip.models.attnpool import AttentionPool
 from segclip.models.loading import CLIPResNet
 
-STATISTICS_VERSION = 1
+STATISTICS_VERSION = 2
 TOP_LISTS = ("high", "low", "neuron", "activation", "head")
+SAMPLES = {"neuron": "neuron_samples", "head": "head_samples"}  # per-image coordinates carried by top lists
 
 
-def _merge_top(values: torch.Tensor, images: torch.Tensor, new_values: torch.Tensor, new_images: torch.Tensor,
-               k: int, largest: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Merge two top-k lists along dim 0: (k1, ...) + (k2, ...) -> (min(k, k1+k2), ...), sorted."""
-    values, images = torch.cat([values, new_values]), torch.cat([images, new_images])
+def _merge_top(values: torch.Tensor, carried: list[torch.Tensor], new_values: torch.Tensor,
+               new_carried: list[torch.Tensor], k: int, largest: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Merge two top-k lists along dim 0: (k1, ...) + (k2, ...) -> (min(k, k1+k2), ...), sorted.
+
+    ``carried`` tensors (image indices, per-image coordinates (k, ..., q)) start with the dims of ``values`` and
+    are reordered with them.
+    """
+    values = torch.cat([values, new_values])
+    carried = [torch.cat([old, new]) for old, new in zip(carried, new_carried)]
     if values.shape[0] > k:
         top = values.topk(k, dim=0, largest=largest)
-        values, images = top.values, images.gather(0, top.indices)
-    return values, images
+        values = top.values
+        carried = [c.gather(0, top.indices.view(*top.indices.shape, *[1] * (c.dim() - values.dim()))
+                            .expand(k, *c.shape[1:])) for c in carried]
+    return values, carried
 
 
 @torch.no_grad()
@@ -109,18 +120,24 @@ class RunningStatistics:
         self.state: dict[str, torch.Tensor] = {
             "count": torch.zeros(1, dtype=torch.long, device=device),
             "alpha_sum": zeros(n, h), "alpha_outer": zeros(n, h, h), "activation_sum": zeros(n, k),
+            "value_sum": zeros(h, pool.head_dim), "value_outer": zeros(h, pool.head_dim, pool.head_dim),
             "sink_sum": zeros(h), "register_sum": zeros(n)}
         for name, shape in zip(TOP_LISTS, [(n, h), (n, h), (n,), (n,), (h,)]):
             self.state[f"{name}_values"] = zeros(0, *shape)
             self.state[f"{name}_images"] = torch.zeros(0, *shape, dtype=torch.long, device=device)
+        self.state["neuron_samples"], self.state["head_samples"] = zeros(0, n, h), zeros(0, h, pool.head_dim)
 
     @property
     def count(self) -> int:
         return int(self.state["count"].item())
 
-    def _push(self, name: str, values: torch.Tensor, images: torch.Tensor, largest: bool = True) -> None:
-        self.state[f"{name}_values"], self.state[f"{name}_images"] = _merge_top(
-            self.state[f"{name}_values"], self.state[f"{name}_images"], values, images, self.top_k, largest)
+    def _push(self, name: str, values: torch.Tensor, images: torch.Tensor, samples: torch.Tensor | None = None,
+              largest: bool = True) -> None:
+        keys = [f"{name}_images"] + ([SAMPLES[name]] if name in SAMPLES else [])
+        new = [images] + ([samples] if name in SAMPLES else [])
+        self.state[f"{name}_values"], carried = _merge_top(
+            self.state[f"{name}_values"], [self.state[key] for key in keys], values, new, self.top_k, largest)
+        self.state.update(zip(keys, carried))
 
     @torch.inference_mode()
     def update(self, trace: Trace, first: int) -> None:
@@ -137,11 +154,15 @@ class RunningStatistics:
         neuron_norm2 = (torch.einsum("bnh,nhk,bnk->bn", alpha, c["gram"], alpha)
                         + 2 * torch.einsum("bnh,nh->bn", alpha, c["w_dot_total"]) + c["total_norm2"])
         per_image = index[:, None].expand(batch, alpha.shape[1])
-        self._push("neuron", neuron_norm2.clamp_min(0).sqrt(), per_image)
+        self._push("neuron", neuron_norm2.clamp_min(0).sqrt(), per_image, alpha)
         maps = trace.neurons.to(self.dtype).flatten(2)  # (B, N, K)
         s["activation_sum"] += maps.sum(0)
         self._push("activation", maps.norm(dim=-1), per_image)
-        self._push("head", head_contributions(self.pool, alpha).norm(dim=-1), index[:, None].expand(batch, alpha.shape[2]))
+        values = head_values(self.pool, alpha)  # (B, H, hd)
+        s["value_sum"] += values.sum(0)
+        s["value_outer"] += torch.einsum("bhc,bhe->hce", values, values)
+        self._push("head", head_contributions(self.pool, alpha, values).norm(dim=-1),
+                   index[:, None].expand(batch, alpha.shape[2]), values)
         s["sink_sum"] += sink_attention(trace.attention).to(self.dtype).sum(0)
         if self.registers:
             s["register_sum"] += sink_changes(self.pool, trace.tokens).abs().to(self.dtype).sum(0)
@@ -149,12 +170,13 @@ class RunningStatistics:
     @torch.inference_mode()
     def merge(self, other: RunningStatistics) -> None:
         """Add another state computed on other images (with global image indices) into this one."""
+        listed = {f"{name}_{part}" for name in TOP_LISTS for part in ("values", "images")} | set(SAMPLES.values())
         for key, value in other.state.items():
-            if key.endswith("_values") or key.endswith("_images"):
-                continue
-            self.state[key] = self.state[key] + value
+            if key not in listed:
+                self.state[key] = self.state[key] + value
         for name in TOP_LISTS:
-            self._push(name, other.state[f"{name}_values"], other.state[f"{name}_images"], largest=name != "low")
+            self._push(name, other.state[f"{name}_values"], other.state[f"{name}_images"],
+                       other.state.get(SAMPLES.get(name, ""), None), largest=name != "low")
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return dict(self.state)
@@ -202,30 +224,44 @@ class RunningStatistics:
         norms = (candidates ** 2 * c["norms2"] + 2 * candidates * c["w_dot_c"] + c["c_norm2"]).clamp_min(0).sqrt()
         norm_top = norms.masked_fill(repeated, -1).topk(image_k, dim=0)
         covariance = s["alpha_outer"] / n - mean[:, :, None] * mean[:, None, :]
+        value_mean = s["value_sum"] / n
+        top_mean = s["neuron_samples"].mean(0)
+        top_centred = s["neuron_samples"] - top_mean
+        top_covariance = torch.einsum("knh,knj->nhj", top_centred, top_centred) / top_centred.shape[0]
         return Statistics(
             count=n, top_k=self.top_k, norm_k=norm_k,
             mean_scalars=mean, deviations=deviations, deviation_images=images.gather(0, dev_top.indices),
             signs=torch.where(votes >= 0, 1, -1).to(torch.int8),
             pair_top_norm=norm_top.values[:norm_k].mean(0), pair_top_images=images.gather(0, norm_top.indices),
-            neuron_covariance=covariance,
+            neuron_covariance=covariance, neuron_top_mean=top_mean, neuron_top_covariance=top_covariance,
             neuron_top_norm=s["neuron_values"][:norm_k].mean(0), neuron_top_images=s["neuron_images"][:image_k],
             activation_mean=s["activation_sum"] / n,
             activation_top_norm=s["activation_values"][:norm_k].mean(0),
             activation_top_images=s["activation_images"][:image_k],
+            head_covariance=s["value_outer"] / n - value_mean[:, :, None] * value_mean[:, None, :],
+            head_top_mean=s["head_samples"].mean(0),
             head_top_norm=s["head_values"][:norm_k].mean(0), head_top_images=s["head_images"][:image_k],
             sink_attention=s["sink_sum"] / n,
             register_scores=s["register_sum"] / n if self.registers else torch.zeros_like(s["register_sum"]))
 
 
 @torch.no_grad()
-def head_contributions(pool: AttentionPool, pair_scalars: torch.Tensor) -> torch.Tensor:
-    """r[h] = W_O^h (W_v^h alpha[:, h] + b_v^h) + b_O / H: (B, N, H) -> (B, H, d); summed over h = the output."""
+def head_values(pool: AttentionPool, pair_scalars: torch.Tensor) -> torch.Tensor:
+    """v^h = W_v^h alpha[:, h] + b_v^h, the head's attention-weighted value: (B, N, H) -> (B, H, head_dim)."""
     heads, hd = pool.num_heads, pool.head_dim
     dtype = pair_scalars.dtype
     w_v = pool.pool.v_proj.weight.view(heads, hd, pool.neurons).to(dtype)
-    values = torch.einsum("bnh,hcn->bhc", pair_scalars, w_v) + pool.pool.v_proj.bias.view(heads, hd).to(dtype)
-    w_o = pool.pool.c_proj.weight.view(pool.embed_dim, heads, hd).to(dtype)
-    return torch.einsum("bhc,dhc->bhd", values, w_o) + pool.pool.c_proj.bias.to(dtype) / heads
+    return torch.einsum("bnh,hcn->bhc", pair_scalars, w_v) + pool.pool.v_proj.bias.view(heads, hd).to(dtype)
+
+
+@torch.no_grad()
+def head_contributions(pool: AttentionPool, pair_scalars: torch.Tensor, values: torch.Tensor | None = None
+                       ) -> torch.Tensor:
+    """r[h] = W_O^h v^h + b_O / H: (B, N, H) -> (B, H, d); summed over h = the output. ``values``: v^h if known."""
+    values = head_values(pool, pair_scalars) if values is None else values
+    dtype = values.dtype
+    w_o = pool.pool.c_proj.weight.view(pool.embed_dim, pool.num_heads, pool.head_dim).to(dtype)
+    return torch.einsum("bhc,dhc->bhd", values, w_o) + pool.pool.c_proj.bias.to(dtype) / pool.num_heads
 
 
 @dataclass
@@ -242,8 +278,12 @@ class Statistics:
         pair_top_norm: (N, H) mean of the top ``norm_k`` |r[n, h]|; pair_top_images: (t, N, H) top images by it.
         neuron_covariance: (N, H, H) covariance of alpha[n, :] over images.
         neuron_top_norm, neuron_top_images: (N,), (t, N) the same for |r[n]|.
+        neuron_top_mean, neuron_top_covariance: (N, H), (N, H, H) mean and covariance of alpha[n, :] over each
+            neuron's top-k images by |r[n]| (k = min(top_k, count); paper A.2).
         activation_mean: (N, K) mean layer4 map; activation_top_norm, activation_top_images: (N,), (t, N) for the
             grid norm of x[n].
+        head_covariance: (H, head_dim, head_dim) covariance of v^h over images.
+        head_top_mean: (H, head_dim) mean of v^h over each head's top-k images by |r[h]|.
         head_top_norm, head_top_images: (H,), (t, H) for |r[h]|.
         sink_attention: (H,) mean attention of the class token to the last token.
         register_scores: (N,) mean |change| of the sink attention (mean over heads) when the neuron is zeroed.
@@ -260,11 +300,15 @@ class Statistics:
     pair_top_norm: torch.Tensor
     pair_top_images: torch.Tensor
     neuron_covariance: torch.Tensor
+    neuron_top_mean: torch.Tensor
+    neuron_top_covariance: torch.Tensor
     neuron_top_norm: torch.Tensor
     neuron_top_images: torch.Tensor
     activation_mean: torch.Tensor
     activation_top_norm: torch.Tensor
     activation_top_images: torch.Tensor
+    head_covariance: torch.Tensor
+    head_top_mean: torch.Tensor
     head_top_norm: torch.Tensor
     head_top_images: torch.Tensor
     sink_attention: torch.Tensor
