@@ -80,7 +80,7 @@ def main() -> None:
     print(f"| backbone + attention-pool trace | {backbone * 1e3:.1f} |")
     for name, seconds in maps.items():
         print(f"| {name} maps | {seconds * 1e3:.1f} |")
-    print(f"neuronhead_over_maskclip: {best['neuron-head'] / best['maskclip']:.3f} (goal: <= 1.10)"): {best['neuron-head'] / best['maskclip']:.3f} (goal: <= 1.10)")
+    print(f"neuronhead_over_maskclip: {best['neuron-head'] / best['maskclip']:.3f} (goal: <= 1.10)")
 
 
 if __name__ == "__main__":

@@ -210,3 +210,31 @@ def test_default_compare_on_synthetic_with_bundled_model(tmp_path, capsys):
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert results[0]["protocol"]["model"]["name"] == "segclip-tiny" and len(results) == 5
     assert results[0]["protocol"]["window"]["crop"] == results[0]["protocol"]["model"]["image_size"]
+
+
+def test_calibration_signs_and_registers(tiny, data, tmp_path):
+    from segclip.analysis.calibration import CALIBRATION_VERSION, Calibration
+
+    model = tiny_model(torch.float32)
+    signs = torch.where(torch.rand(256, 4, generator=torch.Generator().manual_seed(0)) < 0.5, -1.0, 1.0)
+    calibration = Calibration(signs=signs, registers=torch.arange(10, 0, -1), mean_scalars=torch.zeros(256, 4),
+                              register_scores=torch.rand(256), sink_attention=torch.rand(4),
+                              metadata={"model": model.info.name, "weights_hash": model.info.weights_hash,
+                                        "count": 3, "version": CALIBRATION_VERSION})
+    calibration.save(tmp_path / "calibration.safetensors")
+    out = tmp_path / "out"
+    assert compare(data, out, "--methods", "neuron-head,maskclip", "--calibration",
+                   str(tmp_path / "calibration.safetensors"), "--registers", "4") == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results[0]["params"]["signs"] == "calibration" and results[0]["params"]["registers"] == 4
+    assert "registers" not in results[1]["params"]  # maskclip reads no attention
+    assert results[0]["protocol"]["register_neurons"] == [10, 9, 8, 7]
+
+
+def test_bad_label_mid_run_keeps_finished_images(tiny, data, tmp_path, capsys):
+    bad = data / "VOCdevkit/VOC2010/SegmentationClassContext/2008_000002.png"
+    Image.fromarray(np.full((8, 8), 77, np.uint8)).save(bad)
+    out = tmp_path / "out"
+    assert compare(data, out, "--methods", "maskclip", "--batch-size", "1") == 2
+    assert "outside the expected range" in capsys.readouterr().err
+    assert sorted(p.stem for p in (out / "partial").glob("*.npy")) == ["2008_000000", "2008_000001"]

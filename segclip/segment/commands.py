@@ -192,7 +192,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from segclip.segment.datasets import open_dataset
     from segclip.segment.lightning import SegmentationData, SegmentationTask, make_trainer
     from segclip.segment.metric import segmentation_scores
-    from segclip.segment.results import RESULT_FILES, ResultStore, check_writable, write_results
+    from segclip.segment.results import ResultStore, check_outputs, write_results
 
     _check_positive(args, "limit", "k", "devices", "batch_size", "short_side", "stride")
     methods = [args.method] if args.command == "eval" else [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -203,11 +203,7 @@ def run_eval(args: argparse.Namespace) -> int:
                         names=args.class_names)
     primary = _is_primary()
     if args.out is not None and primary:
-        check_writable(args.out)
-        existing = [n for n in RESULT_FILES if (args.out / n).exists()]
-        if existing and not args.overwrite:
-            raise ConfigError(f"{args.out} already holds {', '.join(existing)} of a finished run; pass --overwrite "
-                              "to replace them, or choose another --out.")
+        check_outputs(args.out, args.overwrite)  # before any model work
     pascal = args.dataset == "pascal_context"
     model, _, built, protocol, registers, meta = _load(args, data.class_names, methods,
                                                     PAPER_SHORT_SIDE if pascal else None)

@@ -100,6 +100,19 @@ def check_writable(out: Path) -> None:
             from err
 
 
+def check_outputs(out: Path, overwrite: bool) -> None:
+    """Prove ``out`` writable and refuse to replace a finished run's results unless ``overwrite``.
+
+    Raises:
+        ConfigError: the folder is not writable, or holds results and ``overwrite`` is False.
+    """
+    check_writable(out)
+    existing = [name for name in RESULT_FILES if (out / name).exists()]
+    if existing and not overwrite:
+        raise ConfigError(f"{out} already holds {', '.join(existing)} of a finished run; pass --overwrite to replace "
+                          "them, or choose another --out.")
+
+
 class ResultStore:
     """Per-image partial results and predictions in an output folder, for resuming.
 
@@ -122,18 +135,13 @@ class ResultStore:
         self.out, self.methods, self.num_classes = Path(out), list(methods), num_classes
         self.save_predictions = save_predictions
         self.partial = self.out / "partial"
-        existing = [name for name in RESULT_FILES if (self.out / name).exists()]
         if primary:
-            check_writable(self.out)
+            check_outputs(self.out, overwrite)
             if overwrite:
                 for name in RESULT_FILES:
                     (self.out / name).unlink(missing_ok=True)
                 for folder in (self.partial, self.out / "predictions"):
                     shutil.rmtree(folder, ignore_errors=True)
-            elif existing:
-                raise ConfigError(
-                    f"{self.out} already holds {', '.join(existing)} of a finished run; pass --overwrite to replace "
-                    "them, or choose another --out.")
         run_file = self.partial / "run.json"
         fingerprint = json.loads(json.dumps(fingerprint, sort_keys=True, default=str))
         if run_file.is_file():
