@@ -14,11 +14,14 @@ Every method maps a :class:`~segclip.decompose.trace.Trace` of B crops to window
 - ``self-self``: the attention pool with ``A^h = softmax(Q Q^T / sqrt(hd)) + softmax(K K^T / sqrt(hd))`` over all
   K+1 tokens (rows sum to 2), class token dropped, ``cos(out_i, t_c)``.
 
-Methods run under ``torch.inference_mode``. The attention-sink fix (``sink_fix``) replaces the last spatial token by the mean of its west, north and
-north-west neighbours, in the neuron maps and in the head contributions before they are normalised. Head maps are
-computed from the per-head values ``u^h_i = a^h_i (W_v^h z'_i + b_v^h)`` (B, K, H, head_dim) and the Gram matrices
-of ``W_O^h``, never from the (B, K+1, H, d) token-head tensor: ``r^h_i = W_O^h u^h_i + b_O / ((K+1) H)`` is linear
-in ``u``, so the sink fix and the cosine are exact.
+Methods run under ``torch.inference_mode``. The attention-sink fix (``sink_fix``) replaces the last spatial token
+by the mean of its west, north and north-west neighbours, in the neuron maps and in the head contributions before
+they are normalised. The register intervention (method.md section 6, ``model.trace(..., registers=...)``) changes
+the class-token attention, so it affects ``neuron-head`` and ``head-only``; ``maskclip``, ``self-self`` and
+``neuron-only`` read only the layer4 neurons (self-self rebuilds its tokens from them), which it leaves alone.
+Head maps are computed from the per-head values ``u^h_i = a^h_i (W_v^h z'_i + b_v^h)`` (B, K, H, head_dim) and
+the Gram matrices of ``W_O^h``, never from the (B, K+1, H, d) token-head tensor: ``r^h_i = W_O^h u^h_i +
+b_O / ((K+1) H)`` is linear in ``u``, so the sink fix and the cosine are exact.
 
 Text recipes (method.md section 3): the pair methods use the 80 OpenAI templates, centred; ``maskclip`` MaskCLIP's
 85, not centred; ``self-self`` the 80 OpenAI templates, not centred (as SCLIP's released code). Centring over the
