@@ -9,6 +9,7 @@ from PIL import Image
 
 from segclip.data import synthetic
 from segclip.data.synthetic import (
+    BENCHMARK_STREAM,
     SYNTHETIC_CLASSES,
     classification_set,
     generate_benchmark,
@@ -115,7 +116,8 @@ def test_benchmark_layout(tmp_path):
     assert (meta["seed"], meta["n_val"], meta["height"], meta["width"]) == (5, 3, 64, 80)
     assert sorted(p.name for p in root.iterdir()) == ["VOCdevkit", "classnames.txt", "synthetic.json"]
     for i, image_id in enumerate(ids):
-        expected = render_scene(np.random.default_rng(np.random.SeedSequence([5, i])), 64, 80)
+        stream = np.random.SeedSequence([5, i], spawn_key=BENCHMARK_STREAM)
+        expected = render_scene(np.random.default_rng(stream), 64, 80)
         label = np.array(Image.open(voc / "SegmentationClassContext" / f"{image_id}.png"))
         np.testing.assert_array_equal(label, expected.mask + 1)  # class c stored as c + 1; 0 never occurs
         jpeg = Image.open(voc / "JPEGImages" / f"{image_id}.jpg")

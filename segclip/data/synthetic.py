@@ -35,7 +35,8 @@ log = logging.getLogger(__name__)
 STUFF_CLASSES: tuple[str, ...] = ("sky", "grass", "water", "sand", "wall", "snow")
 OBJECT_CLASSES: tuple[str, ...] = ("ball", "box", "star", "triangle", "diamond", "ring")
 SYNTHETIC_CLASSES: tuple[str, ...] = STUFF_CLASSES + OBJECT_CLASSES
-GENERATOR_VERSION = 1
+BENCHMARK_STREAM = (0xBE4C,)  # spawn key of benchmark scenes
+GENERATOR_VERSION = 2  # 2: benchmark scenes on a stream of their own, disjoint from training batches
 BENCHMARK_SIZE = (256, 320)  # (height, width): short side 4/3 of the tiny model's 192 crop, as 512 is of 384
 
 # Base colour per class in HSV (hue, saturation, value), each in [0, 1]; jittered per instance.
@@ -372,7 +373,7 @@ def classification_set(n: int, seed: int, size: int) -> tuple[np.ndarray, np.nda
 
     Labels cycle through all classes, so every class has ``n // C`` or ``n // C + 1`` images; the order is shuffled.
     The set is drawn from ``SeedSequence(seed, spawn_key=(0xC1A55,))``, a stream of its own, independent of the
-    ``SeedSequence([seed, i])`` streams of training batches and benchmark scenes.
+    ``SeedSequence([seed, i])`` streams of training batches and the benchmark's own stream.
 
     Args:
         n: number of images.
@@ -430,8 +431,8 @@ def _write(tmp: Path, meta: dict) -> None:
         (voc / sub).mkdir(parents=True)
     ids = _image_ids(meta["n_val"])
     for i, image_id in enumerate(ids):
-        scene = render_scene(np.random.default_rng(np.random.SeedSequence([meta["seed"], i])), meta["height"],
-                             meta["width"])
+        stream = np.random.SeedSequence([meta["seed"], i], spawn_key=BENCHMARK_STREAM)
+        scene = render_scene(np.random.default_rng(stream), meta["height"], meta["width"])
         Image.fromarray(scene.image).save(voc / "JPEGImages" / f"{image_id}.jpg", quality=95, subsampling=0)
         Image.fromarray(scene.mask + 1).save(voc / "SegmentationClassContext" / f"{image_id}.png")
     (voc / "ImageSets" / "SegmentationContext" / "val.txt").write_text("\n".join(ids) + "\n", encoding="utf-8")
@@ -447,7 +448,8 @@ def generate_benchmark(
     Writes ``root/VOCdevkit/VOC2010/{JPEGImages/<id>.jpg (quality 95, 4:4:4), SegmentationClassContext/<id>.png (class c
     stored as c + 1), ImageSets/SegmentationContext/val.txt}``, ``root/classnames.txt`` (one name a line, label
     order) and ``root/synthetic.json`` (seed, counts, sizes, classes, generator version). Scene ``i`` is drawn from
-    ``SeedSequence([seed, i])``, so a smaller ``n_val`` gives a prefix of a larger one. Everything is rendered into a
+    ``SeedSequence([seed, i], spawn_key=BENCHMARK_STREAM)`` (never a training batch's stream), so a smaller
+    ``n_val`` gives a prefix of a larger one. Everything is rendered into a
     temporary folder inside ``root`` and moved into place, ``synthetic.json`` last: a benchmark with that file and
     the same parameters is complete and is returned untouched (it may be read-only); anything else is replaced.
     Only these three entries of ``root`` are ever touched.
