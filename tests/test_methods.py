@@ -224,3 +224,4 @@ def test_bad_method_options(model):
     with pytest.raises(ConfigError, match="shape"):
         PairMethod(model, NAMES, signs=torch.ones(3, 3), texts=torch.randn(3, 32))
     assert PairMethod(model, NAMES, k=10**9, texts=torch.randn(3, 32)).k == 256 * 4
+    assert PairMethod(model, NAMES, texts=torch.randn(3, 32)).k == round(1024 * 20000 / 147456)  # the paper's share

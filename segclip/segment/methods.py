@@ -57,7 +57,8 @@ PAIR_METHODS = ("neuron-head", "neuron-only", "head-only")
 REGISTER_METHODS = ("neuron-head", "head-only")  # those reading the class-token attention
 CENTRING_MIN_CLASSES = 10
 CENTRING_CHOICES = ("auto", "classes", "reference", "none")
-DEFAULT_K = 20000
+DEFAULT_K = 20000  # the authors' k for RN50x16 (147,456 pairs); other models keep the same fraction
+PAPER_PAIRS = 147456
 NO_CALIBRATION = "assumed +1 (no calibration)"
 
 
@@ -135,7 +136,7 @@ def sink_fix(maps: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
 
     Example:
         >>> sink_fix(torch.arange(4.).view(1, 4), (2, 2))
-        tensor([[0.0000, 1.0000, 2.0000, 1.0000]])
+        tensor([[0., 1., 2., 1.]])
     """
     height, width = grid
     if height < 2 or width < 2:
@@ -207,7 +208,7 @@ class MaskCLIP(SegmentationMethod):
     Example:
         >>> from segclip.models import load_model
         >>> model = load_model("RN50", "none")
-        >>> method = MaskCLIP(model, ["cat", "dog"])
+        >>> method = MaskCLIP(model, ["cat", "dog"], TextRecipe("single", "none"))
         >>> method(model.trace(torch.randn(1, 3, 224, 224))).shape
         torch.Size([1, 2, 7, 7])
     """
@@ -292,6 +293,16 @@ def head_maps(model: CLIPResNet, trace: Trace, texts: torch.Tensor) -> torch.Ten
     return (dots / squared.clamp_min(1e-24).sqrt()[:, :, None]).float()
 
 
+def default_k(num_pairs: int) -> int:
+    """The paper's share of pairs per class: 20,000 of RN50x16's 147,456 (13.6 %), scaled to ``num_pairs``.
+
+    Example:
+        >>> default_k(147456), default_k(65536)
+        (20000, 8889)
+    """
+    return max(1, round(num_pairs * DEFAULT_K / PAPER_PAIRS))
+
+
 class PairMethod(SegmentationMethod):
     """The neuron-head method (paper Eq. 6) and its two ablations, ``neuron-only`` and ``head-only``.
 
@@ -299,7 +310,7 @@ class PairMethod(SegmentationMethod):
         model: the model.
         names: C class names.
         name: ``neuron-head``, ``neuron-only`` or ``head-only``.
-        k: pairs kept per class (clamped to N H).
+        k: pairs kept per class (clamped to N H); default :func:`default_k` (20,000 for RN50x16).
         signs: ``(N, H)`` pair signs (+-1) from calibration, or None to assume +1.
         sign_source: description of where the signs came from, for results.
         recipe: text recipe.
@@ -311,26 +322,26 @@ class PairMethod(SegmentationMethod):
     Example:
         >>> from segclip.models import load_model
         >>> model = load_model("RN50", "none")
-        >>> method = PairMethod(model, ["cat", "dog"], k=100)
+        >>> method = PairMethod(model, ["cat", "dog"], k=100, texts=torch.randn(2, 1024))
         >>> method(model.trace(torch.randn(1, 3, 224, 224))).shape
         torch.Size([1, 2, 7, 7])
     """
 
     uses_registers = True
 
-    def __init__(self, model: CLIPResNet, names: Sequence[str], name: str = "neuron-head", *, k: int = DEFAULT_K,
+    def __init__(self, model: CLIPResNet, names: Sequence[str], name: str = "neuron-head", *, k: int | None = None,
                  signs: torch.Tensor | None = None, sign_source: str | None = None, recipe: TextRecipe | None = None,
                  texts: torch.Tensor | None = None):
         if name not in PAIR_METHODS:
             raise ConfigError(f"Unknown pair method '{name}'; use one of {', '.join(PAIR_METHODS)}.")
-        if k < 1:
+        if k is not None and k < 1:
             raise ConfigError(f"--k must be at least 1, got {k}.")
         super().__init__(model, names, recipe or DEFAULT_RECIPES[name], texts)
         self.name = name
         self.uses_registers = name in REGISTER_METHODS
         pairs = model.pairs
         shape = (pairs.num_neurons, pairs.num_heads)
-        self.k = min(k, shape[0] * shape[1])
+        self.k = min(k or default_k(shape[0] * shape[1]), shape[0] * shape[1])
         if name == "head-only":
             return
         self.params["k"] = self.k
@@ -362,7 +373,7 @@ class PairMethod(SegmentationMethod):
         return to_window_logits(per_token, trace.grid)
 
 
-def build_methods(model: CLIPResNet, names: Sequence[str], methods: Sequence[str], *, k: int = DEFAULT_K,
+def build_methods(model: CLIPResNet, names: Sequence[str], methods: Sequence[str], *, k: int | None = None,
                   signs: torch.Tensor | None = None, sign_source: str | None = None,
                   templates: str | None = None, centring: str | None = None) -> list[SegmentationMethod]:
     """Build methods by name, sharing nothing but the model.
@@ -371,7 +382,7 @@ def build_methods(model: CLIPResNet, names: Sequence[str], methods: Sequence[str
         model: the model.
         names: C class names.
         methods: names from :data:`METHODS`, each at most once.
-        k: pairs per class for the pair methods.
+        k: pairs per class for the pair methods (default: :func:`default_k`).
         signs: ``(N, H)`` calibrated pair signs or None (+1 assumed).
         sign_source: where the signs came from (recorded in results).
         templates: override every method's template set (``openai``, ``maskclip``, ``single``).
