@@ -38,3 +38,14 @@ def test_out_path_and_limit(tmp_path):
     assert made.metadata["count"] == 3 and out.is_file()
     assert (tmp_path / "cal.statistics.safetensors").is_file()
     assert load_calibration(model) is None and load_calibration(model, out) is not None
+
+
+def test_bundled_model_ships_its_calibration():
+    from segclip.analysis.calibration import load_calibration
+    from segclip.models import load_model
+
+    model = load_model()
+    calibration = load_calibration(model)
+    assert calibration is not None and calibration.signs.shape == (model.info.neurons, model.info.heads)
+    assert calibration.metadata["weights_hash"] == model.info.weights_hash and calibration.metadata["count"] == 1000
+    assert load_calibration(load_model(pretrained="none")) is None  # random weights: nothing shipped applies

@@ -171,3 +171,10 @@ def test_templates_and_centring():
     reference = torch.nn.functional.normalize(torch.randn(50, 8), dim=-1)
     assert torch.allclose(centre(embeddings, reference),
                           torch.nn.functional.normalize(embeddings - reference.mean(0), dim=-1), atol=1e-6)
+
+
+def test_short_context_text_encoding_equals_open_clip(rn50):
+    prompts = ["a photo of a cat.", "a bad photo of the very large and rather old grey elephant in the scene."]
+    with torch.no_grad():
+        full = rn50.clip.encode_text(rn50.tokenizer(prompts))
+    assert torch.allclose(rn50.encode_text(prompts), full, atol=1e-5, rtol=1e-5)

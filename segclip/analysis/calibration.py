@@ -22,7 +22,7 @@ from segclip.analysis.statistics import Statistics, collect_statistics
 from segclip.analysis.stream import atomic_save, read_safetensors
 from segclip.data.images import list_images
 from segclip.errors import ConfigError
-from segclip.models.loading import CLIPResNet
+from segclip.models.loading import CLIPResNet, bundled_dir
 from segclip.paths import cache_dir
 
 log = logging.getLogger(__name__)
@@ -88,6 +88,9 @@ def statistics_path(path: Path) -> Path:
 def load_calibration(model: CLIPResNet, path: str | Path | None = None) -> Calibration | None:
     """Find the calibration of ``model``; a missing one is None, a stale or corrupt one is None with a warning.
 
+    Looks at ``path``, else the cache (:func:`calibration_path`), else, for the bundled model, the calibration
+    shipped with it.
+
     Args:
         model: the loaded model (its name and weights hash must match the artifact's).
         path: an artifact file (default: :func:`calibration_path`).
@@ -100,7 +103,12 @@ def load_calibration(model: CLIPResNet, path: str | Path | None = None) -> Calib
         >>> load_calibration(load_model("RN50", "none")) is None  # nothing calibrated yet
         True
     """
-    path = Path(path) if path is not None else calibration_path(model)
+    if path is None:
+        path = calibration_path(model)
+        shipped = bundled_dir() / "calibration.safetensors"
+        if not path.is_file() and model.info.pretrained == "bundled" and shipped.is_file():
+            path = shipped  # the bundled model ships its calibration (tools/calibrate_tiny.py)
+    path = Path(path)
     if not path.is_file():
         return None
     saved = read_safetensors(path)

@@ -151,6 +151,9 @@ class CLIPResNet(torch.nn.Module):
     def encode_text(self, prompts: list[str], batch_size: int = 256) -> torch.Tensor:
         """Text embeddings, not normalised.
 
+        The text tower's attention is causal, so tokens after the longest prompt's end token never influence it:
+        the context is cut there (several times faster than the full 77 tokens, same result up to round-off).
+
         Args:
             prompts: C strings.
             batch_size: prompts per forward pass.
@@ -161,8 +164,22 @@ class CLIPResNet(torch.nn.Module):
         chunks = []
         for start in range(0, len(prompts), batch_size):
             tokens = self.tokenizer(prompts[start:start + batch_size]).to(self.device)
-            chunks.append(self.clip.encode_text(tokens))
+            chunks.append(self._encode_tokens(tokens))
         return torch.cat(chunks)
+
+    def _encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """open_clip's ``CLIP.encode_text`` on a context cut after the last non-padding token."""
+        clip = self.clip
+        batch_first = getattr(clip.transformer, "batch_first", True)
+        if getattr(clip, "text_pool_type", "argmax") != "argmax" or not batch_first or clip.attn_mask is None:
+            return clip.encode_text(tokens)
+        length = int((tokens != 0).sum(dim=1).max())
+        tokens = tokens[:, :length]
+        x = clip.token_embedding(tokens).to(self.dtype) + clip.positional_embedding[:length].to(self.dtype)
+        x = clip.ln_final(clip.transformer(x, attn_mask=clip.attn_mask[:length, :length]))
+        x = x[torch.arange(x.shape[0], device=x.device), tokens.argmax(dim=-1)]
+        return x @ clip.text_projection if not isinstance(clip.text_projection, torch.nn.Linear) \
+            else clip.text_projection(x)
 
 
 def available_models() -> list[str]:
