@@ -25,16 +25,14 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from segclip.cli import load_from_args
     from segclip.data.images import read_image
     from segclip.data.preprocess import clip_batch
     from segclip.decompose.report import decomposition_report, example_image_path
     from segclip.models.text import encode_classes
 
-    from segclip.cli import load_from_args
-
     if args.top < 1:
         raise ConfigError("--top must be at least 1.")
-
     model = load_from_args(args)
     paths = args.images or [example_image_path()]
     images = clip_batch([read_image(path) for path in paths], model.info.image_size)

@@ -9,6 +9,7 @@ processes, so a 2-process run gives the single-process confusion matrix.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -143,6 +144,8 @@ def make_trainer(device: torch.device, devices: int = 1, progress: bool = True) 
         The trainer (no logger, no checkpoints, our own distributed sampler).
     """
     accelerator = "gpu" if device.type == "cuda" else "cpu"
+    # Lightning's own deprecation notice about torch's pytree API: nothing a user can act on.
+    warnings.filterwarnings("ignore", message=r".*treespec, LeafSpec.*")
     chosen: Any = devices if devices > 1 or device.type != "cuda" else [device.index or 0]
     return L.Trainer(accelerator=accelerator, devices=chosen, strategy="ddp" if devices > 1 else "auto",
                      logger=False, enable_checkpointing=False, enable_model_summary=False,
