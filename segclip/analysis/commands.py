@@ -11,11 +11,8 @@ import csv
 import io
 import json
 import os
-import platform
-import subprocess
 import sys
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +21,7 @@ import torch
 
 from segclip.analysis.components import PC_SAMPLES, UNITS
 from segclip.errors import ConfigError
-
-PACKAGES = ("segclip", "torch", "open_clip_torch", "numpy", "scikit-learn", "wordfreq", "safetensors")
+from segclip.provenance import git_revision, package_versions
 
 
 def register(subparsers, common: argparse.ArgumentParser) -> None:
@@ -118,24 +114,6 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
     parser.set_defaults(func=run_sink)
 
 
-def _versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for name in PACKAGES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = "not installed"
-    return out
-
-
-def _git_revision() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                              cwd=Path(__file__).parent).stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
 def _write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_text(text, encoding="utf-8")
@@ -146,8 +124,8 @@ def write_results(out: Path, name: str, args: argparse.Namespace, model, results
                   rows: list[dict[str, Any]], seconds: float) -> None:
     """``<name>.json`` (protocol + results) and ``<name>.csv`` (rows), atomically."""
     arguments = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "func"}
-    protocol = {"analysis": name, "model": model.info.to_dict(), "arguments": arguments, "versions": _versions(),
-                "git_revision": _git_revision(), "device": str(model.device), "seconds": round(seconds, 3)}
+    protocol = {"analysis": name, "model": model.info.to_dict(), "arguments": arguments, "versions": package_versions(),
+                "git_revision": git_revision(), "device": str(model.device), "seconds": round(seconds, 3)}
     _write_text(out / f"{name}.json", json.dumps({"protocol": protocol, "results": results}, indent=2,
                                                 default=str))
     buffer = io.StringIO()
@@ -321,8 +299,13 @@ def _word_lists(vocabulary: list[str], index: torch.Tensor, coefficients: torch.
 
 def run_label(args: argparse.Namespace) -> int:
     from segclip.analysis.components import principal_components
-    from segclip.analysis.omp import (component_text_condition, label_components, label_pairs, read_vocabulary,
-                                      sparse_text_condition)
+    from segclip.analysis.omp import (
+        component_text_condition,
+        label_components,
+        label_pairs,
+        read_vocabulary,
+        sparse_text_condition,
+    )
     from segclip.models.text import encode_classes
     from segclip.viz.plots import line_plot
 
@@ -443,7 +426,12 @@ def run_top_images(args: argparse.Namespace) -> int:
 
 def run_shift(args: argparse.Namespace) -> int:
     from segclip.analysis.stream import run_pass
-    from segclip.analysis.units import ConceptScores, concept_pairs, point_biserial, read_groups
+    from segclip.analysis.units import (
+        ConceptScores,
+        concept_pairs,
+        point_biserial,
+        read_groups,
+    )
     from segclip.models.text import encode_classes
     from segclip.viz.plots import twin_plot
 

@@ -177,7 +177,7 @@ def _load(args: argparse.Namespace, names: list[str] | None, methods: list[str],
 
 def _protocol_record(model, protocol, names: list[str], meta: dict[str, Any], args: argparse.Namespace,
                      short_side_source: str) -> dict[str, Any]:
-    from segclip.segment.results import git_revision, package_versions
+    from segclip.provenance import git_revision, package_versions
 
     return {"model": model.info.to_dict(), "weights_hash": model.info.weights_hash, "class_names": names,
             "window": {**protocol.to_dict(), "short_side_source": short_side_source,

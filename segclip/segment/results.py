@@ -18,9 +18,7 @@ import json
 import math
 import os
 import shutil
-import subprocess
 from collections.abc import Iterable, Sequence
-from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +29,6 @@ from PIL import Image
 from segclip.errors import CacheError, ConfigError
 
 RESULT_FILES = ("results.json", "results.csv")
-PACKAGES = ("segclip", "torch", "open_clip_torch", "lightning", "torchmetrics", "numpy", "opencv-python-headless",
-            "Pillow")
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -56,30 +52,6 @@ def png_bytes(labels: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(labels.astype(np.uint8), mode="L").save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-def package_versions() -> dict[str, str]:
-    """Installed versions of the packages a result depends on."""
-    versions = {}
-    for name in PACKAGES:
-        try:
-            versions[name] = importlib_metadata.version(name)
-        except importlib_metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions
-
-
-def git_revision() -> str | None:
-    """The git revision of the segclip source tree (``+dirty`` if modified), or None outside a checkout."""
-    root = Path(__file__).resolve().parents[2]
-    try:
-        rev = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return rev + ("+dirty" if dirty else "")
 
 
 def check_writable(out: Path) -> None:
