@@ -9,7 +9,7 @@ cached, so it is not part of the per-image cost). Runs are interleaved, in alter
 ``--repeats`` is kept, in wall seconds and in this process's CPU seconds (less sensitive to other processes on a
 shared machine).
 
-Usage: python benchmarks/segment.py [--repeats 2] [--batch-size 12] [--threads N]
+Usage: python benchmarks/segment.py [--repeats 3] [--batch-size 12] [--threads N]
 """
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def build(model, name: str, names: list[str], texts: torch.Tensor):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=12, help="crops per backbone pass")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
