@@ -16,6 +16,7 @@ import torch
 from segclip.analysis.components import principal_components
 from segclip.analysis.statistics import Statistics, pair_constants
 from segclip.data.images import list_images
+from segclip.data.textfiles import read_lines
 from segclip.decompose.trace import Trace, trace_pool
 from segclip.errors import ConfigError, DataError
 from segclip.models.attnpool import AttentionPool
@@ -51,13 +52,7 @@ def read_labelled_folder(root: str | Path, class_names: str | Path | None = None
     if class_names is None:
         entries = [(name, name.replace("_", " ")) for name in folders]
     else:
-        try:
-            lines = Path(class_names).read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as err:
-            raise DataError(f"cannot read class-names file {class_names}: {err}") from None
-        blank = [i + 1 for i, line in enumerate(lines) if not line.strip()]
-        if blank:
-            raise DataError(f"class-names file {class_names} has blank lines {blank}; remove them")
+        lines = read_lines(class_names, "class-names file")
         entries = [(line.split("\t")[0].strip(), (line.split("\t")[1] if "\t" in line else
                                                   line.replace("_", " ")).strip()) for line in lines]
         listed = [folder for folder, _ in entries]

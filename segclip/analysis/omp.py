@@ -15,9 +15,14 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from segclip.analysis.components import Components, component_directions, unit_coordinates
+from segclip.analysis.components import (
+    Components,
+    component_directions,
+    unit_coordinates,
+)
 from segclip.analysis.evaluation import Condition
 from segclip.analysis.statistics import Statistics, pair_constants
+from segclip.data.textfiles import read_lines
 from segclip.decompose.pairs import PairDirections
 from segclip.decompose.trace import Trace
 from segclip.errors import DataError
@@ -43,13 +48,7 @@ def read_vocabulary(path: str | Path | None = None, size: int = 30000) -> list[s
         from wordfreq import top_n_list
 
         return list(dict.fromkeys(top_n_list("en", size)))
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as err:
-        raise DataError(f"cannot read vocabulary file {path}: {err}") from None
-    blank = [i + 1 for i, line in enumerate(lines) if not line.strip()]
-    if blank:
-        raise DataError(f"vocabulary file {path} has empty lines {blank[:10]}; remove them")
+    lines = read_lines(path, "vocabulary file")
     seen: dict[str, int] = {}
     duplicates = []
     for number, line in enumerate(lines, 1):
