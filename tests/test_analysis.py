@@ -8,6 +8,7 @@ import open_clip
 import pytest
 import torch
 from PIL import Image
+from safetensors import safe_open
 
 from segclip.analysis.sink import sink_changes
 from segclip.analysis.components import component_directions, principal_components
@@ -103,6 +104,9 @@ def test_one_pass_matches_two_pass_reference():
                           atol=1e-12)
     top_values = values.gather(0, head_norms.argsort(0, descending=True)[:k, :, None].expand(-1, -1, 64))
     assert torch.allclose(stats.head_top_mean, top_values.mean(0), atol=1e-12)
+    top_centred = top_values - top_values.mean(0)
+    assert torch.allclose(stats.head_top_covariance, torch.einsum("khc,khe->hce", top_centred, top_centred) / k,
+                          atol=1e-12)
     sink = torch.cat([t.attention[..., -1] for t in traces]).mean(0)
     assert torch.allclose(stats.sink_attention, sink)
 
@@ -119,7 +123,8 @@ def pca_setup():
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("unit, samples, p", [("neurons", "all", 2), ("neurons", "top", 2), ("heads", "all", 3)])
+@pytest.mark.parametrize("unit, samples, p", [("neurons", "all", 2), ("neurons", "top", 2), ("heads", "all", 3),
+                                              ("heads", "top", 3)])
 def test_principal_components_match_an_svd_of_explicit_contributions(unit, samples, p, pca_setup):
     model, stats, alpha = pca_setup
     k = stats.top_k
@@ -198,6 +203,29 @@ def test_resume_gives_identical_artifacts(tmp_path, caplog):
     a, b = Statistics.load(tmp_path / "reference.safetensors"), Statistics.load(tmp_path / "resumed.safetensors")
     assert (tmp_path / "reference.safetensors").read_bytes() == (tmp_path / "resumed.safetensors").read_bytes()
     assert a.count == b.count == 10 and a.metadata == b.metadata
+
+
+def test_saved_artifact_is_compact_and_reads_back(tmp_path):
+    model = small_model()
+    running = RunningStatistics(model.pool, top_k=5, registers=False)
+    for i, trace in enumerate(random_traces(model, batches=2, batch=4, seed=5)):
+        running.update(trace, 4 * i)
+    stats = running.finalise()
+    stats.save(tmp_path / "stats.safetensors")
+    loaded = Statistics.load(tmp_path / "stats.safetensors")
+    for name, value in stats.tensors().items():
+        other = getattr(loaded, name)
+        assert other.shape == value.shape, name
+        if value.dtype in (torch.long, torch.int8):
+            assert torch.equal(other, value), name
+        elif name == "deviations":  # float16: relative rounding <= 2^-11
+            assert torch.allclose(other.double(), value, rtol=2 ** -11, atol=0), name
+        else:  # float32; covariances stored as upper triangles come back symmetric
+            assert torch.equal(other, value.float()), name
+    with safe_open(tmp_path / "stats.safetensors", "pt") as f:
+        assert f.get_slice("deviations").get_dtype() == "F16"
+        assert f.get_slice("neuron_covariance").get_shape() == [256, 4 * 5 // 2]
+        assert f.get_slice("head_covariance").get_shape() == [4, 64 * 65 // 2]
 
 
 def test_empty_folder_is_a_clear_error(tmp_path):

@@ -116,7 +116,8 @@ def statistics():
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("unit, samples", [("neurons", "all"), ("neurons", "top"), ("heads", "all")])
+@pytest.mark.parametrize("unit, samples", [("neurons", "all"), ("neurons", "top"), ("heads", "all"),
+                                           ("heads", "top")])
 def test_omp_recovers_a_planted_combination_for_unit_components(statistics, unit, samples):
     model, stats, _ = statistics
     components = principal_components(model.pool, stats, unit, 2, samples)
@@ -172,8 +173,8 @@ def test_pc_samples_must_be_all_or_top(model, tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli.main(["analyze", "label", "--pc-samples", "top50", "--out", str(tmp_path / "o")])
     assert "invalid choice: 'top50'" in capsys.readouterr().err
-    with pytest.raises(ConfigError, match="kept for neurons only"):
-        principal_components(model.pool, None, "heads", 1, "top")
+    with pytest.raises(ConfigError, match="unknown principal-component samples 'top50'"):
+        principal_components(model.pool, None, "heads", 1, "top50")
 
 
 @torch.no_grad()

@@ -79,8 +79,8 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
     parser.add_argument("--components", type=int, default=1,
                         help="principal components labelled per neuron and per head (default: 1).")
     parser.add_argument("--pc-samples", choices=PC_SAMPLES, default="all",
-                        help="neuron PCs from all images or from each neuron's top-k images by norm (paper A.2); "
-                             "heads always use all images (default: all).")
+                        help="PCs of neurons and heads from all images or from each unit's top-k images by "
+                             "contribution norm (paper A.2) (default: all).")
     parser.add_argument("--images", type=Path, default=None, help="labelled folder for accuracy vs m (optional).")
     parser.add_argument("--class-names", type=Path, default=None, help="as for reconstruct.")
     parser.add_argument("--calibration-images", type=Path, default=None, help="folder for the statistics.")
@@ -348,8 +348,7 @@ def run_label(args: argparse.Namespace) -> int:
             keys = [{"neuron": n, "head": h, "component": ""}
                     for n in range(model.info.neurons) for h in range(model.info.heads)]
         else:
-            samples = args.pc_samples if unit == "neurons" else "all"
-            components = principal_components(model.pool, stats, unit, args.components, samples)
+            components = principal_components(model.pool, stats, unit, args.components, args.pc_samples)
             labels[unit] = label_components(model.pool, components, words, args.words, record)
             conditions.update({f"{unit} {j} words": component_text_condition(
                 model.pool, stats, components, words, labels[unit][0], labels[unit][1][j]) for j in record})
@@ -375,7 +374,7 @@ def run_label(args: argparse.Namespace) -> int:
     if stats is not None and set(units) - {"pairs"}:
         results["principal_components"] = {"per_unit": args.components,
                                            "neurons": _pc_source(args.pc_samples, stats),
-                                           "heads": _pc_source("all", stats)}
+                                           "heads": _pc_source(args.pc_samples, stats)}
     write_results(out, "label", args, model, results, rows, time.perf_counter() - start)
     sys.stdout.write(f"labelled {', '.join(f'{v} {k}' for k, v in labelled.items())} over {len(vocabulary)} words\n"
                      + "".join(f"{k}: {v:.2f}%\n" for k, v in accuracy.items()))

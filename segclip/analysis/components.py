@@ -65,13 +65,13 @@ def principal_components(pool: AttentionPool, stats: Statistics, unit: str, comp
         stats: calibration statistics (covariances, means, top-image means).
         unit: ``neurons`` or ``heads``.
         components: p, components per unit (1 <= p <= q).
-        samples: ``all`` or ``top`` (neurons only: the covariance of the top-k images by |r[n]|, paper A.2).
+        samples: ``all`` or ``top`` (the covariance over each unit's top-k images by contribution norm, paper A.2).
 
     Returns:
         The :class:`Components` (float64, on the pool's device).
 
     Raises:
-        ConfigError: unknown unit or samples, p out of range, ``top`` for heads.
+        ConfigError: unknown unit or samples, p out of range.
 
     Example:
         >>> from segclip.models import load_model
@@ -90,12 +90,11 @@ def principal_components(pool: AttentionPool, stats: Statistics, unit: str, comp
         covariance = stats.neuron_covariance if samples == "all" else stats.neuron_top_covariance
         top_mean = stats.neuron_top_mean
     elif unit == "heads":
-        if samples == "top":
-            raise ConfigError("top-image principal components are kept for neurons only; use 'all' for heads")
         w_o = PairDirections(pool).output_weight.double()
         gram = torch.einsum("hdc,hde->hce", w_o, w_o)
         mean = head_values(pool, stats.mean_scalars[None].to(w_o))[0]
-        covariance, top_mean = stats.head_covariance, stats.head_top_mean
+        covariance = stats.head_covariance if samples == "all" else stats.head_top_covariance
+        top_mean = stats.head_top_mean
     else:
         raise ConfigError(f"unknown unit '{unit}' for principal components; use neurons or heads")
     q = gram.shape[-1]

@@ -39,7 +39,7 @@ from segclip.errors import CacheError
 from segclip.models.attnpool import AttentionPool
 from segclip.models.loading import CLIPResNet
 
-STATISTICS_VERSION = 2
+STATISTICS_VERSION = 3
 TOP_LISTS = ("high", "low", "neuron", "activation", "head")
 SAMPLES = {"neuron": "neuron_samples", "head": "head_samples"}  # per-image coordinates carried by top lists
 
@@ -225,9 +225,8 @@ class RunningStatistics:
         norm_top = norms.masked_fill(repeated, -1).topk(image_k, dim=0)
         covariance = s["alpha_outer"] / n - mean[:, :, None] * mean[:, None, :]
         value_mean = s["value_sum"] / n
-        top_mean = s["neuron_samples"].mean(0)
-        top_centred = s["neuron_samples"] - top_mean
-        top_covariance = torch.einsum("knh,knj->nhj", top_centred, top_centred) / top_centred.shape[0]
+        top_mean, top_covariance = _moments(s["neuron_samples"])
+        head_top_mean, head_top_covariance = _moments(s["head_samples"])
         return Statistics(
             count=n, top_k=self.top_k, norm_k=norm_k,
             mean_scalars=mean, deviations=deviations, deviation_images=images.gather(0, dev_top.indices),
@@ -239,10 +238,32 @@ class RunningStatistics:
             activation_top_norm=s["activation_values"][:norm_k].mean(0),
             activation_top_images=s["activation_images"][:image_k],
             head_covariance=s["value_outer"] / n - value_mean[:, :, None] * value_mean[:, None, :],
-            head_top_mean=s["head_samples"].mean(0),
+            head_top_mean=head_top_mean, head_top_covariance=head_top_covariance,
             head_top_norm=s["head_values"][:norm_k].mean(0), head_top_images=s["head_images"][:image_k],
             sink_attention=s["sink_sum"] / n,
             register_scores=s["register_sum"] / n if self.registers else torch.zeros_like(s["register_sum"]))
+
+
+def _moments(samples: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and covariance over dim 0: (k, U, q) -> (U, q), (U, q, q)."""
+    mean = samples.mean(0)
+    centred = samples - mean
+    return mean, torch.einsum("kuq,kup->uqp", centred, centred) / samples.shape[0]
+
+
+def _pack(matrices: torch.Tensor) -> torch.Tensor:
+    """Upper triangles of symmetric matrices: (..., q, q) -> (..., q (q + 1) / 2)."""
+    rows, cols = torch.triu_indices(*matrices.shape[-2:], device=matrices.device)
+    return matrices[..., rows, cols]
+
+
+def _unpack(packed: torch.Tensor, q: int) -> torch.Tensor:
+    """Inverse of :func:`_pack`: (..., q (q + 1) / 2) -> symmetric (..., q, q)."""
+    rows, cols = torch.triu_indices(q, q, device=packed.device)
+    out = packed.new_zeros(*packed.shape[:-1], q, q)
+    out[..., rows, cols] = packed
+    out[..., cols, rows] = packed
+    return out
 
 
 @torch.no_grad()
@@ -283,7 +304,8 @@ class Statistics:
         activation_mean: (N, K) mean layer4 map; activation_top_norm, activation_top_images: (N,), (t, N) for the
             grid norm of x[n].
         head_covariance: (H, head_dim, head_dim) covariance of v^h over images.
-        head_top_mean: (H, head_dim) mean of v^h over each head's top-k images by |r[h]|.
+        head_top_mean, head_top_covariance: (H, head_dim), (H, head_dim, head_dim) mean and covariance of v^h over
+            each head's top-k images by |r[h]|.
         head_top_norm, head_top_images: (H,), (t, H) for |r[h]|.
         sink_attention: (H,) mean attention of the class token to the last token.
         register_scores: (N,) mean |change| of the sink attention (mean over heads) when the neuron is zeroed.
@@ -309,6 +331,7 @@ class Statistics:
     activation_top_images: torch.Tensor
     head_covariance: torch.Tensor
     head_top_mean: torch.Tensor
+    head_top_covariance: torch.Tensor
     head_top_norm: torch.Tensor
     head_top_images: torch.Tensor
     sink_attention: torch.Tensor
@@ -319,15 +342,28 @@ class Statistics:
         return {f.name: getattr(self, f.name) for f in fields(self) if isinstance(getattr(self, f.name), torch.Tensor)}
 
     def save(self, path: str | Path) -> None:
-        """Write a compact safetensors artifact atomically: float32 values, image indices in the narrowest int.
+        """Write a compact safetensors artifact atomically.
+
+        Float32 values, except the top deviations in float16 (relative rounding <= 2^-11; the signs are taken before
+        rounding; float32 if a deviation exceeds float16's range); covariances as packed upper triangles; image
+        indices in the narrowest int. The running state (checkpoints) keeps full precision.
 
         Raises:
             CacheError: the file cannot be written.
         """
         index_dtype = torch.int16 if self.count <= torch.iinfo(torch.int16).max else torch.int32
-        tensors = {key: (value.to(index_dtype) if key.endswith("_images") else
-                         value if value.dtype == torch.int8 else value.float())
-                   for key, value in self.tensors().items()}
+        half_range = torch.finfo(torch.float16).max
+        tensors = {}
+        for key, value in self.tensors().items():
+            if key.endswith("_images"):
+                value = value.to(index_dtype)
+            elif key == "deviations":
+                value = value.half() if value.abs().max() <= half_range else value.float()
+            elif key.endswith("_covariance"):
+                value = _pack(value).float()
+            elif value.dtype != torch.int8:
+                value = value.float()
+            tensors[key] = value.contiguous()
         header = {"version": STATISTICS_VERSION, "count": self.count, "top_k": self.top_k, "norm_k": self.norm_k,
                   "metadata": self.metadata}
         atomic_save(tensors, Path(path), {"statistics": json.dumps(header, sort_keys=True)})  # one key: same bytes
@@ -354,7 +390,10 @@ class Statistics:
         names = [f.name for f in fields(cls) if f.name not in ("count", "top_k", "norm_k", "metadata")]
         if set(names) - set(tensors):
             raise CacheError(f"Statistics file {path} lacks {sorted(set(names) - set(tensors))}; compute it again.")
-        values = {key: tensors[key].long() if key.endswith("_images") else tensors[key] for key in names}
+        values = {key: tensors[key].long() if key.endswith("_images") else
+                  tensors[key].float() if key == "deviations" else
+                  _unpack(tensors[key], math.isqrt(8 * tensors[key].shape[-1] + 1) // 2) if key.endswith("_covariance")
+                  else tensors[key] for key in names}
         return cls(count=meta["count"], top_k=meta["top_k"], norm_k=meta["norm_k"], metadata=meta["metadata"],
                    **values)
 
