@@ -91,6 +91,21 @@ def test_label_sink_top_images_shift_run(model, labelled, tmp_path):
     assert set(shift["point_biserial"]) == {"dog"} and len(shift["scores_by_group"]["red"]) == 2
 
 
+def test_label_heads_by_textspan(model, labelled, tmp_path):
+    out = tmp_path / "out"
+    vocabulary = tmp_path / "words.txt"
+    vocabulary.write_text("\n".join(f"word{i}" for i in range(60)) + "\n")
+    run("analyze", "label", "--units", "heads", "--head-labels", "textspan", "--vocabulary", str(vocabulary),
+        "--words", "32", "--record", "2,32", "--table", "3", "--images", str(labelled), "--templates", "single",
+        "--out", str(out))
+    label = results(out, "label")
+    assert label["labelled"] == {"heads": 4}
+    assert label["accuracy"]["heads 32 words"] == label["accuracy"]["baseline"]  # the whole span: the output
+    assert label["principal_components"]["heads"].startswith("TextSpan over the covariance of all 6 images")
+    table = (out / "label.csv").read_text().splitlines()
+    assert len(table) == 1 + 4 and table[1].startswith("head,,0,textspan,word") and table[1].count("%)") == 3
+
+
 def test_omp_recovers_a_planted_combination():
     generator = torch.Generator().manual_seed(0)
     words = torch.nn.functional.normalize(torch.randn(300, 48, generator=generator, dtype=torch.float64), dim=-1)

@@ -81,6 +81,10 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
     parser.add_argument("--pc-samples", choices=PC_SAMPLES, default="all",
                         help="PCs of neurons and heads from all images or from each unit's top-k images by "
                              "contribution norm (paper A.2) (default: all).")
+    parser.add_argument("--head-labels", choices=("pcs", "textspan"), default="pcs",
+                        help="label heads by OMP of their principal components (pcs), or by TextSpan (Gandelsman et "
+                             "al. 2024: m texts greedily spanning the head's variance, from its covariance) "
+                             "(default: pcs).")
     parser.add_argument("--images", type=Path, default=None, help="labelled folder for accuracy vs m (optional).")
     parser.add_argument("--class-names", type=Path, default=None, help="as for reconstruct.")
     parser.add_argument("--calibration-images", type=Path, default=None, help="folder for the statistics.")
@@ -306,6 +310,7 @@ def run_label(args: argparse.Namespace) -> int:
         read_vocabulary,
         sparse_text_condition,
     )
+    from segclip.analysis.textspan import text_span, text_span_condition
     from segclip.models.text import encode_classes
     from segclip.viz.plots import line_plot
 
@@ -347,6 +352,17 @@ def run_label(args: argparse.Namespace) -> int:
                                                                          labels[unit][1][j]) for j in record})
             keys = [{"neuron": n, "head": h, "component": ""}
                     for n in range(model.info.neurons) for h in range(model.info.heads)]
+        elif unit == "heads" and args.head_labels == "textspan":
+            rounds = min(args.words, model.info.head_dim, model.info.embed_dim)
+            spans = text_span(model.pool, stats, words, rounds, args.pc_samples)
+            labels[unit] = spans.index
+            conditions.update({f"heads {j} words": text_span_condition(model.pool, stats, spans, j)
+                               for j in record if j <= rounds})
+            shares = (spans.variance / spans.total_variance.clamp_min(1e-300)[:, None]).cpu()
+            rows += [{"unit": "head", "neuron": "", "head": h, "component": "textspan",
+                      "words": " ".join(f"{vocabulary[w]}({100 * v:.1f}%)" for w, v in zip(chosen, share))}
+                     for h, (chosen, share) in enumerate(zip(spans.index[:, :args.table].tolist(),
+                                                             shares[:, :args.table].tolist()))]
         else:
             components = principal_components(model.pool, stats, unit, args.components, args.pc_samples)
             labels[unit] = label_components(model.pool, components, words, args.words, record)
@@ -355,26 +371,33 @@ def run_label(args: argparse.Namespace) -> int:
             count = model.info.neurons if unit == "neurons" else model.info.heads
             keys = [{"neuron": u if unit == "neurons" else "", "head": u if unit == "heads" else "", "component": p + 1}
                     for u in range(count) for p in range(args.components)]
+        if isinstance(labels[unit], tuple):  # OMP: each unit's top words by |coefficient|
+            rows += [{"unit": unit[:-1], **key, "words": text}
+                     for key, text in zip(keys, _word_lists(vocabulary, labels[unit][0], labels[unit][1][max(record)],
+                                                            args.table))]
         seconds[unit] = round(time.perf_counter() - begun, 3)
-        rows += [{"unit": unit[:-1], **key, "words": text}
-                 for key, text in zip(keys, _word_lists(vocabulary, labels[unit][0], labels[unit][1][max(record)],
-                                                        args.table))]
     if evaluation is not None:
         paths, labels_true, _, _, texts = evaluation
         accuracy = _evaluate(args, model, out, "label", conditions, paths, labels_true, texts)
         pcs = f" ({args.components} PC{'s' if args.components > 1 else ''})"
-        line_plot(out / "label.png", {unit + ("" if unit == "pairs" else pcs):
-                                      (record, [accuracy[f"{unit} {j} words"] for j in record]) for unit in units},
+        names = {unit: unit + ("" if unit == "pairs" else " (TextSpan)" if unit == "heads" and
+                               args.head_labels == "textspan" else pcs) for unit in units}
+        curves = {names[unit]: ([j for j in record if f"{unit} {j} words" in accuracy],
+                                [accuracy[f"{unit} {j} words"] for j in record if f"{unit} {j} words" in accuracy])
+                  for unit in units}
+        line_plot(out / "label.png", curves,
                   xlabel="words per unit (m)", ylabel="zero-shot accuracy (%)", baseline=accuracy["baseline"],
                   title=f"Sparse text decomposition ({model.info.name})", logx=True)
-    labelled = {unit: labels[unit][0].shape[0] * labels[unit][0].shape[1] for unit in units}
+    labelled = {unit: labels[unit].shape[0] if unit == "heads" and args.head_labels == "textspan" else
+                labels[unit][0].shape[0] * labels[unit][0].shape[1] for unit in units}
     results = {"accuracy": accuracy, "vocabulary": len(vocabulary), "words_per_unit": args.words,
                "labelled": labelled, "omp_seconds": seconds,
                "signs": "calibration" if stats is not None else "+1 (no statistics)"}
     if stats is not None and set(units) - {"pairs"}:
         results["principal_components"] = {"per_unit": args.components,
                                            "neurons": _pc_source(args.pc_samples, stats),
-                                           "heads": _pc_source(args.pc_samples, stats)}
+                                           "heads": ("TextSpan over the covariance of " if args.head_labels ==
+                                                     "textspan" else "") + _pc_source(args.pc_samples, stats)}
     write_results(out, "label", args, model, results, rows, time.perf_counter() - start)
     sys.stdout.write(f"labelled {', '.join(f'{v} {k}' for k, v in labelled.items())} over {len(vocabulary)} words\n"
                      + "".join(f"{k}: {v:.2f}%\n" for k, v in accuracy.items()))
