@@ -11,7 +11,13 @@ from segclip import cli
 from segclip.analysis.evaluation import read_labelled_folder
 from segclip.analysis.components import component_directions, principal_components
 from segclip.analysis.evaluation import neuron_pca_condition
-from segclip.analysis.omp import component_text_condition, label_components, omp, read_vocabulary
+from segclip.analysis.omp import (
+    component_text_condition,
+    label_components,
+    label_pairs,
+    omp,
+    read_vocabulary,
+)
 from segclip.analysis.statistics import RunningStatistics, head_values
 from segclip.analysis.units import ConceptScores, point_biserial, read_groups
 from segclip.decompose import PairDirections, trace_pool
@@ -104,6 +110,33 @@ def test_label_heads_by_textspan(model, labelled, tmp_path):
     assert label["principal_components"]["heads"].startswith("TextSpan over the covariance of all 6 images")
     table = (out / "label.csv").read_text().splitlines()
     assert len(table) == 1 + 4 and table[1].startswith("head,,0,textspan,word") and table[1].count("%)") == 3
+
+
+def test_pair_labels_resume_after_an_interruption(statistics, tmp_path, monkeypatch, caplog):
+    import segclip.analysis.omp as omp_module
+
+    model, stats, _ = statistics
+    words = torch.nn.functional.normalize(torch.randn(60, 32, generator=torch.Generator().manual_seed(3),
+                                                      dtype=torch.float64), dim=-1)
+    reference = label_pairs(model.pool, stats, words, 4, [2, 4], progress=False)
+    checkpoint, calls, original = tmp_path / "pairs.partial.safetensors", [], omp_module.label_directions
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+    monkeypatch.setattr(omp_module, "label_directions", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        label_pairs(model.pool, stats, words, 4, [2, 4], progress=False, checkpoint=checkpoint, key="run")
+    monkeypatch.setattr(omp_module, "label_directions", original)
+    caplog.set_level("INFO")
+    resumed = label_pairs(model.pool, stats, words, 4, [2, 4], progress=False, checkpoint=checkpoint, key="run")
+    assert "2 of 4 heads done" in caplog.text
+    assert torch.equal(resumed[0], reference[0])
+    assert all(torch.equal(resumed[1][j], reference[1][j]) for j in (2, 4))
+    other = label_pairs(model.pool, stats, words, 4, [2, 4], progress=False, checkpoint=checkpoint, key="other")
+    assert "belongs to another labelling run" in caplog.text and torch.equal(other[0], reference[0])
 
 
 def test_omp_recovers_a_planted_combination():

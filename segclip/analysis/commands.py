@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import io
 import json
 import os
@@ -347,7 +348,13 @@ def run_label(args: argparse.Namespace) -> int:
     for unit in units:
         begun = time.perf_counter()
         if unit == "pairs":
-            labels[unit] = label_pairs(model.pool, stats, words, args.words, record)
+            checkpoint = out / "label-pairs.partial.safetensors"
+            signs = None if stats is None else hashlib.sha256(stats.signs.cpu().numpy().tobytes()).hexdigest()
+            key = json.dumps({"model": model.info.name, "weights": model.info.weights_hash, "words": args.words,
+                              "record": record, "signs": signs,
+                              "vocabulary": hashlib.sha256("\n".join(vocabulary).encode()).hexdigest()})
+            labels[unit] = label_pairs(model.pool, stats, words, args.words, record, checkpoint=checkpoint, key=key)
+            checkpoint.unlink(missing_ok=True)
             conditions.update({f"pairs {j} words": sparse_text_condition(model.pool, stats, words, labels[unit][0],
                                                                          labels[unit][1][j]) for j in record})
             keys = [{"neuron": n, "head": h, "component": ""}

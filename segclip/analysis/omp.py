@@ -22,6 +22,7 @@ from segclip.analysis.components import (
 )
 from segclip.analysis.evaluation import Condition
 from segclip.analysis.statistics import Statistics, pair_constants
+from segclip.analysis.stream import atomic_save, read_safetensors
 from segclip.data.textfiles import read_lines
 from segclip.decompose.pairs import PairDirections
 from segclip.decompose.trace import Trace
@@ -144,9 +145,9 @@ def label_directions(directions: torch.Tensor, words: torch.Tensor, atoms: int, 
 
 @torch.no_grad()
 def label_pairs(pool: AttentionPool, stats: Statistics | None, words: torch.Tensor, atoms: int,
-                record: Sequence[int], chunk: int = 4096, progress: bool = True
-                ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
-    """OMP of every pair's unit direction u[n, h] = s w / |w| over the word embeddings.
+                record: Sequence[int], chunk: int = 4096, progress: bool = True, checkpoint: Path | None = None,
+                key: str = "") -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+    """OMP of every pair's unit direction u[n, h] = s w / |w| over the word embeddings; resumable per head.
 
     Args:
         pool: the attention pool.
@@ -155,22 +156,44 @@ def label_pairs(pool: AttentionPool, stats: Statistics | None, words: torch.Tens
         atoms, record: see :func:`omp`.
         chunk: directions per OMP batch.
         progress: show a tqdm bar.
+        checkpoint: safetensors file written (atomically) after each head; a rerun with the same ``key`` resumes
+            after the last finished head (None: no checkpoints).
+        key: what the run computes (model, vocabulary, m, signs); a checkpoint with another key is ignored.
 
     Returns:
         (indices (N, H, m), {j: (N, H, j) coefficients}), on ``words.device``.
+
+    Raises:
+        CacheError: the checkpoint cannot be written.
     """
     pairs = PairDirections(pool)
     n, h = pairs.num_neurons, pairs.num_heads
+    record = sorted(set(record))
     index = torch.zeros(n, h, atoms, dtype=torch.long, device=words.device)
     coefficients = {j: words.new_zeros(n, h, j) for j in record}
     signs = stats.signs.to(words) if stats is not None else words.new_ones(n, h)
-    with tqdm(total=n * h, desc="OMP pairs", unit="pair", disable=not progress, leave=False) as bar:
-        for head in range(h):
+    done = 0
+    saved = read_safetensors(checkpoint) if checkpoint is not None and checkpoint.is_file() else None
+    if saved is not None and saved[1].get("key") == key:
+        done = int(saved[1]["heads_done"])
+        index[:, :done] = saved[0]["index"].to(index)
+        for j in record:
+            coefficients[j][:, :done] = saved[0][f"coefficients_{j}"].to(words)
+        log.info("resuming pair labels from %s: %d of %d heads done", checkpoint, done, h)
+    elif saved is not None:
+        log.warning("checkpoint %s belongs to another labelling run; starting over", checkpoint)
+    with tqdm(total=n * h, initial=n * done, desc="OMP pairs", unit="pair", disable=not progress,
+              leave=False) as bar:
+        for head in range(done, h):
             directions = pairs.head_vectors(head).to(words)  # (N, d)
             directions = directions / directions.norm(dim=-1, keepdim=True).clamp_min(1e-12) * signs[:, head, None]
             index[:, head], found = label_directions(directions, words, atoms, record, chunk, bar)
             for j in record:
                 coefficients[j][:, head] = found[j]
+            if checkpoint is not None and head + 1 < h:
+                atomic_save({"index": index[:, :head + 1],
+                             **{f"coefficients_{j}": coefficients[j][:, :head + 1] for j in record}},
+                            checkpoint, {"key": key, "heads_done": str(head + 1)})
     return index, coefficients
 
 
