@@ -6,11 +6,11 @@ import re
 
 import pytest
 import torch
+from test_analysis import small_model, write_images
 
 from segclip import cli
-from segclip.analysis.evaluation import read_labelled_folder
 from segclip.analysis.components import component_directions, principal_components
-from segclip.analysis.evaluation import neuron_pca_condition
+from segclip.analysis.evaluation import neuron_pca_condition, read_labelled_folder
 from segclip.analysis.omp import (
     component_text_condition,
     label_components,
@@ -22,7 +22,6 @@ from segclip.analysis.statistics import RunningStatistics, head_values
 from segclip.analysis.units import ConceptScores, point_biserial, read_groups
 from segclip.decompose import PairDirections, trace_pool
 from segclip.errors import ConfigError, DataError
-from test_analysis import small_model, write_images
 
 
 @pytest.fixture

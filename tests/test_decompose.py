@@ -111,7 +111,8 @@ def test_closed_form_cosines(name):
     neurons = torch.randint(pool.neurons, (64,), generator=generator)
     heads = torch.randint(pool.num_heads, (64,), generator=generator)
     explicit = pairs.vectors(neurons, heads)
-    assert (explicit[:3] - torch.stack([pairs.head_vectors(h)[n] for n, h in zip(neurons[:3], heads[:3])])).abs().max() < 1e-12
+    rows = torch.stack([pairs.head_vectors(h)[n] for n, h in zip(neurons[:3], heads[:3])])
+    assert (explicit[:3] - rows).abs().max() < 1e-12
     brute = torch.nn.functional.cosine_similarity(explicit[None], texts[:, None], dim=-1)
     assert (cosines[:, neurons, heads] - brute).abs().max() < 1e-12
     assert (pairs.norms()[neurons, heads] - explicit.norm(dim=-1)).abs().max() < 1e-12

@@ -128,7 +128,8 @@ def test_label_palette_mode_reads_indices(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("num_classes", "reduce", "bad"), [(59, True, [60, 200]), (60, False, [60, 254])])
 def test_label_out_of_range(tmp_path: Path, num_classes: int, reduce: bool, bad: list[int]) -> None:
     path = _label(tmp_path, np.array([[0, bad[0]], [bad[1], 255]]))
-    with pytest.raises(DataError, match=rf"l\.png has values \[{bad[0]}, {bad[1]}\] outside the expected range 0\.\.59"):
+    message = rf"l\.png has values \[{bad[0]}, {bad[1]}\] outside the expected range 0\.\.59"
+    with pytest.raises(DataError, match=message):
         read_label(path, num_classes=num_classes, reduce_zero_label=reduce)
 
 

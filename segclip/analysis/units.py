@@ -109,7 +109,8 @@ def read_groups(path: str | Path, folder: str | Path, concepts: list[str]
         raise DataError(f"cannot read grouping CSV {path}: {err}") from None
     if not rows or not {"image", "group"} <= set(rows[0]):
         raise DataError(f"grouping CSV {path} needs a header with columns 'image' and 'group' and at least one row")
-    empty = [i + 2 for i, row in enumerate(rows) if not (row["image"] or "").strip() or not (row["group"] or "").strip()]
+    empty = [i + 2 for i, row in enumerate(rows)
+             if not (row["image"] or "").strip() or not (row["group"] or "").strip()]
     if empty:
         raise DataError(f"grouping CSV {path}: rows {empty[:10]} have an empty image or group")
     paths = [folder / row["image"].strip() for row in rows]
