@@ -344,9 +344,10 @@ class Statistics:
     def save(self, path: str | Path) -> None:
         """Write a compact safetensors artifact atomically.
 
-        Float32 values, except the top deviations in float16 (relative rounding <= 2^-11; the signs are taken before
-        rounding; float32 if a deviation exceeds float16's range); covariances as packed upper triangles; image
-        indices in the narrowest int. The running state (checkpoints) keeps full precision.
+        Float32 values, except the top deviations in float16 (rounding <= 2^-11 relative, 2^-25 absolute below
+        2^-14; the signs are taken before rounding; float32 if a deviation exceeds float16's range); covariances as
+        packed upper triangles; image indices in the narrowest int. The running state (checkpoints) keeps full
+        precision.
 
         Raises:
             CacheError: the file cannot be written.
