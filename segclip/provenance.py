@@ -23,7 +23,7 @@ def package_versions() -> dict[str, str]:
 
 def git_revision() -> str | None:
     """The git revision of the segclip source tree (``+dirty`` if modified), or None outside a checkout."""
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[1]
     try:
         rev = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
                              timeout=10, check=True).stdout.strip()
