@@ -166,6 +166,21 @@ def test_register_scores_match_a_loop_over_neurons():
 
 
 @torch.no_grad()
+def test_top_lists_are_sorted_with_fewer_images_than_top_k():
+    model = small_model()
+    trace = next(random_traces(model, batches=1, batch=6, seed=11))
+    running = RunningStatistics(model.pool, top_k=50, registers=False)
+    running.update(trace, 0)
+    stats = running.finalise(top_fraction=0.5, top_images=4)
+    maps = trace.neurons.flatten(2).norm(dim=-1)  # (6, N)
+    ranked = maps.sort(0, descending=True).values  # compared by value: some neurons are 0 on several images
+    assert torch.allclose(maps.gather(0, stats.activation_top_images), ranked[:4])
+    assert torch.allclose(stats.activation_top_norm, ranked[:3].mean(0))
+    head_norms = trace_pool(model.pool, trace.neurons, token_heads=True).token_heads.sum(1).norm(dim=-1)
+    assert torch.equal(stats.head_top_images, head_norms.argsort(0, descending=True)[:4])
+
+
+@torch.no_grad()
 def test_merged_shards_equal_one_pass():
     model = small_model()
     traces = list(random_traces(model, batches=4, batch=5, seed=3))

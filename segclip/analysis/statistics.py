@@ -53,11 +53,11 @@ def _merge_top(values: torch.Tensor, carried: list[torch.Tensor], new_values: to
     """
     values = torch.cat([values, new_values])
     carried = [torch.cat([old, new]) for old, new in zip(carried, new_carried)]
-    if values.shape[0] > k:
-        top = values.topk(k, dim=0, largest=largest)
-        values = top.values
-        carried = [c.gather(0, top.indices.view(*top.indices.shape, *[1] * (c.dim() - values.dim()))
-                            .expand(k, *c.shape[1:])) for c in carried]
+    k = min(k, values.shape[0])  # sorted also while fewer than k values have been seen
+    top = values.topk(k, dim=0, largest=largest)
+    values = top.values
+    carried = [c.gather(0, top.indices.view(*top.indices.shape, *[1] * (c.dim() - values.dim()))
+                        .expand(k, *c.shape[1:])) for c in carried]
     return values, carried
 
 
