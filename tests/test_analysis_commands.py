@@ -74,6 +74,7 @@ def test_label_sink_top_images_shift_run(model, labelled, tmp_path):
         "--pc-samples", "top", "--images", str(labelled), "--templates", "single", "--out", str(out))
     label = results(out, "label")
     assert label["labelled"] == {"pairs": 256 * 4, "neurons": 256 * 2, "heads": 4 * 2}
+    assert label["table_sparsity"] == 4  # --table-sparsity 8 capped at --words 4
     assert set(label["accuracy"]) == {"baseline"} | {f"{u} {j} words" for u in ("pairs", "neurons", "heads")
                                                      for j in (1, 4)}
     assert label["principal_components"]["neurons"].startswith("top 6 images")  # min(--top-k 50, 6 images)
@@ -291,3 +292,10 @@ def test_cli_reports_bad_input_without_traceback(model, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert cli.main(["analyze", "sink", "--images", str(tmp_path / "empty"), "--out", str(tmp_path / "o")]) == 2
     assert "holds no images" in capsys.readouterr().err
+    write_images(tmp_path / "a", 4, seed=1)
+    write_images(tmp_path / "b", 5, seed=2)
+    run("analyze", "sink", "--images", str(tmp_path / "a"), "--out", str(tmp_path / "sink"))
+    assert cli.main(["analyze", "top-images", "--images", str(tmp_path / "b"), "--out", str(tmp_path / "top"),
+                     "--statistics", str(tmp_path / "sink" / "statistics.safetensors")]) == 2
+    assert "computed on other images than" in capsys.readouterr().err
+    assert not (tmp_path / "top" / "top-images.json").exists()

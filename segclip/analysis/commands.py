@@ -96,6 +96,9 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
     parser.add_argument("--words", type=int, default=64, help="m, words per pair (default: 64).")
     parser.add_argument("--record", default="1,2,4,8,16,32,64", help="sparsities evaluated (<= --words).")
     parser.add_argument("--table", type=int, default=5, help="top words per unit in the CSV (default: 5).")
+    parser.add_argument("--table-sparsity", type=int, default=8,
+                        help="the CSV's words come from the decomposition with this many words (default: 8; with m "
+                             "close to d the full decomposition is ill-conditioned and its coefficients say little).")
     parser.set_defaults(func=run_label)
     parser = commands.add_parser("top-images", parents=[shared],
                                  help="top images per neuron, head and pair as montages; inertia (Figs. 3-4)")
@@ -334,6 +337,10 @@ def run_label(args: argparse.Namespace) -> int:
         raise ConfigError(f"--components must be between 1 and {model.info.heads} (H, for neurons) and "
                           f"{model.info.head_dim} (head dim, for heads), got {args.components}.")
     record = [r for r in record if 1 <= r <= args.words] or [args.words]
+    if args.table_sparsity < 1:
+        raise ConfigError("--table-sparsity must be at least 1.")
+    table_sparsity = min(args.table_sparsity, args.words)
+    solved = sorted(set(record) | {table_sparsity})  # sparsities whose coefficients OMP returns
     words = encode_classes(model, vocabulary, "single").to(model.device, torch.float32)
     accuracy, stats, evaluation = {}, None, None
     if args.images is not None:
@@ -351,9 +358,9 @@ def run_label(args: argparse.Namespace) -> int:
             checkpoint = out / "label-pairs.partial.safetensors"
             signs = None if stats is None else hashlib.sha256(stats.signs.cpu().numpy().tobytes()).hexdigest()
             key = json.dumps({"model": model.info.name, "weights": model.info.weights_hash, "words": args.words,
-                              "record": record, "signs": signs,
+                              "record": solved, "signs": signs,
                               "vocabulary": hashlib.sha256("\n".join(vocabulary).encode()).hexdigest()})
-            labels[unit] = label_pairs(model.pool, stats, words, args.words, record, checkpoint=checkpoint, key=key)
+            labels[unit] = label_pairs(model.pool, stats, words, args.words, solved, checkpoint=checkpoint, key=key)
             checkpoint.unlink(missing_ok=True)
             conditions.update({f"pairs {j} words": sparse_text_condition(model.pool, stats, words, labels[unit][0],
                                                                          labels[unit][1][j]) for j in record})
@@ -372,7 +379,7 @@ def run_label(args: argparse.Namespace) -> int:
                                                              shares[:, :args.table].tolist()))]
         else:
             components = principal_components(model.pool, stats, unit, args.components, args.pc_samples)
-            labels[unit] = label_components(model.pool, components, words, args.words, record)
+            labels[unit] = label_components(model.pool, components, words, args.words, solved)
             conditions.update({f"{unit} {j} words": component_text_condition(
                 model.pool, stats, components, words, labels[unit][0], labels[unit][1][j]) for j in record})
             count = model.info.neurons if unit == "neurons" else model.info.heads
@@ -380,8 +387,8 @@ def run_label(args: argparse.Namespace) -> int:
                     for u in range(count) for p in range(args.components)]
         if isinstance(labels[unit], tuple):  # OMP: each unit's top words by |coefficient|
             rows += [{"unit": unit[:-1], **key, "words": text}
-                     for key, text in zip(keys, _word_lists(vocabulary, labels[unit][0], labels[unit][1][max(record)],
-                                                            args.table))]
+                     for key, text in zip(keys, _word_lists(vocabulary, labels[unit][0],
+                                                            labels[unit][1][table_sparsity], args.table))]
         seconds[unit] = round(time.perf_counter() - begun, 3)
     if evaluation is not None:
         paths, labels_true, _, _, texts = evaluation
@@ -398,6 +405,7 @@ def run_label(args: argparse.Namespace) -> int:
     labelled = {unit: labels[unit].shape[0] if unit == "heads" and args.head_labels == "textspan" else
                 labels[unit][0].shape[0] * labels[unit][0].shape[1] for unit in units}
     results = {"accuracy": accuracy, "vocabulary": len(vocabulary), "words_per_unit": args.words,
+               "table_sparsity": table_sparsity,
                "labelled": labelled, "omp_seconds": seconds,
                "signs": "calibration" if stats is not None else "+1 (no statistics)"}
     if stats is not None and set(units) - {"pairs"}:
@@ -422,6 +430,10 @@ def run_top_images(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     paths = list_images(args.images)[:args.limit]
     stats = _statistics(args, model, paths, out)
+    if stats.metadata.get("images") != [p.name for p in paths]:
+        raise ConfigError(f"--statistics {args.statistics} was computed on other images than {args.images}; top "
+                          "images are indices into that image list: pass the same folder (and --limit), or leave "
+                          "out --statistics.")
     embeddings = Embeddings(len(paths), model.info.embed_dim)
     run_pass(model, paths, embeddings, key={"kind": "embeddings"}, checkpoint=out / "embeddings.partial.safetensors",
              batch_size=args.batch_size, chunk_size=args.chunk_size, description="embeddings")
