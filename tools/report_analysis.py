@@ -137,6 +137,8 @@ def main() -> None:
         commands |= {
             "label classes": ["analyze", "label", "--vocabulary", "classes.txt", "--words", "3", "--record", "1,2,3",
                               *reuse, "--out", "runs/label-classes"],
+            "label textspan": ["analyze", "label", "--units", "heads", "--head-labels", "textspan", "--images",
+                               LABELLED["noisy"][0], *reuse, "--out", "runs/label-textspan"],
             "top-images": ["analyze", "top-images", "--images", "scenes", *reuse, "--out", "runs/top-images"],
             "shift": ["analyze", "shift", "--images", "shift/images", "--groups", "shift/groups.csv", "--concepts",
                       args.concept, "--out", "runs/shift"],
@@ -229,11 +231,25 @@ def main() -> None:
     lines += ["", "Top words (largest |coefficient| first) of the units with the largest contributions (top norms; "
               "pair n:h is neuron n through head h), from the run above and from a run on the "
               f"{len(SYNTHETIC_CLASSES)} class names alone:", *header("label classes")]
-    lines += table(["unit", f"{label['vocabulary']:,} words, m = {label['words_per_unit']}",
+    lines += table(["unit", f"{label['vocabulary']:,} words, top of the {label['table_sparsity']}-word decomposition",
                     f"{len(SYNTHETIC_CLASSES)} class names, m = 3"],
                    [[f"{kind} {':'.join(i for i in (n, h) if i)}", *[lookup.get((kind, n, h), "")
                                                                      for lookup in words.values()]]
                     for kind, n, h in examples]) + plot("label", " (noisy images)")
+
+    spans = results["label textspan"]["results"]["accuracy"]
+    record_spans = [j for j in record if f"heads {j} words" in spans]
+    lines += ["", "Heads by TextSpan instead (`--head-labels textspan`: per head, m texts chosen greedily to span "
+              "its variance, computed from its covariance): zero-shot accuracy (%) on the noisy images with each head "
+              "projected on its first j texts, against its first principal component's j-word OMP above:",
+              *header("label textspan")]
+    lines += table(["words j", "heads, TextSpan (noisy)", "heads, 1 PC + OMP (noisy)"],
+                   [[j, f"{spans[f'heads {j} words']:.1f}", f"{found['noisy'][f'heads {j} words']:.1f}"]
+                    for j in record_spans])
+    spans_rows = {row["head"]: row["words"] for row in rows["label textspan"]}
+    lines += ["", "First TextSpan words (share of the head's variance) of the two heads with the largest "
+              "contributions: " + "; ".join(f"head {h}: {spans_rows[h]}" for kind, _, h in examples if kind == "head")
+              + "."]
 
     top = results["top-images"]["results"]
     lines += ["", f"**Top images** (paper Figures 3-4): mean inertia of the normalised embeddings of each unit's top "
