@@ -174,7 +174,10 @@ def test_templates_and_centring():
 
 
 def test_short_context_text_encoding_equals_open_clip(rn50):
-    prompts = ["a photo of a cat.", "a bad photo of the very large and rather old grey elephant in the scene."]
+    prompts = ["a photo of a cat.", "a bad photo of the very large and rather old grey elephant in the scene.",
+               "dog", "a photo of many small red cars.", "grass."]
     with torch.no_grad():
         full = rn50.clip.encode_text(rn50.tokenizer(prompts))
     assert torch.allclose(rn50.encode_text(prompts), full, atol=1e-5, rtol=1e-5)
+    # batches of prompts sorted by length, each cut at its own longest: rows come back in the caller's order
+    assert torch.allclose(rn50.encode_text(prompts, batch_size=2), full, atol=1e-5, rtol=1e-5)

@@ -22,6 +22,7 @@ import open_clip
 import torch
 from open_clip.modified_resnet import ModifiedResNet
 from safetensors.torch import load_file as load_safetensors
+from tqdm import tqdm
 
 from segclip.decompose.pairs import PairDirections
 from segclip.decompose.trace import Hook, Trace, backbone_neurons, check_images, trace_pool
@@ -151,8 +152,9 @@ class CLIPResNet(torch.nn.Module):
     def encode_text(self, prompts: list[str], batch_size: int = 256) -> torch.Tensor:
         """Text embeddings, not normalised.
 
-        The text tower's attention is causal, so tokens after the longest prompt's end token never influence it:
-        the context is cut there (several times faster than the full 77 tokens, same result up to round-off).
+        The text tower's attention is causal, so tokens after a prompt's end token never influence it: prompts are
+        batched by token length and each batch's context is cut after its longest prompt (several times faster than
+        the full 77 tokens, same result up to round-off). A progress bar shows when there are more than 8 batches.
 
         Args:
             prompts: C strings.
@@ -161,11 +163,14 @@ class CLIPResNet(torch.nn.Module):
         Returns:
             (C, d) tensor in the model's dtype.
         """
-        chunks = []
-        for start in range(0, len(prompts), batch_size):
-            tokens = self.tokenizer(prompts[start:start + batch_size]).to(self.device)
-            chunks.append(self._encode_tokens(tokens))
-        return torch.cat(chunks)
+        tokens = self.tokenizer(prompts)
+        order = (tokens != 0).sum(dim=1).argsort(stable=True)
+        out = torch.empty(len(prompts), self.info.embed_dim, dtype=self.dtype, device=self.device)
+        starts = range(0, len(prompts), batch_size)
+        for start in tqdm(starts, desc="text", unit="batch", disable=len(starts) <= 8, leave=False):
+            rows = order[start:start + batch_size].to(self.device)
+            out[rows] = self._encode_tokens(tokens[rows.cpu()].to(self.device))
+        return out
 
     def _encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """open_clip's ``CLIP.encode_text`` on a context cut after the last non-padding token."""
