@@ -94,7 +94,8 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
                         help="word file, one per line (default: the 30,000 most common English words, wordfreq).")
     parser.add_argument("--vocabulary-size", type=int, default=30000, help="words from wordfreq (default 30000).")
     parser.add_argument("--words", type=int, default=64, help="m, words per pair (default: 64).")
-    parser.add_argument("--record", default="1,2,4,8,16,32,64", help="sparsities evaluated (<= --words).")
+    parser.add_argument("--record", default="1,2,4,8,16,32,64",
+                        help="sparsities j at which accuracy is evaluated, each <= --words (default: 1,2,4,...,64).")
     parser.add_argument("--table", type=int, default=5, help="top words per unit in the CSV (default: 5).")
     parser.add_argument("--table-sparsity", type=int, default=8,
                         help="the CSV's words come from the decomposition with this many words (default: 8; with m "
@@ -142,6 +143,8 @@ def write_results(out: Path, name: str, args: argparse.Namespace, model, results
         writer.writeheader()
         writer.writerows(rows)
     _write_text(out / f"{name}.csv", buffer.getvalue())
+    plot = ", .png" if (out / f"{name}.png").is_file() else ""
+    sys.stderr.write(f"results: {out / name}.json (numbers and protocol), .csv{plot}\n")
 
 
 def _setup(args: argparse.Namespace):
