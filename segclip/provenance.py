@@ -24,6 +24,8 @@ def package_versions() -> dict[str, str]:
 def git_revision() -> str | None:
     """The git revision of the segclip source tree (``+dirty`` if modified), or None outside a checkout."""
     root = Path(__file__).resolve().parents[1]
+    if not (root / "pyproject.toml").is_file():  # an installed copy: site-packages may sit in someone else's repo
+        return None
     try:
         rev = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
                              timeout=10, check=True).stdout.strip()
