@@ -40,6 +40,15 @@ def compare(data, out, *extra):
                  str(out), *FAST, *extra])
 
 
+def test_progress_bar_goes_to_stderr_and_stdout_holds_the_table(tiny, data, tmp_path, capsys):
+    args = [a for a in FAST if a != "--no-progress"]
+    assert main(["compare", "--dataset", "pascal_context", "--data-root", str(data), "--limit", "2", "--out",
+                 str(tmp_path / "out"), "--methods", "maskclip", *args]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith("| method |") and "it/s" not in captured.out
+    assert "it/s" in captured.err  # the bar, on stderr
+
+
 def test_compare_results_match_saved_predictions(tiny, data, tmp_path, capsys):
     assert compare(data, tmp_path / "out", "--save-predictions") == 0
     table = capsys.readouterr().out

@@ -8,6 +8,7 @@ processes, so a 2-process run gives the single-process confusion matrix.
 """
 from __future__ import annotations
 
+import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -15,6 +16,8 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, SequentialSampler
 
@@ -132,13 +135,27 @@ class SegmentationData(L.LightningDataModule):
         return self._loader()
 
 
+class StderrProgressBar(TQDMProgressBar):
+    """Lightning's bar on stderr (its default is stdout), so that stdout holds only results (``> table.md``)."""
+
+    def _bar(self, description: str) -> Tqdm:
+        return Tqdm(desc=description, position=2 * self.process_position, disable=self.is_disabled, leave=False,
+                    dynamic_ncols=True, file=sys.stderr, smoothing=0, bar_format=self.BAR_FORMAT)
+
+    def init_test_tqdm(self) -> Tqdm:
+        return self._bar("images")
+
+    def init_predict_tqdm(self) -> Tqdm:
+        return self._bar("images")
+
+
 def make_trainer(device: torch.device, devices: int = 1, progress: bool = True) -> L.Trainer:
     """A Trainer for inference: CPU or GPU, ``devices`` processes with DDP when more than one.
 
     Args:
         device: where the model lives (its type picks the accelerator).
         devices: number of devices (processes).
-        progress: show Lightning's progress bar.
+        progress: show a progress bar (on stderr).
 
     Returns:
         The trainer (no logger, no checkpoints, our own distributed sampler).
@@ -149,4 +166,5 @@ def make_trainer(device: torch.device, devices: int = 1, progress: bool = True) 
     chosen: Any = devices if devices > 1 or device.type != "cuda" else [device.index or 0]
     return L.Trainer(accelerator=accelerator, devices=chosen, strategy="ddp" if devices > 1 else "auto",
                      logger=False, enable_checkpointing=False, enable_model_summary=False,
-                     enable_progress_bar=progress, use_distributed_sampler=False, inference_mode=True)
+                     enable_progress_bar=progress, callbacks=[StderrProgressBar()] if progress else None,
+                     use_distributed_sampler=False, inference_mode=True)
