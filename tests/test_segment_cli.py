@@ -46,7 +46,7 @@ def test_progress_bar_goes_to_stderr_and_stdout_holds_the_table(tiny, data, tmp_
                  str(tmp_path / "out"), "--methods", "maskclip", *args]) == 0
     captured = capsys.readouterr()
     assert captured.out.startswith("| method |") and "it/s" not in captured.out
-    assert "it/s" in captured.err  # the bar, on stderr
+    assert "it/s" in captured.err and "wrote " in captured.err  # the bar and the file note, on stderr
 
 
 def test_compare_results_match_saved_predictions(tiny, data, tmp_path, capsys):

@@ -255,7 +255,7 @@ def run_eval(args: argparse.Namespace) -> int:
     _print_table(entries, shared=len(methods) > 1)
     if args.out is not None:
         write_results(args.out, [{**e, "per_class_iou": list(e["per_class_iou"].values())} for e in entries])
-        print(f"wrote {args.out / 'results.json'} and {args.out / 'results.csv'}")
+        print(f"wrote {args.out / 'results.json'} and {args.out / 'results.csv'}", file=sys.stderr)
     return 0
 
 
