@@ -323,8 +323,8 @@ def run_label(args: argparse.Namespace) -> int:
 
     units = parse_units(args.units)
     if set(units) - {"pairs"} and args.images is None and args.calibration_images is None and args.statistics is None:
-        raise ConfigError("--units neurons and heads are labelled through their principal components, which need "
-                          "statistics: give --images, --calibration-images or --statistics (or --units pairs).")
+        raise ConfigError("--units neurons and heads are labelled from their covariances, which need statistics: "
+                          "give --images, --calibration-images or --statistics (or --units pairs).")
     out, model = _setup(args)
     start = time.perf_counter()
     try:
@@ -355,6 +355,9 @@ def run_label(args: argparse.Namespace) -> int:
         stats = _statistics(args, model, list_images(args.calibration_images)[:args.limit]
                             if args.calibration_images else [], out)
     labels, conditions, seconds, rows = {}, {"baseline": lambda trace: trace.output}, {}, []
+    textspan = args.head_labels == "textspan"
+    labelled, names = {}, {}
+    pcs = f" ({args.components} PC{'s' if args.components > 1 else ''})"
     for unit in units:
         begun = time.perf_counter()
         if unit == "pairs":
@@ -369,7 +372,7 @@ def run_label(args: argparse.Namespace) -> int:
                                                                          labels[unit][1][j]) for j in record})
             keys = [{"neuron": n, "head": h, "component": ""}
                     for n in range(model.info.neurons) for h in range(model.info.heads)]
-        elif unit == "heads" and args.head_labels == "textspan":
+        elif unit == "heads" and textspan:
             rounds = min(args.words, model.info.head_dim, model.info.embed_dim)
             spans = text_span(model.pool, stats, words, rounds, args.pc_samples)
             labels[unit] = spans.index
@@ -388,6 +391,9 @@ def run_label(args: argparse.Namespace) -> int:
             count = model.info.neurons if unit == "neurons" else model.info.heads
             keys = [{"neuron": u if unit == "neurons" else "", "head": u if unit == "heads" else "", "component": p + 1}
                     for u in range(count) for p in range(args.components)]
+        labelled[unit] = model.info.heads if unit == "heads" and textspan else \
+            labels[unit][0].shape[0] * labels[unit][0].shape[1]
+        names[unit] = unit + ("" if unit == "pairs" else " (TextSpan)" if unit == "heads" and textspan else pcs)
         if isinstance(labels[unit], tuple):  # OMP: each unit's top words by |coefficient|
             rows += [{"unit": unit[:-1], **key, "words": text}
                      for key, text in zip(keys, _word_lists(vocabulary, labels[unit][0],
@@ -396,17 +402,12 @@ def run_label(args: argparse.Namespace) -> int:
     if evaluation is not None:
         paths, labels_true, _, _, texts = evaluation
         accuracy = _evaluate(args, model, out, "label", conditions, paths, labels_true, texts)
-        pcs = f" ({args.components} PC{'s' if args.components > 1 else ''})"
-        names = {unit: unit + ("" if unit == "pairs" else " (TextSpan)" if unit == "heads" and
-                               args.head_labels == "textspan" else pcs) for unit in units}
         curves = {names[unit]: ([j for j in record if f"{unit} {j} words" in accuracy],
                                 [accuracy[f"{unit} {j} words"] for j in record if f"{unit} {j} words" in accuracy])
                   for unit in units}
         line_plot(out / "label.png", curves,
                   xlabel="words per unit (m)", ylabel="zero-shot accuracy (%)", baseline=accuracy["baseline"],
                   title=f"Sparse text decomposition ({model.info.name})", logx=True)
-    labelled = {unit: labels[unit].shape[0] if unit == "heads" and args.head_labels == "textspan" else
-                labels[unit][0].shape[0] * labels[unit][0].shape[1] for unit in units}
     results = {"accuracy": accuracy, "vocabulary": len(vocabulary), "words_per_unit": args.words,
                "table_sparsity": table_sparsity,
                "labelled": labelled, "omp_seconds": seconds,
@@ -414,8 +415,8 @@ def run_label(args: argparse.Namespace) -> int:
     if stats is not None and set(units) - {"pairs"}:
         results["principal_components"] = {"per_unit": args.components,
                                            "neurons": _pc_source(args.pc_samples, stats),
-                                           "heads": ("TextSpan over the covariance of " if args.head_labels ==
-                                                     "textspan" else "") + _pc_source(args.pc_samples, stats)}
+                                           "heads": ("TextSpan over the covariance of " if textspan else "")
+                                           + _pc_source(args.pc_samples, stats)}
     write_results(out, "label", args, model, results, rows, time.perf_counter() - start)
     sys.stdout.write(f"labelled {', '.join(f'{v} {k}' for k, v in labelled.items())} over {len(vocabulary)} words\n"
                      + "".join(f"{k}: {v:.2f}%\n" for k, v in accuracy.items()))

@@ -168,8 +168,8 @@ class CLIPResNet(torch.nn.Module):
         out = torch.empty(len(prompts), self.info.embed_dim, dtype=self.dtype, device=self.device)
         starts = range(0, len(prompts), batch_size)
         for start in tqdm(starts, desc="text", unit="batch", disable=len(starts) <= 8, leave=False):
-            rows = order[start:start + batch_size].to(self.device)
-            out[rows] = self._encode_tokens(tokens[rows.cpu()].to(self.device))
+            rows = order[start:start + batch_size]
+            out[rows.to(self.device)] = self._encode_tokens(tokens[rows].to(self.device))
         return out
 
     def _encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
