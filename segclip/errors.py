@@ -28,3 +28,8 @@ class ConfigError(SegclipError):
 
 class CacheError(SegclipError):
     """A cached artifact (calibration, text embeddings, partial results) is unreadable or does not match."""
+
+
+class OutputError(SegclipError):
+    """A result or artifact cannot be written (full disk, permissions), or would replace an input or an earlier
+    result without ``--overwrite``."""

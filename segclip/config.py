@@ -1,0 +1,145 @@
+"""Typed configs: one frozen dataclass drives each command (nanoGPT style).
+
+A config field is declared with :func:`option`, which carries its command-line help; the command line builds its
+flags from the fields (``segclip.cli``), and a ``--config`` YAML file fills the same fields, so a YAML key and a
+flag are one and the same thing. :func:`build_config` turns a mapping of raw values (from YAML or flags) into the
+dataclass, converting types and naming the key at fault.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+from segclip.errors import ConfigError
+
+T = TypeVar("T")
+
+
+def option(default: Any = dataclasses.MISSING, *, help: str, choices: tuple[str, ...] | None = None,
+           positional: bool = False, metavar: str | None = None, flag: str | None = None) -> Any:
+    """A config field with its command-line help.
+
+    Args:
+        default: the default; leave it out for a required field. Lists and tuples are stored as tuples.
+        help: the ``--help`` text.
+        choices: allowed values (strings).
+        positional: a positional argument on the command line instead of ``--name``.
+        metavar: the placeholder shown in ``--help``.
+        flag: the flag's name when it is not the field's (``--name`` with '-' for '_').
+
+    Returns:
+        A :func:`dataclasses.field`.
+    """
+    metadata = {"help": help, "choices": choices, "positional": positional, "metavar": metavar, "flag": flag}
+    if isinstance(default, list):
+        default = tuple(default)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def _is_optional(hint: Any) -> tuple[bool, Any]:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(args) == 1 and len(typing.get_args(hint)) == 2:
+            return True, args[0]
+    return False, hint
+
+
+def field_types(cls: type) -> dict[str, Any]:
+    """``{field name: resolved type hint}`` of a config dataclass."""
+    return typing.get_type_hints(cls)
+
+
+def convert(name: str, hint: Any, value: Any) -> Any:
+    """Convert a raw value (a YAML value or a command-line string) to a field's type.
+
+    Raises:
+        ConfigError: the value does not fit (the message names the field).
+    """
+    optional, inner = _is_optional(hint)
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"'{name}' needs a value.")
+    origin = typing.get_origin(inner)
+    try:
+        if origin is tuple:
+            item = typing.get_args(inner)[0]
+            items = [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else list(value)
+            return tuple(convert(name, item, v) for v in items)
+        if inner is bool:
+            if isinstance(value, bool):
+                return value
+            if str(value).lower() in ("1", "true", "yes", "on"):
+                return True
+            if str(value).lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if inner is Path:
+            return Path(str(value)).expanduser()
+        if inner is int:
+            if isinstance(value, float) and not value.is_integer() or isinstance(value, bool):
+                raise ValueError(value)
+            return int(value)
+        if inner is float:
+            return float(value)
+        if inner is str:
+            if isinstance(value, (dict, list)):
+                raise ValueError(value)
+            return str(value)
+    except (TypeError, ValueError):
+        kind = getattr(inner, "__name__", str(inner))
+        raise ConfigError(f"'{name}' must be {'a comma-separated list' if origin is tuple else 'a ' + kind}, got "
+                          f"{value!r}.") from None
+    return value
+
+
+def build_config(cls: type[T], values: Mapping[str, Any], *, source: str = "options") -> T:
+    """Build a config dataclass from raw values, converting each to its field's type.
+
+    Args:
+        cls: the config dataclass.
+        values: ``{field name: value}`` (``-`` in names is read as ``_``); missing fields take their defaults.
+        source: where the values came from, for messages (``"config file x.yaml"``).
+
+    Returns:
+        The config (its ``__post_init__`` validation has run).
+
+    Raises:
+        ConfigError: an unknown key, a missing required field, or a value of the wrong type.
+
+    Example:
+        >>> from dataclasses import dataclass
+        >>> @dataclass(frozen=True)
+        ... class Demo:
+        ...     size: int = option(8, help="a size")
+        >>> build_config(Demo, {"size": "12"})
+        Demo(size=12)
+    """
+    hints = field_types(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values = {str(k).replace("-", "_"): v for k, v in values.items()}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ConfigError(f"Unknown {'option' if len(unknown) == 1 else 'options'} {', '.join(unknown)} in {source}; "
+                          f"known: {', '.join(sorted(fields))}.")
+    kwargs = {name: convert(name, hints[name], value) for name, value in values.items()}
+    missing = [name for name, f in fields.items() if name not in kwargs and f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING]
+    if missing:
+        flags = ", ".join(fields[m].metadata.get("flag") or "--" + m.replace("_", "-") for m in missing)
+        raise ConfigError(f"Missing required {'option' if len(missing) == 1 else 'options'} {flags} (a flag, or a "
+                          "key in --config).")
+    return cls(**kwargs)
+
+
+def check_positive(config: Any, *names: str, allow_zero: bool = False) -> None:
+    """Raise :class:`ConfigError` unless each named field of ``config`` is None or >= 1 (>= 0 with ``allow_zero``)."""
+    for name in names:
+        value = getattr(config, name)
+        if value is not None and value < (0 if allow_zero else 1):
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least {0 if allow_zero else 1}, got {value}.")

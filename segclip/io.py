@@ -1,0 +1,173 @@
+"""Every file segclip writes or reads on a user's behalf: atomic writes, line files, provenance.
+
+All artifacts and results are written through :func:`atomic_write_bytes` (a temporary file in the same folder,
+then a rename), so a reader never sees a half-written file and an interrupted run leaves the previous file intact.
+Files get the permissions the user's umask gives (not the 0600 of ``tempfile``). A failed write raises
+:class:`~segclip.errors.OutputError` naming the path and the reason, whatever the file; a failed read of a user
+file raises :class:`~segclip.errors.DataError`.
+"""
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import platform
+import subprocess
+from collections.abc import Mapping
+from dataclasses import asdict, is_dataclass
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+from segclip.errors import DataError, OutputError
+
+PACKAGES = ("segclip", "torch", "open_clip_torch", "lightning", "torchmetrics", "numpy", "opencv-python-headless",
+            "Pillow", "scikit-learn", "wordfreq", "safetensors")
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename.
+
+    Args:
+        path: the destination; missing parent folders are created.
+        data: the bytes.
+
+    Returns:
+        The path written.
+
+    Raises:
+        OutputError: the folder cannot be created or written (full disk, permissions, a file in the way).
+
+    Example:
+        >>> import tempfile
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> atomic_write_bytes(folder / "a" / "b.txt", b"hi").read_bytes()
+        b'hi'
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise OutputError(f"Cannot write {path} ({err.strerror or err}); free some space or choose a writable "
+                          "output location.") from err
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """:func:`atomic_write_bytes` of UTF-8 text."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def to_jsonable(value: Any) -> Any:
+    """Plain JSON values from dataclasses, paths, tensors, numpy values and NaN (-> None)."""
+    if is_dataclass(value) and not isinstance(value, type):
+        value = asdict(value)
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
+        value = value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
+        return None
+    if isinstance(value, Mapping):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [to_jsonable(v) for v in value]
+    return value
+
+
+def atomic_write_json(path: str | os.PathLike, value: Any) -> Path:
+    """Write ``value`` (see :func:`to_jsonable`) as indented JSON, atomically."""
+    return atomic_write_text(path, json.dumps(to_jsonable(value), indent=1) + "\n")
+
+
+def atomic_write_csv(path: str | os.PathLike, rows: list[Mapping[str, Any]]) -> Path:
+    """Write rows (dicts sharing the first row's keys) as CSV, atomically; no rows -> an empty file."""
+    import csv
+
+    buffer = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows([{k: "" if v is None else v for k, v in row.items()} for row in rows])
+    return atomic_write_text(path, buffer.getvalue())
+
+
+def read_lines(path: str | os.PathLike, what: str) -> list[str]:
+    """The lines of a UTF-8 file, refusing unreadable files and empty lines.
+
+    Args:
+        path: the file.
+        what: what the file is, for messages (e.g. ``"vocabulary file"``).
+
+    Returns:
+        The lines, without line endings.
+
+    Raises:
+        DataError: the file cannot be read as UTF-8, or has empty lines (their 1-based numbers are named).
+    """
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as err:
+        raise DataError(f"Cannot read the {what} {path} ({err.strerror or err}).") from None
+    except UnicodeDecodeError as err:
+        raise DataError(f"The {what} {path} is not UTF-8 (byte {err.start}); save it as UTF-8.") from None
+    empty = [i + 1 for i, line in enumerate(lines) if not line.strip()]
+    if empty:
+        raise DataError(f"The {what} {path} has empty lines {empty[:10]}; remove them.")
+    return lines
+
+
+def package_versions() -> dict[str, str]:
+    """Installed versions of the packages a result depends on."""
+    versions = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib_metadata.version(name)
+        except importlib_metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def git_revision() -> str | None:
+    """The git revision of the segclip source tree (``+dirty`` if modified), or None outside a checkout."""
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "pyproject.toml").is_file():  # an installed copy: site-packages may sit in someone else's repo
+        return None
+    try:
+        rev = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return rev + ("+dirty" if dirty else "")
+
+
+def provenance(model_info: Any, config: Any, **extra: Any) -> dict[str, Any]:
+    """The one provenance record of every result file (segmentation and analyses alike).
+
+    Args:
+        model_info: the model's :class:`~segclip.models.loading.ModelInfo` (or None for model-free commands).
+        config: the command's config dataclass, recorded in full.
+        extra: further entries (device, precision, timings).
+
+    Returns:
+        ``{"model", "weights_hash", "config", "package_versions", "git_revision", **extra}``.
+    """
+    info = to_jsonable(model_info) if model_info is not None else None
+    return {"model": info, "weights_hash": None if info is None else info.get("weights_hash"),
+            "config": to_jsonable(config), "package_versions": package_versions(), "git_revision": git_revision(),
+            **to_jsonable(extra)}
