@@ -24,7 +24,7 @@ import torch
 
 def load():
     from segclip.models import load_model
-    from segclip.models.loading import bundled_dir
+    from segclip.paths import bundled_dir
 
     if (bundled_dir() / "weights.safetensors").is_file():
         return load_model("segclip-tiny"), "segclip-tiny (bundled weights)"
@@ -34,7 +34,7 @@ def load():
 def child(count: int, batch: int, images: Path | None) -> dict:
     from segclip.analysis.statistics import RunningStatistics, collect_statistics
     from segclip.data.images import list_images
-    from segclip.decompose import trace_pool
+    from segclip.core import trace_pool
 
     torch.set_num_threads(2)
     model, name = load()

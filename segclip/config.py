@@ -69,7 +69,7 @@ def convert(name: str, hint: Any, value: Any) -> Any:
     try:
         if origin is tuple:
             item = typing.get_args(inner)[0]
-            items = [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else list(value)
+            items = [v.strip() for v in value.split(",")] if isinstance(value, str) else list(value)
             return tuple(convert(name, item, v) for v in items)
         if inner is bool:
             if isinstance(value, bool):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import math
 import os
 import platform
@@ -21,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from segclip.errors import DataError, OutputError
+
+log = logging.getLogger(__name__)
 
 PACKAGES = ("segclip", "torch", "open_clip_torch", "lightning", "torchmetrics", "numpy", "opencv-python-headless",
             "Pillow", "scikit-learn", "wordfreq", "safetensors")
@@ -171,3 +174,27 @@ def provenance(model_info: Any, config: Any, **extra: Any) -> dict[str, Any]:
     return {"model": info, "weights_hash": None if info is None else info.get("weights_hash"),
             "config": to_jsonable(config), "package_versions": package_versions(), "git_revision": git_revision(),
             **to_jsonable(extra)}
+
+
+def atomic_save_tensors(path: str | os.PathLike, tensors: Mapping[str, Any], metadata: Mapping[str, str]) -> Path:
+    """Write a safetensors file atomically (tensors moved to the CPU, made contiguous).
+
+    Raises:
+        OutputError: the file cannot be written.
+    """
+    from safetensors.torch import save
+
+    data = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=dict(metadata))
+    return atomic_write_bytes(path, data)
+
+
+def read_tensors(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, str]] | None:
+    """(tensors, metadata) of a safetensors file, or None (with a warning) when it is unreadable or damaged."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return {key: handle.get_tensor(key) for key in handle.keys()}, dict(handle.metadata() or {})
+    except Exception as err:  # a damaged file fails in many ways
+        log.warning("%s is unreadable (%s: %s); not using it", path, type(err).__name__, err)
+        return None

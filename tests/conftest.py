@@ -1,15 +1,18 @@
-import os
-
+"""Shared model fixtures (the isolated cache and thread settings are in the repository's root conftest.py)."""
 import pytest
-import torch
 
 
-@pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory, monkeypatch):
-    """Every test gets its own segclip cache, so no test reads another's artifacts."""
-    monkeypatch.setenv("SEGCLIP_CACHE", str(tmp_path_factory.mktemp("segclip-cache")))
+@pytest.fixture(scope="session")
+def bundled_model():
+    """The bundled tiny model (N = 512, H = 8, 6x6 grid), loaded once; tests must not modify it."""
+    from segclip.models import load_model
+
+    return load_model()
 
 
-@pytest.fixture(autouse=True, scope="session")
-def _threads():
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+@pytest.fixture(scope="session")
+def rn50_random():
+    """RN50 with random weights, float32, loaded once; tests must not modify it."""
+    from segclip.models import load_model
+
+    return load_model("RN50", "none")

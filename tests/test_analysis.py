@@ -10,11 +10,11 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
-from segclip.analysis.sink import sink_changes
+from segclip.core.registers import sink_changes
 from segclip.analysis.components import component_directions, principal_components
 from segclip.analysis.statistics import (RunningStatistics, Statistics, collect_statistics, head_contributions,
                                          head_values)
-from segclip.decompose import PairDirections, trace_pool
+from segclip.core import PairDirections, trace_pool
 from segclip.errors import DataError, ImageError
 from segclip.models.loading import CLIPResNet, ModelInfo
 
@@ -149,20 +149,33 @@ def test_principal_components_match_an_svd_of_explicit_contributions(unit, sampl
     assert (coefficients.gather(0, top_images[..., None].expand(-1, -1, p)).mean(0) >= 0).all()
 
 
+@pytest.mark.parametrize("variant", ["activations", "tokens"])
 @torch.no_grad()
-def test_register_scores_match_a_loop_over_neurons():
+def test_register_scores_match_a_loop_over_neurons(variant):
+    """The closed-form search against zeroing each neuron and re-running the attention: its activation before the
+    positional embedding is added (the paper's), or its whole token entry (segclip 0.1)."""
     model = small_model()
+    pool = model.pool
     trace = next(random_traces(model, batches=1, batch=3))
-    changes = sink_changes(model.pool, trace.tokens, chunk_elements=500)  # several neuron chunks
-    base = model.pool.class_attention(trace.tokens)[..., -1]
+    activations = pool.activations(trace.neurons)
+    removed = activations if variant == "activations" else None
+    changes = sink_changes(pool, trace.tokens, removed, chunk_elements=500)  # several neuron chunks
+    base = pool.class_attention(trace.tokens)[..., -1]
     for neuron in range(256):
-        tokens = trace.tokens.clone()
-        tokens[:, :, neuron] = 0
-        brute = (model.pool.class_attention(tokens)[..., -1] - base).mean(1)
+        if variant == "activations":
+            zeroed = activations.clone()
+            zeroed[:, :, neuron] = 0
+            tokens = pool.add_positions(zeroed, trace.grid)
+        else:
+            tokens = trace.tokens.clone()
+            tokens[:, :, neuron] = 0
+        brute = (pool.class_attention(tokens)[..., -1] - base).mean(1)
         assert torch.allclose(changes[:, neuron], brute, atol=1e-14)
-    running = RunningStatistics(model.pool, top_k=2)
+    running = RunningStatistics(pool, top_k=2, register_variant=variant)
     running.update(trace, 0)
-    assert torch.allclose(running.finalise().register_scores, changes.abs().mean(0))
+    stats = running.finalise()
+    assert torch.allclose(stats.register_scores, changes.abs().mean(0))
+    assert torch.allclose(stats.register_decrease, -changes.mean(0))
 
 
 @torch.no_grad()
@@ -244,8 +257,8 @@ def test_saved_artifact_is_compact_and_reads_back(tmp_path):
 
 
 def test_empty_folder_is_a_clear_error(tmp_path):
-    from segclip.analysis.calibration import calibrate
+    from segclip.analysis.calibration import CalibrateConfig, run_calibrate
 
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="holds no images"):
-        calibrate(small_model(), tmp_path / "empty", progress=False)
+        run_calibrate(CalibrateConfig(images=tmp_path / "empty", progress=False), small_model())

@@ -20,14 +20,14 @@ from segclip.analysis.omp import (
 )
 from segclip.analysis.statistics import RunningStatistics, head_values
 from segclip.analysis.units import ConceptScores, point_biserial, read_groups
-from segclip.decompose import PairDirections, trace_pool
+from segclip.core import PairDirections, trace_pool
 from segclip.errors import ConfigError, DataError
 
 
 @pytest.fixture
 def model(monkeypatch):
     loaded = small_model()
-    monkeypatch.setattr(cli, "load_from_args", lambda args: loaded)
+    monkeypatch.setattr(cli, "load_model_for", lambda config, devices=1: loaded)
     return loaded
 
 
@@ -47,7 +47,7 @@ def run(*argv) -> dict:
 def results(out, name) -> dict:
     assert (out / f"{name}.png").is_file() and (out / f"{name}.csv").is_file()
     data = json.loads((out / f"{name}.json").read_text())
-    assert data["protocol"]["model"]["weights_hash"] and data["protocol"]["versions"]["torch"]
+    assert data["protocol"]["model"]["weights_hash"] and data["protocol"]["package_versions"]["torch"]
     return data["results"]
 
 
@@ -203,7 +203,7 @@ def test_text_condition_with_exact_words_is_the_pca_reconstruction(statistics):
 
 @pytest.mark.parametrize("argv, message", [
     (["--units", "pairs,neuron"], "unknown: neuron.*subset of pairs, neurons, heads"),
-    (["--units", " , "], "--units got ' , '"),
+    (["--units", " , "], "--units got ','; use a comma-separated subset"),
     (["--units", "heads"], "need statistics"),
     (["--components", "5", "--images", "IMAGES"], "--components must be between 1 and 4"),
 ])

@@ -1,51 +1,126 @@
 """Calibration artifacts: computed, saved in the cache, found again; stale or corrupt ones are not used."""
 import logging
 
+import pytest
 import torch
 
-from segclip.analysis.calibration import calibrate, calibration_path, load_calibration
+from segclip.analysis.calibration import CalibrateConfig, run_calibrate
+from segclip.core.calibration import calibration_path, load_calibration
 from test_analysis import small_model, write_images
+
+
+def calibrate(model, images, **options):
+    return run_calibrate(CalibrateConfig(images=images, progress=False, **options), model).calibration
 
 
 def test_calibrate_and_find_again(tmp_path, caplog):
     model = small_model()
     write_images(tmp_path / "images", 6)
-    made = calibrate(model, tmp_path / "images", registers=5, top_k=4, batch_size=4, progress=False)
+    made = calibrate(model, tmp_path / "images", registers=5, top_k=4, batch_size=4)
     assert made.signs.shape == (256, 4) and set(made.signs.unique().tolist()) <= {-1.0, 1.0}
     assert made.registers.dtype == torch.long and len(made.registers) == 5
     scores = made.register_scores[made.registers]
     assert (scores[:-1] >= scores[1:]).all() and scores[-1] >= made.register_scores.sort().values[-5]
     assert made.to_dict()["count"] == 6 and made.to_dict()["model"] == "small-rn"
-    assert calibration_path(model).is_file()
-    assert not list(calibration_path(model).parent.glob("*.partial.*"))  # checkpoint removed at the end
+    assert calibration_path(model.info).is_file()
+    assert not list(calibration_path(model.info).parent.glob("*.partial.*"))  # checkpoint removed at the end
 
-    found = load_calibration(model)
+    found = load_calibration(model.info)
     assert torch.equal(found.signs, made.signs) and torch.equal(found.registers, made.registers)
     assert torch.allclose(found.mean_scalars, made.mean_scalars.float())
 
     caplog.set_level(logging.WARNING)
-    assert load_calibration(small_model(seed=1), calibration_path(model)) is None  # other weights: stale
+    assert load_calibration(small_model(seed=1).info, calibration_path(model.info)) is None  # other weights: stale
     assert "stale" in caplog.text
-    calibration_path(model).write_bytes(b"garbage")
-    assert load_calibration(model) is None and "unreadable" in caplog.text
+    calibration_path(model.info).write_bytes(b"garbage")
+    assert load_calibration(model.info) is None and "unreadable" in caplog.text
 
 
 def test_out_path_and_limit(tmp_path):
     model = small_model()
     write_images(tmp_path / "images", 5)
     out = tmp_path / "cal.safetensors"
-    made = calibrate(model, tmp_path / "images", out=out, limit=3, registers=2, top_k=2, progress=False)
+    made = calibrate(model, tmp_path / "images", out=out, limit=3, registers=2, top_k=2)
     assert made.metadata["count"] == 3 and out.is_file()
     assert (tmp_path / "cal.statistics.safetensors").is_file()
-    assert load_calibration(model) is None and load_calibration(model, out) is not None
+    assert load_calibration(model.info) is None and load_calibration(model.info, out) is not None
 
 
 def test_bundled_model_ships_its_calibration():
-    from segclip.analysis.calibration import load_calibration
     from segclip.models import load_model
 
     model = load_model()
-    calibration = load_calibration(model)
+    calibration = load_calibration(model.info)
     assert calibration is not None and calibration.signs.shape == (model.info.neurons, model.info.heads)
     assert calibration.metadata["weights_hash"] == model.info.weights_hash and calibration.metadata["count"] == 1000
-    assert load_calibration(load_model(pretrained="none")) is None  # random weights: nothing shipped applies
+    assert load_calibration(load_model(pretrained="none").info) is None  # random weights: nothing shipped applies
+
+
+def test_calibrate_refuses_to_replace_an_artifact_without_overwrite(tmp_path):
+    from segclip.errors import OutputError
+
+    model = small_model()
+    write_images(tmp_path / "images", 3)
+    first = calibrate(model, tmp_path / "images", registers=2, top_k=2)
+    with pytest.raises(OutputError, match="already exists .* in the cache every later command uses.*--overwrite"):
+        calibrate(model, tmp_path / "images", registers=2, top_k=2)  # the default: the cached artifact
+    out = tmp_path / "mine.safetensors"
+    calibrate(model, tmp_path / "images", out=out, registers=2, top_k=2)
+    with pytest.raises(OutputError, match="mine.safetensors already exists"):
+        calibrate(model, tmp_path / "images", out=out, registers=2, top_k=2)
+    again = calibrate(model, tmp_path / "images", out=out, registers=2, top_k=2, overwrite=True)
+    assert torch.equal(again.signs, first.signs)
+
+
+def test_register_search_is_recorded_and_ranked_both_ways(tmp_path):
+    model = small_model()
+    write_images(tmp_path / "images", 4)
+    absolute = calibrate(model, tmp_path / "images", out=tmp_path / "a.safetensors", registers=6, top_k=2)
+    signed = calibrate(model, tmp_path / "images", out=tmp_path / "s.safetensors", registers=6, top_k=2,
+                       register_ranking="signed")
+    assert absolute.register_search == {"variant": "activations", "ranking": "absolute"}
+    assert signed.register_search["ranking"] == "signed"
+    assert torch.equal(absolute.registers, absolute.register_scores.topk(6).indices)
+    assert torch.equal(signed.registers, signed.register_decrease.topk(6).indices)
+    found = load_calibration(model.info, tmp_path / "s.safetensors")
+    assert torch.equal(found.register_decrease, signed.register_decrease.float())
+
+
+def test_thin_sign_margins_are_reported_and_warned_about(tmp_path, caplog):
+    model = small_model()
+    write_images(tmp_path / "images", 6)
+    caplog.set_level(logging.WARNING)
+    made = calibrate(model, tmp_path / "images", top_k=6, registers=2)
+    share = made.metadata["thin_sign_share"]
+    assert 0 < share <= 1 and "thin margin" in caplog.text  # 6 images: most signs are a coin flip
+    assert load_calibration(model.info).metadata["thin_sign_share"] == share
+
+
+def test_signs_imported_from_the_authors_pcs(tmp_path):
+    """The authors' pcs.npy is (H, N, d), one oriented PC per pair: its sign against w[n, h] is the pair sign."""
+    import numpy as np
+
+    from segclip.analysis.calibration import calibration_from_pcs
+    from segclip.errors import ConfigError, DataError
+
+    model = small_model()
+    info = model.info
+    signs = torch.where(torch.rand(info.neurons, info.heads, generator=torch.Generator().manual_seed(1)) < 0.3,
+                        -1.0, 1.0)
+    w = torch.stack([model.pairs.head_vectors(h) for h in range(info.heads)])  # (H, N, d)
+    pcs = (w / w.norm(dim=-1, keepdim=True)) * signs.T[..., None]
+    np.save(tmp_path / "pcs.npy", pcs.numpy().astype(np.float32))
+    diffs = np.random.default_rng(0).normal(size=(5, info.neurons)).astype(np.float32)
+    np.save(tmp_path / "sink_diffs.npy", diffs)
+    made = run_calibrate(CalibrateConfig(from_pcs=tmp_path / "pcs.npy", sink_diffs=tmp_path / "sink_diffs.npy",
+                                         registers=3, register_ranking="signed", out=tmp_path / "c.safetensors"),
+                         model).calibration
+    assert torch.equal(made.signs, signs)
+    assert made.registers.tolist() == np.argsort(-diffs.mean(0))[:3].tolist()  # their segmentor: the signed mean
+    assert load_calibration(info, tmp_path / "c.safetensors") is not None
+    assert calibration_from_pcs(model, pcs, diffs, 3).registers.tolist() == \
+        np.argsort(-np.abs(diffs).mean(0))[:3].tolist()  # find_registers: mean |difference|
+    with pytest.raises(DataError, match="heads first"):
+        calibration_from_pcs(model, pcs.transpose(0, 1))
+    with pytest.raises(ConfigError, match="exactly one"):
+        CalibrateConfig(images=tmp_path, from_pcs=tmp_path / "pcs.npy")

@@ -4,9 +4,9 @@ import pytest
 import torch
 from open_clip.modified_resnet import AttentionPool2d
 
-from segclip.decompose import PairDirections, trace_pool
-from segclip.errors import ModelError
-from segclip.models import AttentionPool, load_model
+from segclip.core import AttentionPool, PairDirections, RegisterIntervention, trace_pool
+from segclip.errors import ConfigError, ModelError
+from segclip.models import load_model
 
 ARCHITECTURES = ["RN50", "RN101", "RN50x4", "RN50x16", "RN50x64"]
 TABLE = {  # method.md, section 1: (grid, N, H, d)
@@ -118,18 +118,28 @@ def test_closed_form_cosines(name):
     assert (pairs.norms()[neurons, heads] - explicit.norm(dim=-1)).abs().max() < 1e-12
 
 
+@pytest.mark.parametrize("variant", ["activations", "tokens"])
 @torch.no_grad()
-def test_register_intervention_matches_brute_force():
-    """Method.md section 6, written out token by token."""
+def test_register_intervention_matches_brute_force(variant):
+    """Method.md section 6, written out token by token: the registers' activations are zeroed before P is added
+    (``activations``, the paper's), or their whole token entries z + P (``tokens``); the extra key is the original
+    last token z_K + P_K in both."""
     original = make_pool("RN50")
     pool = AttentionPool(original)
     x = layer4(original, batch=2)
     registers = torch.tensor([3, 17, 400])
-    trace = trace_pool(pool, x, registers=registers, token_heads=True)
+    trace = trace_pool(pool, x, token_heads=True, hooks=RegisterIntervention(registers, variant).hooks())
 
-    tokens = pool.tokens(x)
-    keep = tokens[:, -1].clone()
-    tokens[:, :, registers] = 0
+    spatial = x.flatten(2).transpose(1, 2)
+    z = torch.cat([spatial.mean(1, keepdim=True), spatial], 1)  # (B, K+1, N), class token first
+    positions = original.positional_embedding
+    keep = (z + positions)[:, -1].clone()
+    if variant == "activations":
+        z[:, :, registers] = 0
+        tokens = z + positions
+    else:
+        tokens = z + positions
+        tokens[:, :, registers] = 0
     keys = torch.cat([tokens, keep[:, None]], 1)  # (B, K+2, N)
     q = original.q_proj(tokens[:, 0]).view(2, 32, 64)
     k = original.k_proj(keys).view(2, -1, 32, 64)
@@ -138,8 +148,54 @@ def test_register_intervention_matches_brute_force():
     out = original.c_proj(torch.einsum("bht,bthc->bhc", attention, v[:, :-1]).flatten(1))
     assert (trace.attention - attention).abs().max() < TOL
     assert (trace.output - out).abs().max() < TOL * scale(out)
-    assert (trace.attention.sum(-1) < 1).all()
-    assert (trace.pair_scalars[:, registers] == 0).all()
+    assert (trace.attention.sum(-1) < 1).all() and trace.extra_keys == 1
+    if variant == "tokens":
+        assert (trace.pair_scalars[:, registers] == 0).all()
+    else:  # P stays: alpha of a register neuron is its attention-weighted positional embedding
+        expected = torch.einsum("bht,tn->bnh", attention, positions[:, registers])
+        assert (trace.pair_scalars[:, registers] - expected).abs().max() < TOL
+
+
+def test_hooks_at_named_points_and_unknown_names(rn50_random):
+    model = rn50_random
+    images = torch.randn(1, 3, 224, 224)
+    seen = {}
+    hooks = {name: (lambda value, name=name: seen.__setitem__(name, tuple(value.shape))) for name in
+             model.hook_points if name != "extra_keys"}
+    with model.hooks(hooks):
+        model.trace(images)
+    assert seen["neurons"] == (1, 2048, 7, 7) and seen["activations"] == (1, 50, 2048)
+    assert seen["attention"] == (1, 32, 50) and seen["stem"][0] == 1
+    model.trace(images)  # the block's hooks are gone after it
+    assert len(seen) == len(model.hook_points) - 1
+    with pytest.raises(ConfigError, match="Unknown hook point 'neuron'. Valid hook points: stem, layer1"):
+        model.trace(images, hooks={"neuron": print})
+    with pytest.raises(ConfigError, match="Unknown hook point"):
+        with model.hooks({"tokenz": print}):
+            pass
+    doubled = model.trace(images, hooks={"neurons": lambda value: 2 * value})
+    plain = model.trace(images)
+    assert torch.allclose(doubled.neurons, 2 * plain.neurons) and not torch.allclose(doubled.output, plain.output)
+
+
+def test_gradients_flow_through_the_decomposition_when_the_caller_allows(rn50_random):
+    model = rn50_random
+    images = torch.randn(1, 3, 224, 224, requires_grad=True)
+    trace = model.trace(images)
+    trace.pair_scalars[0, 5, 3].backward()
+    assert images.grad is not None and images.grad.abs().sum() > 0
+    with torch.inference_mode():
+        assert not model.trace(images.detach()).pair_scalars.requires_grad
+
+
+def test_pair_directions_are_computed_once_per_model():
+    model = load_model("RN50", "none")
+    assert model.pairs is model.pairs
+    first = model.pairs.norms()
+    assert model.pairs.norms() is first  # cached
+    with torch.no_grad():
+        model.pool.pool.v_proj.weight.mul_(2)  # the weights change: the cache notices
+    assert torch.allclose(model.pairs.norms(), 2 * first)
 
 
 def test_wrong_grid_is_a_clear_error():

@@ -181,3 +181,19 @@ def test_short_context_text_encoding_equals_open_clip(rn50):
     assert torch.allclose(rn50.encode_text(prompts), full, atol=1e-5, rtol=1e-5)
     # batches of prompts sorted by length, each cut at its own longest: rows come back in the caller's order
     assert torch.allclose(rn50.encode_text(prompts, batch_size=2), full, atol=1e-5, rtol=1e-5)
+
+
+def test_class_embedding_recipe_against_brute_force(rn50):
+    """Method.md section 3: each prompt encoded and L2-normalised, the per-class mean L2-normalised again."""
+    from segclip.models.text import encode_classes
+
+    templates = ("a photo of a {}.", "a drawing of the {}.", "{}")
+    got = encode_classes(rn50, ["cat", "traffic light"], templates, cache=False)
+    with torch.no_grad():
+        expected = []
+        for name in ["cat", "traffic light"]:
+            prompts = rn50.clip.encode_text(rn50.tokenizer([t.format(name) for t in templates])).float()
+            mean = torch.nn.functional.normalize(prompts, dim=-1).mean(0)
+            expected.append(mean / mean.norm())
+    assert torch.allclose(got, torch.stack(expected), atol=1e-5)
+    assert torch.allclose(got.norm(dim=-1), torch.ones(2), atol=1e-6)  # the mean of unit vectors is shorter

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from segclip.core import RegisterIntervention
 from segclip.errors import ConfigError
 from segclip.models import CLIPResNet, ModelInfo
 from segclip.segment.methods import (
@@ -159,18 +160,37 @@ def test_planted_concept_recovered_exactly():
     assert method.selection[17, 0 * 4 + 1] == 1 and method.selection[200, 1 * 4 + 3] == 1
     logits = method(model.trace(torch.zeros(1, 3, 128, 128, dtype=torch.float64),
                                 hooks={"neurons": lambda x: neurons}))
-    assert torch.allclose(logits[0, 0], torch.where(region, 3.0, 0.0).float(), atol=1e-5)
-    assert torch.allclose(logits[0, 1], torch.where(region, 0.0, 2.0).float(), atol=1e-5)
+    assert logits.dtype == torch.float64  # methods keep the model's dtype
+    assert torch.allclose(logits[0, 0], torch.where(region, 3.0, 0.0).double(), atol=1e-12)
+    assert torch.allclose(logits[0, 1], torch.where(region, 0.0, 2.0).double(), atol=1e-12)
     assert torch.equal(logits[0].argmax(0) == 0, region)
+    neurons_a, heads_a, scores_a = method.selected_pairs(0)
+    assert (neurons_a.tolist(), heads_a.tolist()) == ([17], [1]) and scores_a[0] > 0.99
+    assert method.params["text"]["centring_applied"].startswith("not stated")
+
+
+def test_selected_pairs_are_the_dense_selection_and_given_centring_is_recorded():
+    model = tiny_model(seed=2)
+    texts = torch.randn(3, 32, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    method = PairMethod(model, ["a", "b", "c"], k=50, texts=texts, texts_centring="class set (3 classes)")
+    assert method.params["text"]["centring_applied"] == "class set (3 classes)"
+    dense = method.selection.view(256, 3, 4)  # (N, C, H)
+    cosines = model.pairs.cosines(method.texts)
+    for c in range(3):
+        neurons, heads, scores = method.selected_pairs(c)
+        assert len(neurons) == 50 and dense[neurons, c, heads].eq(1).all() and dense[:, c].sum() == 50
+        assert torch.allclose(scores, cosines[c, neurons, heads]) and (scores[:-1] >= scores[1:]).all()
+        assert scores[-1] >= cosines[c][dense[:, c] == 0].max()
 
 
 def test_register_intervention_brute_force(model, texts):
-    """head-only on a trace with registers == cos of r^h_i written out: registers zeroed, the original last token
-    an extra key/value, softmax over K+2, the extra column dropped without renormalising."""
+    """head-only on a trace with registers == cos of r^h_i written out: registers zeroed (here the whole token entry,
+    variant ``tokens``), the original last token an extra key/value, softmax over K+2, the extra column dropped
+    without renormalising."""
     registers = torch.tensor([3, 50, 101])
     images = torch.randn(1, 3, 128, 128, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     method = PairMethod(model, NAMES, "head-only", texts=texts)
-    logits = method(model.trace(images, registers=registers))
+    logits = method(model.trace(images, hooks=RegisterIntervention(registers, "tokens").hooks()))
     pool = model.pool.pool
     spatial = model.neurons(images)[0].flatten(1).T
     tokens = torch.cat([spatial.mean(0, keepdim=True), spatial]) + pool.positional_embedding  # (17, N)

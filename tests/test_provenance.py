@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from segclip.provenance import git_revision, package_versions
+from segclip.io import git_revision, package_versions
 
 ROOT = Path(__file__).resolve().parents[1]
 

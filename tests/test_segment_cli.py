@@ -25,7 +25,7 @@ def tiny(monkeypatch):
     """Every command loads the tiny float32 model; records how often the loader ran."""
     model = tiny_model(torch.float32)
     calls = []
-    monkeypatch.setattr(segclip.cli, "load_from_args", lambda args: calls.append(args) or model)
+    monkeypatch.setattr(segclip.cli, "load_model_for", lambda config, devices=1: calls.append(config) or model)
     return calls
 
 
@@ -137,10 +137,26 @@ def test_config_file(tiny, data, tmp_path):
 
 @pytest.mark.parametrize("name", ["pascal_context_paper", "pascal_context_authors", "synthetic"])
 def test_shipped_configs_parse(name):
-    parser = segclip.cli.build_parser()
-    args = parser.parse_args(["compare", "--config", str(CONFIGS / f"{name}.yaml")])
-    args = segclip.cli.apply_config(parser, ["compare", "--config", str(CONFIGS / f"{name}.yaml")], args)
-    assert args.short_side in (512, 384, 256)
+    from segclip.cli.options import read_yaml, split_values
+    from segclip.config import build_config
+    from segclip.models import ModelConfig
+    from segclip.segment.run import CompareConfig
+
+    model_values, values = split_values(read_yaml(CONFIGS / f"{name}.yaml"), [ModelConfig, CompareConfig], name)
+    config = build_config(CompareConfig, values)
+    assert config.short_side in (512, 384, 256) and build_config(ModelConfig, model_values).model.startswith(("RN", "seg"))
+
+
+def test_a_config_file_key_satisfies_a_required_option(tiny, tmp_path):
+    """`out` in a YAML file is the same field as --out (it used to be refused as missing)."""
+    from segclip.paths import example_image_path
+
+    config = tmp_path / "segment.yaml"
+    config.write_text(f"out: {tmp_path / 'seg'}\nclasses: [ball, sky]\n")
+    assert main(["segment", str(example_image_path()), "--config", str(config), *FAST]) == 0
+    assert (tmp_path / "seg" / "example.png").is_file()
+    config.write_text("outt: x\n")
+    assert main(["segment", str(example_image_path()), "--config", str(config)]) == 2
 
 
 def test_synthetic_dataset(tiny, tmp_path):
@@ -222,7 +238,7 @@ def test_default_compare_on_synthetic_with_bundled_model(tmp_path, capsys):
 
 
 def test_calibration_signs_and_registers(tiny, data, tmp_path):
-    from segclip.analysis.calibration import CALIBRATION_VERSION, Calibration
+    from segclip.core.calibration import CALIBRATION_VERSION, Calibration
 
     model = tiny_model(torch.float32)
     signs = torch.where(torch.rand(256, 4, generator=torch.Generator().manual_seed(0)) < 0.5, -1.0, 1.0)
@@ -237,7 +253,8 @@ def test_calibration_signs_and_registers(tiny, data, tmp_path):
     results = json.loads((out / "results.json").read_text())
     assert results[0]["params"]["signs"] == "calibration" and results[0]["params"]["registers"] == 4
     assert "registers" not in results[1]["params"]  # maskclip reads no attention
-    assert results[0]["protocol"]["register_neurons"] == [10, 9, 8, 7]
+    assert results[0]["protocol"]["register_intervention"]["registers"] == [10, 9, 8, 7]
+    assert results[0]["protocol"]["register_intervention"]["variant"] == "activations"
 
 
 def test_bad_label_mid_run_keeps_finished_images(tiny, data, tmp_path, capsys):

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from segclip.analysis.calibration import calibrate
+from segclip.analysis.calibration import CalibrateConfig, run_calibrate
 from segclip.data.synthetic import BENCHMARK_SIZE, render_scene
 from segclip.models import load_model
-from segclip.models.loading import bundled_dir
+from segclip.paths import bundled_dir
 
 CALIBRATION_STREAM = (0xCA1B,)
 
@@ -34,7 +34,7 @@ def main() -> None:
             rng = np.random.default_rng(np.random.SeedSequence([args.seed, i], spawn_key=CALIBRATION_STREAM))
             scene = render_scene(rng, *BENCHMARK_SIZE)
             Image.fromarray(scene.image).save(Path(folder) / f"{i:05d}.jpg", quality=95, subsampling=0)
-        calibration = calibrate(model, folder, out=args.out)
+        calibration = run_calibrate(CalibrateConfig(images=Path(folder), out=args.out, overwrite=True), model).calibration
     calibration.metadata["image_folder"] = (
         f"{args.images} synthetic scenes, SeedSequence([{args.seed}, i], spawn_key={CALIBRATION_STREAM})")
     calibration.save(args.out)

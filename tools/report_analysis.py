@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from segclip.analysis.calibration import statistics_path
+from segclip.core.calibration import statistics_path
 from segclip.analysis.statistics import Statistics
 from segclip.cli import main as segclip
 from segclip.data.synthetic import BENCHMARK_SIZE, SYNTHETIC_CLASSES, classification_set, render_scene
@@ -170,7 +170,7 @@ def main() -> None:
     lines = [
         START,
         f"Measured by `python tools/report_analysis.py{' --quick' if args.quick else ''}` (git "
-        f"{(protocol.get('git_revision') or 'unknown')[:10]}, torch {protocol['versions']['torch']}, "
+        f"{(protocol.get('git_revision') or 'unknown')[:10]}, torch {protocol['package_versions']['torch']}, "
         f"{protocol['device'].upper()}, {os.cpu_count()} cores) on `{info['name']}` (N = {info['neurons']}, "
         f"H = {info['heads']}, d = {info['embed_dim']}, {info['grid']}x{info['grid']} grid). The tool generates "
         f"its data in {data_seconds:.0f} s, from random streams no other run used: `labelled/`, "

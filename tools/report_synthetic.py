@@ -19,7 +19,7 @@ import torch
 from segclip.cli import main as segclip
 from segclip.data.images import normalise
 from segclip.data.synthetic import classification_set
-from segclip.decompose.report import example_image_path
+from segclip.paths import example_image_path
 from segclip.models import load_model
 from segclip.models.text import encode_classes
 

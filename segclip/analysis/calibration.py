@@ -1,181 +1,275 @@
-"""Calibration: pair signs, mean pair scalars and register neurons from an image set; cached and found again.
+"""``segclip calibrate``: pair signs, mean pair scalars and register neurons from an image set, in one resumable pass.
 
-The calibration is the :class:`~segclip.analysis.statistics.Statistics` of an image folder (one resumable pass,
-the same code as the analyses) reduced to what segmentation needs. It is saved as a versioned safetensors file
-keyed by model name and weights hash in ``<segclip cache>/calibration/`` (or at ``--out``), next to the full
-statistics (``*.statistics.safetensors``), and :func:`load_calibration` finds it again.
+The calibration is the :class:`~segclip.analysis.statistics.Statistics` of an image folder (the same code as the
+analyses) reduced to what segmentation needs (:class:`~segclip.core.calibration.Calibration`, which lives in the
+core because it is the method's input). Both are saved: the artifact at ``out`` (default: the cache, keyed by model
+and weights hash) and the full statistics next to it (``*.statistics.safetensors``).
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import re
-from dataclasses import dataclass, field
+import math
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-from segclip.analysis.sink import rank_registers
 from segclip.analysis.statistics import Statistics, collect_statistics
-from segclip.analysis.stream import atomic_save, read_safetensors
+from segclip.config import check_positive, option
+from segclip.core.calibration import CALIBRATION_VERSION, Calibration, calibration_path, statistics_path
+from segclip.core.registers import REGISTER_RANKINGS, rank_registers
 from segclip.data.images import list_images
-from segclip.errors import ConfigError
-from segclip.models.loading import CLIPResNet, bundled_dir
-from segclip.paths import cache_dir
+from segclip.errors import ConfigError, DataError, OutputError
+from segclip.models.loading import CLIPResNet, ModelSource, resolve_model
 
 log = logging.getLogger(__name__)
 
-CALIBRATION_VERSION = 1
+
+THIN_SIGNS_WARNING = 0.05  # warn when more than this share of pair signs is not decided significantly
+
+
+def thin_sign_share(deviations: torch.Tensor) -> float:
+    """Share of pairs whose sign majority is not significant: ``|positives - negatives| < 1.96 sqrt(k)`` among the
+    top-k deviations (a fair coin would give such a split with probability >= 5 %).
+
+    Example:
+        >>> thin_sign_share(torch.tensor([[1.0, 1.0], [1.0, -1.0], [1.0, 1.0], [1.0, 1.0]]))  # 4 vs 0, 2 vs 2
+        0.5
+    """
+    votes = torch.sign(deviations.float()).sum(0).abs()
+    return float((votes < 1.96 * math.sqrt(deviations.shape[0])).float().mean())
+
+
+def calibration_from_statistics(stats: Statistics, registers: int = 32, ranking: str = "absolute") -> Calibration:
+    """Reduce statistics to a calibration with the top ``registers`` register neurons.
+
+    Args:
+        stats: the statistics of the calibration images.
+        registers: how many register neurons to keep.
+        ranking: ``absolute`` (mean |change| of the sink; the authors' ``find_registers``) or ``signed`` (mean
+            decrease; their segmentor).
+    """
+    if ranking not in REGISTER_RANKINGS:
+        raise ConfigError(f"Unknown register ranking '{ranking}'; use one of {', '.join(REGISTER_RANKINGS)}.")
+    meta = {key: stats.metadata.get(key) for key in ("model", "weights_hash", "image_folder")}
+    scores = stats.register_scores if ranking == "absolute" else stats.register_decrease
+    search = {"variant": stats.metadata.get("register_variant", "activations"), "ranking": ranking}
+    return Calibration(signs=stats.signs.float(), registers=rank_registers(scores, registers),
+                       mean_scalars=stats.mean_scalars.float(), register_scores=stats.register_scores.float(),
+                       sink_attention=stats.sink_attention.float(), register_decrease=stats.register_decrease.float(),
+                       metadata={**meta, "count": stats.count, "top_k": stats.top_k, "version": CALIBRATION_VERSION,
+                                 "register_search": search,
+                                 "thin_sign_share": round(thin_sign_share(stats.deviations), 6)})
+
+
+@dataclass(frozen=True)
+class CalibrateConfig:
+    """Options of ``segclip calibrate``."""
+
+    images: Path | None = option(None, help="folder of calibration images (required unless --from-pcs).")
+    from_pcs: Path | None = option(None, help="import the pair signs from the authors' pipeline instead: their "
+                                              "pcs.npy (svd_over_dataset.py --mode nh: one oriented PC per pair, "
+                                              "shaped (H, N, d)); s[n, h] = sign(pc . w[n, h]).")
+    sink_diffs: Path | None = option(None, help="with --from-pcs: the authors' find_registers.py output (sink "
+                                                "differences, default minus zeroed, shaped (images, N)) for the "
+                                                "register neurons.")
+    out: Path | None = option(None, help="artifact path (default: <segclip cache>/calibration/<model>-<weights>"
+                                         ".safetensors); the full statistics are written next to it.")
+    limit: int | None = option(None, help="use at most N images (sorted by name).")
+    registers: int = option(32, help="register neurons kept (default: 32).")
+    register_variant: str = option("activations", choices=("activations", "tokens"),
+                                   help="the register search zeroes each neuron's activation before the positional "
+                                        "embedding (activations: the paper's and the authors' code; default) or its "
+                                        "whole token entry z + P (tokens: segclip 0.1).")
+    register_ranking: str = option("absolute", choices=REGISTER_RANKINGS,
+                                   help="rank register neurons by the mean |change| of the sink attention (absolute: "
+                                        "the authors' find_registers; default) or by its mean decrease (signed: their "
+                                        "segmentor).")
+    top_k: int = option(50, help="top deviations per pair for the sign (default: 50).")
+    batch_size: int = option(8, help="images per backbone pass (default: 8).")
+    chunk_size: int = option(64, help="images between checkpoints (default: 64).")
+    overwrite: bool = option(False, help="replace an existing calibration at the artifact path (every later command "
+                                         "that uses the default cached calibration picks up the new one).")
+    progress: bool = option(True, help="show a progress bar.")
+
+    def __post_init__(self) -> None:
+        check_positive(self, "limit", "top_k", "batch_size", "chunk_size")
+        check_positive(self, "registers", allow_zero=True)
+        if (self.images is None) == (self.from_pcs is None):
+            raise ConfigError("Give --images (a folder to calibrate on) or --from-pcs (the authors' pcs.npy), "
+                              "exactly one of them.")
+        if self.sink_diffs is not None and self.from_pcs is None:
+            raise ConfigError("--sink-diffs goes with --from-pcs.")
 
 
 @dataclass
-class Calibration:
-    """What segmentation reads from a calibration run.
+class CalibrateResult:
+    """A finished calibration.
 
     Attributes:
-        signs: (N, H) float +-1, s[n, h] (majority sign of the top deviations, ties +1).
-        registers: (R,) long, register neurons, most important first.
-        mean_scalars: (N, H) float, mean alpha over the calibration images.
-        register_scores: (N,) mean |change| of the sink attention when each neuron is zeroed.
-        sink_attention: (H,) mean attention of the class token to the last token.
-        metadata: model, weights_hash, image_folder, count, top_k, version.
+        calibration: the artifact (also written to ``path``).
+        statistics: the full statistics (also written to ``statistics_path``); None for imported PCs.
+        path, statistics_path: where they were written.
+        seconds: wall time of the run.
     """
 
-    signs: torch.Tensor
-    registers: torch.Tensor
-    mean_scalars: torch.Tensor
-    register_scores: torch.Tensor
-    sink_attention: torch.Tensor
-    metadata: dict[str, Any] = field(default_factory=dict)
+    calibration: Calibration
+    statistics: Statistics | None
+    path: Path
+    statistics_path: Path | None
+    seconds: float
 
-    @classmethod
-    def from_statistics(cls, stats: Statistics, registers: int = 32) -> Calibration:
-        """Reduce statistics to a calibration with the top ``registers`` register neurons."""
-        meta = {key: stats.metadata.get(key) for key in ("model", "weights_hash", "image_folder")}
-        return cls(signs=stats.signs.float(), registers=rank_registers(stats.register_scores, registers),
-                   mean_scalars=stats.mean_scalars.float(), register_scores=stats.register_scores.float(),
-                   sink_attention=stats.sink_attention.float(),
-                   metadata={**meta, "count": stats.count, "top_k": stats.top_k, "version": CALIBRATION_VERSION})
+    def summary(self) -> str:
+        summary = self.calibration.to_dict()
+        source = f"on {summary['count']} images" if summary["count"] else f"from {summary.get('image_folder')}"
+        thin = summary.get("thin_sign_share")
+        return (f"calibrated {summary['model']} {source} in {self.seconds:.1f}s; "
+                f"{100 * summary['positive_signs']:.1f}% positive signs"
+                + (f" ({100 * thin:.1f}% decided by a thin margin)" if thin is not None else "")
+                + f"; register neurons {summary['registers'][:8]}...; wrote {self.path}\n")
 
     def to_dict(self) -> dict[str, Any]:
-        """Metadata and summary numbers (JSON-able): image folder, count, model, weights hash, version, registers."""
-        return {**self.metadata, "registers": self.registers.tolist(),
-                "positive_signs": float((self.signs > 0).float().mean()),
-                "shape": list(self.signs.shape)}
-
-    def save(self, path: str | Path) -> None:
-        """Write the artifact atomically (safetensors, metadata as JSON)."""
-        tensors = {"signs": self.signs.float(), "registers": self.registers.long(),
-                   "mean_scalars": self.mean_scalars.float(), "register_scores": self.register_scores.float(),
-                   "sink_attention": self.sink_attention.float()}
-        atomic_save(tensors, Path(path), {"metadata": json.dumps(self.metadata, sort_keys=True)})
+        return {**self.calibration.to_dict(), "path": str(self.path), "statistics": str(self.statistics_path),
+                "seconds": round(self.seconds, 3)}
 
 
-def calibration_path(model: CLIPResNet) -> Path:
-    """Default artifact path: ``<cache>/calibration/<model>-<sha of weights hash>.safetensors``."""
-    name = re.sub(r"[^A-Za-z0-9_.-]", "_", model.info.name)
-    digest = hashlib.sha256(model.info.weights_hash.encode()).hexdigest()[:16]
-    return cache_dir() / "calibration" / f"{name}-{digest}.safetensors"
+def _artifact_path(config: CalibrateConfig, model: CLIPResNet) -> Path:
+    """Where the artifact goes; refuses to replace one without ``overwrite``."""
+    path = Path(config.out) if config.out is not None else calibration_path(model.info)
+    existing = [p for p in (path, statistics_path(path)) if p.exists()]
+    if existing and not config.overwrite:
+        raise OutputError(f"{existing[0]} already exists (a calibration of {model.info.name}"
+                          f"{'' if config.out else ', in the cache every later command uses'}); pass --overwrite to "
+                          "replace it, or --out for another file.")
+    return path
 
 
-def statistics_path(path: Path) -> Path:
-    """The full statistics saved next to a calibration artifact."""
-    return path.with_name(path.name.removesuffix(".safetensors") + ".statistics.safetensors")
+def _load_array(path: Path, what: str) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise DataError(f"Cannot read the {what} {path} ({err}); pass the .npy file the authors' script wrote.") \
+            from err
 
 
-def load_calibration(model: CLIPResNet, path: str | Path | None = None) -> Calibration | None:
-    """Find the calibration of ``model``; a missing one is None, a stale or corrupt one is None with a warning.
+def calibration_from_pcs(model: CLIPResNet, pcs: np.ndarray | torch.Tensor, sink_diffs: np.ndarray | None = None,
+                         registers: int = 32, ranking: str = "absolute") -> Calibration:
+    """A calibration from the authors' exported pair PCs (and, optionally, their register search).
 
-    Looks at ``path``, else the cache (:func:`calibration_path`), else, for the bundled model, the calibration
-    shipped with it.
+    Each pair's oriented first principal component is +-w[n, h] / |w[n, h]| (rank one), so its sign against the
+    pair direction is the pair's sign: ``s[n, h] = sign(pc[h, n] . w[n, h])`` (0 counts as +1).
 
     Args:
-        model: the loaded model (its name and weights hash must match the artifact's).
-        path: an artifact file (default: :func:`calibration_path`).
+        model: the model the PCs were computed for.
+        pcs: (H, N, d) the authors' ``pcs.npy`` (``svd_over_dataset.py --mode nh``), heads first.
+        sink_diffs: (images, N) their ``find_registers.py`` output (default minus zeroed sink attention), or None
+            (no register neurons).
+        registers: register neurons kept.
+        ranking: ``absolute`` (mean |difference|, their ``find_registers``) or ``signed`` (mean difference, their
+            segmentor).
 
     Returns:
-        The :class:`Calibration`, or None.
+        The :class:`Calibration` (mean pair scalars unknown: zeros).
+
+    Raises:
+        DataError: arrays of the wrong shape.
 
     Example:
         >>> from segclip.models import load_model
-        >>> load_calibration(load_model("RN50", "none")) is None  # nothing calibrated yet
-        True
+        >>> model = load_model()
+        >>> w = torch.stack([model.pairs.head_vectors(h) for h in range(8)])  # (H, N, d)
+        >>> calibration_from_pcs(model, -w).signs.unique().tolist()  # every PC points against w
+        [-1.0]
     """
-    if path is None:
-        path = calibration_path(model)
-        shipped = bundled_dir() / "calibration.safetensors"
-        if not path.is_file() and model.info.pretrained == "bundled" and shipped.is_file():
-            path = shipped  # the bundled model ships its calibration (tools/calibrate_tiny.py)
-    path = Path(path)
-    if not path.is_file():
-        return None
-    saved = read_safetensors(path)
-    if saved is None:
-        return None
-    tensors, meta = saved
-    try:
-        metadata = json.loads(meta["metadata"])
-        calibration = Calibration(signs=tensors["signs"], registers=tensors["registers"].long(),
-                                  mean_scalars=tensors["mean_scalars"], register_scores=tensors["register_scores"],
-                                  sink_attention=tensors["sink_attention"], metadata=metadata)
-    except (KeyError, ValueError) as err:
-        log.warning("calibration %s is corrupt (%s); not using it", path, err)
-        return None
     info = model.info
-    problems = []
-    if metadata.get("version") != CALIBRATION_VERSION:
-        problems.append(f"version {metadata.get('version')} != {CALIBRATION_VERSION}")
-    if (metadata.get("model"), metadata.get("weights_hash")) != (info.name, info.weights_hash):
-        problems.append(f"made for {metadata.get('model')} ({metadata.get('weights_hash')}), not {info.name} "
-                        f"({info.weights_hash})")
-    if tuple(calibration.signs.shape) != (info.neurons, info.heads):
-        problems.append(f"signs shaped {tuple(calibration.signs.shape)}")
-    if not torch.isin(calibration.signs, torch.tensor([-1.0, 1.0])).all():
-        problems.append("signs are not +-1")
-    if problems:
-        log.warning("calibration %s is stale (%s); not using it. Run `segclip calibrate` again.", path,
-                    "; ".join(problems))
-        return None
-    return calibration
+    pcs = torch.as_tensor(np.asarray(pcs), dtype=torch.float64)
+    if tuple(pcs.shape) != (info.heads, info.neurons, info.embed_dim):
+        raise DataError(f"The PCs are shaped {tuple(pcs.shape)}; {info.name} needs (H, N, d) = "
+                        f"({info.heads}, {info.neurons}, {info.embed_dim}) (the authors' pcs.npy is heads first).")
+    heads = model.pool.heads
+    projected = torch.einsum("hdc,hnd->hnc", heads.w_o.double().cpu(), pcs)  # W_O^h^T pc: (H, N, hd)
+    dots = torch.einsum("hnc,hcn->nh", projected, heads.w_v.double().cpu())  # pc[h, n] . w[n, h]
+    signs = torch.where(dots >= 0, 1.0, -1.0)
+    zeros = torch.zeros(info.neurons)
+    register_scores, decrease, chosen = zeros, zeros, torch.zeros(0, dtype=torch.long)
+    if sink_diffs is not None:
+        diffs = torch.as_tensor(np.asarray(sink_diffs), dtype=torch.float64)
+        if diffs.ndim != 2 or diffs.shape[1] != info.neurons:
+            raise DataError(f"The sink differences are shaped {tuple(diffs.shape)}; expected (images, "
+                            f"{info.neurons}).")
+        register_scores, decrease = diffs.abs().mean(0).float(), diffs.mean(0).float()
+        chosen = rank_registers(register_scores if ranking == "absolute" else decrease, registers)
+    search = {"variant": "activations", "ranking": ranking, "source": "the authors' find_registers.py"} \
+        if sink_diffs is not None else None
+    return Calibration(signs=signs, registers=chosen, mean_scalars=torch.zeros(info.neurons, info.heads),
+                       register_scores=register_scores, sink_attention=torch.zeros(info.heads),
+                       register_decrease=decrease,
+                       metadata={"model": info.name, "weights_hash": info.weights_hash,
+                                 "image_folder": "imported from the authors' pcs.npy", "count": 0, "top_k": 0,
+                                 "version": CALIBRATION_VERSION, "register_search": search, "signs_from": "pcs.npy"})
 
 
-def calibrate(model: CLIPResNet, images: str | Path, *, out: str | Path | None = None, limit: int | None = None,
-              registers: int = 32, top_k: int = 50, batch_size: int = 8, chunk_size: int = 64,
-              progress: bool = True) -> Calibration:
+def _import_pcs(config: CalibrateConfig, model: CLIPResNet, start: float) -> CalibrateResult:
+    path = _artifact_path(config, model)
+    diffs = None if config.sink_diffs is None else _load_array(config.sink_diffs, "sink differences")
+    calibration = calibration_from_pcs(model, _load_array(config.from_pcs, "PCs file"), diffs, config.registers,
+                                       config.register_ranking)
+    calibration.save(path)
+    return CalibrateResult(calibration, None, path, None, time.perf_counter() - start)
+
+
+def run_calibrate(config: CalibrateConfig, model: ModelSource) -> CalibrateResult:
     """Compute, save and return the calibration of ``model`` on an image folder; resumable.
 
     Args:
-        model: the loaded model.
-        images: folder of images (sorted by name; the first ``limit`` are used).
-        out: artifact path (default: :func:`calibration_path`); the statistics go next to it, and a
-            ``*.partial.safetensors`` checkpoint while running (removed at the end).
-        limit: use at most this many images.
-        registers: number of register neurons R.
-        top_k: deviations per pair for the sign (method.md: 50).
-        batch_size, chunk_size, progress: see :func:`segclip.analysis.stream.run_pass`.
+        config: the options (:class:`CalibrateConfig`).
+        model: the loaded model, or a loader called once the inputs are checked.
 
     Returns:
-        The :class:`Calibration`.
+        The :class:`CalibrateResult`; the artifact and statistics are on disk, and a ``*.partial.safetensors``
+        checkpoint was kept while running.
 
     Raises:
         DataError: the folder is missing or holds no images.
         ImageError: an image is unreadable (the finished chunks stay in the checkpoint).
-        ConfigError: bad ``limit`` or ``registers``.
+        ConfigError: ``registers`` above the number of neurons.
+        OutputError: the artifact exists (without ``overwrite``) or cannot be written.
+
+    Example:
+        >>> import tempfile
+        >>> from segclip.data.synthetic import write_scene_folder
+        >>> from segclip.models import load_model
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> _ = write_scene_folder(folder / "images", 4, seed=1)
+        >>> config = CalibrateConfig(images=folder / "images", out=folder / "cal.safetensors", progress=False)
+        >>> result = run_calibrate(config, load_model())
+        >>> result.calibration.signs.shape, result.statistics_path.name
+        (torch.Size([512, 8]), 'cal.statistics.safetensors')
     """
-    if limit is not None and limit < 1:
-        raise ConfigError("--limit must be at least 1.")
-    if registers < 0 or registers > model.info.neurons:
-        raise ConfigError(f"--registers must be between 0 and {model.info.neurons}.")
-    paths = list_images(images)[:limit]
-    path = Path(out) if out is not None else calibration_path(model)
+    start = time.perf_counter()
+    if config.from_pcs is not None:
+        return _import_pcs(config, resolve_model(model), start)
+    paths = list_images(config.images)[:config.limit]
+    model = resolve_model(model)
+    if config.registers > model.info.neurons:
+        raise ConfigError(f"--registers {config.registers} is more than the model's {model.info.neurons} neurons; "
+                          f"use at most {model.info.neurons}.")
+    path = _artifact_path(config, model)
     checkpoint = path.with_name(path.name.removesuffix(".safetensors") + ".partial.safetensors")
-    stats = collect_statistics(model, paths, top_k=top_k, batch_size=batch_size, chunk_size=chunk_size,
-                               checkpoint=checkpoint, progress=progress)
+    stats = collect_statistics(model, paths, top_k=config.top_k, register_variant=config.register_variant,
+                               batch_size=config.batch_size, chunk_size=config.chunk_size, checkpoint=checkpoint,
+                               progress=config.progress)
     stats.save(statistics_path(path))
-    calibration = Calibration.from_statistics(stats, registers)
+    calibration = calibration_from_statistics(stats, config.registers, config.register_ranking)
+    thin = calibration.metadata["thin_sign_share"]
+    if thin > THIN_SIGNS_WARNING:
+        log.warning("%.1f%% of the pair signs are decided by a thin margin (the top-%d deviations split close to "
+                    "evenly) with %d calibration images; calibrate on more images (hundreds to thousands) for "
+                    "stable signs.", 100 * thin, min(config.top_k, stats.count), stats.count)
     calibration.save(path)
     checkpoint.unlink(missing_ok=True)
     log.info("calibration of %s on %d images saved to %s", model.info.name, len(paths), path)
-    return calibration
+    return CalibrateResult(calibration, stats, path, statistics_path(path), time.perf_counter() - start)

@@ -1,7 +1,7 @@
 """Zero-shot accuracy under interventions on the decomposition: rank-one reconstruction, principal components of
 neuron contributions (paper Table 1) and mean-ablation (paper Figure 1).
 
-Every intervention is a function of one :class:`~segclip.decompose.trace.Trace` returning modified image
+Every intervention is a function of one :class:`~segclip.core.trace.Trace` returning modified image
 embeddings; all of them are evaluated in the same resumable pass (:class:`ConditionAccuracy`). They work in alpha
 space, because r[n, h] = alpha[n, h] w[n, h] + c_h is affine in alpha: a modified alpha goes through
 :meth:`AttentionPool.output_from_pair_scalars` and nothing of size N x H x d is formed.
@@ -16,10 +16,10 @@ import torch
 from segclip.analysis.components import principal_components
 from segclip.analysis.statistics import Statistics, pair_constants
 from segclip.data.images import list_images
-from segclip.data.textfiles import read_lines
-from segclip.decompose.trace import Trace, trace_pool
+from segclip.io import read_lines
+from segclip.core.trace import Trace, trace_pool
 from segclip.errors import ConfigError, DataError
-from segclip.models.attnpool import AttentionPool
+from segclip.core.attnpool import AttentionPool
 
 Condition = Callable[[Trace], torch.Tensor]
 

@@ -22,12 +22,12 @@ from segclip.analysis.components import (
 )
 from segclip.analysis.evaluation import Condition
 from segclip.analysis.statistics import Statistics, pair_constants
-from segclip.analysis.stream import atomic_save, read_safetensors
-from segclip.data.textfiles import read_lines
-from segclip.decompose.pairs import PairDirections
-from segclip.decompose.trace import Trace
+from segclip.io import atomic_save_tensors, read_tensors
+from segclip.io import read_lines
+from segclip.core.pairs import PairDirections
+from segclip.core.trace import Trace
 from segclip.errors import DataError
-from segclip.models.attnpool import AttentionPool
+from segclip.core.attnpool import AttentionPool
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +173,7 @@ def label_pairs(pool: AttentionPool, stats: Statistics | None, words: torch.Tens
     coefficients = {j: words.new_zeros(n, h, j) for j in record}
     signs = stats.signs.to(words) if stats is not None else words.new_ones(n, h)
     done = 0
-    saved = read_safetensors(checkpoint) if checkpoint is not None and checkpoint.is_file() else None
+    saved = read_tensors(checkpoint) if checkpoint is not None and checkpoint.is_file() else None
     if saved is not None and saved[1].get("key") == key:
         done = int(saved[1]["heads_done"])
         index[:, :done] = saved[0]["index"].to(index)
@@ -191,9 +191,10 @@ def label_pairs(pool: AttentionPool, stats: Statistics | None, words: torch.Tens
             for j in record:
                 coefficients[j][:, head] = found[j]
             if checkpoint is not None and head + 1 < h:
-                atomic_save({"index": index[:, :head + 1],
-                             **{f"coefficients_{j}": coefficients[j][:, :head + 1] for j in record}},
-                            checkpoint, {"key": key, "heads_done": str(head + 1)})
+                atomic_save_tensors(checkpoint, {"index": index[:, :head + 1],
+                                                 **{f"coefficients_{j}": coefficients[j][:, :head + 1]
+                                                    for j in record}},
+                                    {"key": key, "heads_done": str(head + 1)})
     return index, coefficients
 
 

@@ -1,75 +1,90 @@
-"""CLIP-ResNet's attention sink and register-neuron discovery (paper A.6; method.md section 6).
-
-The class token attends strongly to the last spatial token. A neuron's effect on that sink is the change of the
-class token's attention to the last token (mean over heads) when the neuron is zeroed in all K+1 pool tokens.
-All N neurons are done at once, exactly: zeroing neuron n in every token changes the per-head logits by
-
-    q.k_i -> (q - z'_0[n] a_n) . (k_i - z'_i[n] b_n)
-           = q.k_i - z'_0[n] (a_n . k_i) - z'_i[n] (q . b_n) + z'_0[n] z'_i[n] (a_n . b_n),
-
-with a_n = W_q^h[:, n], b_n = W_k^h[:, n] (head h's columns); a softmax over the K+1 corrected logits gives the
-new attention. No forward pass per neuron; memory is bounded by chunking neurons.
-"""
+"""``segclip analyze sink`` (paper A.6): the class token's attention to the last token per head, and the register
+neurons whose zeroing changes it most (the math is in :mod:`segclip.core.registers`)."""
 from __future__ import annotations
 
-import math
+from dataclasses import dataclass
+from pathlib import Path
 
-import torch
+import numpy as np
 
-from segclip.models.attnpool import AttentionPool
+from segclip.analysis.common import AnalysisConfig, AnalysisResult, Timer, analysis_protocol, check_out, \
+    statistics_for
+from segclip.config import option
+from segclip.core.registers import rank_registers
+from segclip.data.images import list_images
+from segclip.errors import ConfigError
+from segclip.models.loading import CLIPResNet, ModelSource, resolve_model
+from segclip.viz.plots import bar_plot
 
 
-def sink_attention(attention: torch.Tensor) -> torch.Tensor:
-    """The class token's attention to the last spatial token: (B, H, K+1) -> (B, H)."""
-    return attention[..., -1]
+@dataclass(frozen=True, kw_only=True)
+class SinkConfig(AnalysisConfig):
+    """Options of ``segclip analyze sink``."""
+
+    images: Path = option(help="image folder.")
+    registers: int = option(32, help="register neurons listed (default: 32).")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.registers < 1:
+            raise ConfigError(f"--registers must be at least 1, got {self.registers}.")
 
 
-@torch.inference_mode()
-def sink_changes(pool: AttentionPool, tokens: torch.Tensor, *, chunk_elements: int = 1 << 24) -> torch.Tensor:
-    """Change of the sink attention (mean over heads) when each neuron is zeroed in all tokens.
+@dataclass
+class SinkResult(AnalysisResult):
+    """Per-head sink attention, the uniform level, and the register neurons with their scores."""
+
+    attention: list[float] | None = None
+    registers: list[int] | None = None
+    title: str = ""
+
+    def plot(self, path: Path) -> bool:
+        bar_plot(path, [str(h) for h in range(len(self.attention))], self.attention, xlabel="head",
+                 ylabel="class-token attention to the last token", title=self.title)
+        return True
+
+    def summary(self) -> str:
+        return (f"mean attention to the last token {np.mean(self.attention):.3f} (uniform "
+                f"{self.results['uniform_attention']:.3f}); register neurons {self.registers[:8]}\n")
+
+
+def run_sink(config: SinkConfig, model: ModelSource) -> SinkResult:
+    """The attention sink and the register neurons of an image set.
 
     Args:
-        pool: the attention pool.
-        tokens: (B, K+1, N) pool tokens z' (class token first).
-        chunk_elements: bound on the size of the (B, H, neurons, K+1) logit block computed at once.
+        config: the options (:class:`SinkConfig`).
+        model: the loaded model, or a loader called once the inputs are checked.
 
     Returns:
-        (B, N): mean_h [a'^h_K(n) - a^h_K], signed, in float32 at least.
+        The :class:`SinkResult`.
+
+    Raises:
+        ConfigError: ``registers`` above the number of neurons.
+        DataError, OutputError: a missing folder; an earlier result in ``out``.
 
     Example:
-        >>> from open_clip.modified_resnet import AttentionPool2d
-        >>> pool = AttentionPool(AttentionPool2d(7, 2048, 32, 1024))
-        >>> sink_changes(pool, pool.tokens(torch.rand(1, 2048, 7, 7))).shape
-        torch.Size([1, 2048])
+        >>> import tempfile
+        >>> from segclip.data.synthetic import write_scene_folder
+        >>> from segclip.models import load_model
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> _ = write_scene_folder(folder / "scenes", 3, seed=5)
+        >>> result = run_sink(SinkConfig(images=folder / "scenes", out=folder / "out", registers=4, progress=False),
+        ...                   load_model())
+        >>> len(result.attention), len(result.registers)
+        (8, 4)
     """
-    work = torch.promote_types(tokens.dtype, torch.float32)
-    tokens = tokens.to(work)
-    batch, count, neurons = tokens.shape
-    heads, hd = pool.num_heads, pool.head_dim
-    scale = 1 / math.sqrt(hd)
-    query = pool.project(tokens[:, :1], "q")[:, 0].to(work)  # (B, H, hd)
-    key = pool.project(tokens, "k").to(work)  # (B, T, H, hd)
-    logits = torch.einsum("bhc,bthc->bht", query, key) * scale
-    base = logits.softmax(-1)[..., -1]  # (B, H)
-    w_q = pool.pool.q_proj.weight.view(heads, hd, neurons).to(work)
-    w_k = pool.pool.k_proj.weight.view(heads, hd, neurons).to(work)
-    query_key = torch.einsum("bhc,hcn->bhn", query, w_k)  # q . b_n: (B, H, N)
-    both = torch.einsum("hcn,hcn->hn", w_q, w_k)  # a_n . b_n: (H, N)
-    step = max(1, chunk_elements // max(1, batch * heads * count))
-    out = torch.empty(batch, neurons, dtype=work, device=tokens.device)
-    for start in range(0, neurons, step):
-        cols = slice(start, min(start + step, neurons))
-        z0 = tokens[:, 0, cols]  # (B, n)
-        zi = tokens[:, :, cols]  # (B, T, n)
-        key_query = torch.einsum("hcn,bthc->bhnt", w_q[:, :, cols], key)  # a_n . k_i: (B, H, n, T)
-        delta = (z0[:, None, :, None] * key_query
-                 + zi.permute(0, 2, 1)[:, None] * query_key[:, :, cols, None]
-                 - (z0[:, None, :, None] * zi.permute(0, 2, 1)[:, None]) * both[None, :, cols, None])
-        changed = (logits[:, :, None] - delta * scale).softmax(-1)[..., -1]  # (B, H, n)
-        out[:, cols] = (changed - base[:, :, None]).mean(1)
-    return out
-
-
-def rank_registers(scores: torch.Tensor, count: int) -> torch.Tensor:
-    """The ``count`` neurons with the largest mean |sink change|, most important first: (N,) -> (R,) long."""
-    return scores.topk(min(count, scores.numel())).indices.long()
+    timer = Timer()
+    check_out(config.out, "sink", config.overwrite)
+    paths = list_images(config.images)[:config.limit]
+    model = resolve_model(model)
+    if config.registers > model.info.neurons:
+        raise ConfigError(f"--registers {config.registers} is more than the model's {model.info.neurons} neurons.")
+    stats = statistics_for(config, model, paths)
+    attention = stats.sink_attention.tolist()
+    registers = rank_registers(stats.register_scores, config.registers)
+    rows = [{"rank": r, "neuron": n, "score": stats.register_scores[n].item()}
+            for r, n in enumerate(registers.tolist())]
+    results = {"sink_attention": attention, "uniform_attention": 1 / (model.info.grid ** 2 + 1),
+               "registers": registers.tolist(), "images": stats.count}
+    return SinkResult("sink", results, rows, analysis_protocol(model, config, timer(), "sink"), attention=attention,
+                      registers=registers.tolist(), title=f"Attention sink ({model.info.name})")

@@ -16,7 +16,8 @@ N x H x d is formed. The running state holds sums and, per unit, running top-k l
 - heads: the second moment of the value v^h = W_v^h alpha[:, h] + b_v^h (H, head_dim, head_dim), since
   r[h] = W_O^h v^h + b_O / H; running top-k norms of r[h], carrying each top image's v^h (their mean is kept).
 - the attention sink: the mean attention of the class token to the last token per head, and the mean
-  |change| of it when each neuron is zeroed (register neurons; :mod:`segclip.analysis.sink`).
+  |change| and mean decrease of it when each neuron is zeroed (register neurons; :mod:`segclip.core.registers`;
+  zeroed as the paper does, the activation before the positional embedding, unless ``register_variant="tokens"``).
 
 The state is mergeable (:meth:`RunningStatistics.merge`) and savable (:meth:`RunningStatistics.state_dict`), so
 :func:`segclip.analysis.stream.run_pass` checkpoints and resumes it.
@@ -31,15 +32,16 @@ from typing import Any
 
 import torch
 
-from segclip.analysis.sink import sink_attention, sink_changes
-from segclip.analysis.stream import atomic_save, read_safetensors, run_pass
-from segclip.decompose.pairs import PairDirections
-from segclip.decompose.trace import Trace
+from segclip.core.registers import sink_attention, sink_changes
+from segclip.analysis.stream import run_pass
+from segclip.io import atomic_save_tensors, read_tensors
+from segclip.core.pairs import PairDirections
+from segclip.core.trace import Trace
 from segclip.errors import CacheError
-from segclip.models.attnpool import AttentionPool
+from segclip.core.attnpool import AttentionPool
 from segclip.models.loading import CLIPResNet
 
-STATISTICS_VERSION = 3
+STATISTICS_VERSION = 4  # 4: register search zeroes activations (before P) and keeps the signed mean too
 TOP_LISTS = ("high", "low", "neuron", "activation", "head")
 SAMPLES = {"neuron": "neuron_samples", "head": "head_samples"}  # per-image coordinates carried by top lists
 
@@ -109,10 +111,13 @@ class RunningStatistics:
     """
 
     def __init__(self, pool: AttentionPool, *, top_k: int = 50, registers: bool = True,
-                 dtype: torch.dtype = torch.float64):
+                 register_variant: str = "activations", dtype: torch.dtype = torch.float64):
         if top_k < 1:
             raise ValueError("top_k must be at least 1")
+        if register_variant not in ("activations", "tokens"):
+            raise ValueError(f"unknown register variant {register_variant!r}")
         self.pool, self.top_k, self.registers, self.dtype = pool, top_k, registers, dtype
+        self.register_variant = register_variant
         self.constants = pair_constants(pool, dtype)
         n, h, k = pool.neurons, pool.num_heads, pool.grid ** 2
         device = pool.pool.c_proj.weight.device
@@ -121,7 +126,7 @@ class RunningStatistics:
             "count": torch.zeros(1, dtype=torch.long, device=device),
             "alpha_sum": zeros(n, h), "alpha_outer": zeros(n, h, h), "activation_sum": zeros(n, k),
             "value_sum": zeros(h, pool.head_dim), "value_outer": zeros(h, pool.head_dim, pool.head_dim),
-            "sink_sum": zeros(h), "register_sum": zeros(n)}
+            "sink_sum": zeros(h), "register_sum": zeros(n), "register_decrease_sum": zeros(n)}
         for name, shape in zip(TOP_LISTS, [(n, h), (n, h), (n,), (n,), (h,)]):
             self.state[f"{name}_values"] = zeros(0, *shape)
             self.state[f"{name}_images"] = torch.zeros(0, *shape, dtype=torch.long, device=device)
@@ -165,7 +170,10 @@ class RunningStatistics:
                    index[:, None].expand(batch, alpha.shape[2]), values)
         s["sink_sum"] += sink_attention(trace.attention).to(self.dtype).sum(0)
         if self.registers:
-            s["register_sum"] += sink_changes(self.pool, trace.tokens).abs().to(self.dtype).sum(0)
+            removed = self.pool.activations(trace.neurons) if self.register_variant == "activations" else None
+            changes = sink_changes(self.pool, trace.tokens, removed).to(self.dtype)  # (B, N)
+            s["register_sum"] += changes.abs().sum(0)
+            s["register_decrease_sum"] -= changes.sum(0)
 
     @torch.inference_mode()
     def merge(self, other: RunningStatistics) -> None:
@@ -241,7 +249,9 @@ class RunningStatistics:
             head_top_mean=head_top_mean, head_top_covariance=head_top_covariance,
             head_top_norm=s["head_values"][:norm_k].mean(0), head_top_images=s["head_images"][:image_k],
             sink_attention=s["sink_sum"] / n,
-            register_scores=s["register_sum"] / n if self.registers else torch.zeros_like(s["register_sum"]))
+            register_scores=s["register_sum"] / n if self.registers else torch.zeros_like(s["register_sum"]),
+            register_decrease=s["register_decrease_sum"] / n if self.registers
+            else torch.zeros_like(s["register_decrease_sum"]))
 
 
 def _moments(samples: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -269,10 +279,8 @@ def _unpack(packed: torch.Tensor, q: int) -> torch.Tensor:
 @torch.no_grad()
 def head_values(pool: AttentionPool, pair_scalars: torch.Tensor) -> torch.Tensor:
     """v^h = W_v^h alpha[:, h] + b_v^h, the head's attention-weighted value: (B, N, H) -> (B, H, head_dim)."""
-    heads, hd = pool.num_heads, pool.head_dim
-    dtype = pair_scalars.dtype
-    w_v = pool.pool.v_proj.weight.view(heads, hd, pool.neurons).to(dtype)
-    return torch.einsum("bnh,hcn->bhc", pair_scalars, w_v) + pool.pool.v_proj.bias.view(heads, hd).to(dtype)
+    heads, dtype = pool.heads, pair_scalars.dtype
+    return torch.einsum("bnh,hcn->bhc", pair_scalars, heads.w_v.to(dtype)) + heads.b_v.to(dtype)
 
 
 @torch.no_grad()
@@ -281,8 +289,8 @@ def head_contributions(pool: AttentionPool, pair_scalars: torch.Tensor, values: 
     """r[h] = W_O^h v^h + b_O / H: (B, N, H) -> (B, H, d); summed over h = the output. ``values``: v^h if known."""
     values = head_values(pool, pair_scalars) if values is None else values
     dtype = values.dtype
-    w_o = pool.pool.c_proj.weight.view(pool.embed_dim, pool.num_heads, pool.head_dim).to(dtype)
-    return torch.einsum("bhc,dhc->bhd", values, w_o) + pool.pool.c_proj.bias.to(dtype) / pool.num_heads
+    heads = pool.heads
+    return torch.einsum("bhc,hdc->bhd", values, heads.w_o.to(dtype)) + heads.b_o.to(dtype) / pool.num_heads
 
 
 @dataclass
@@ -309,6 +317,7 @@ class Statistics:
         head_top_norm, head_top_images: (H,), (t, H) for |r[h]|.
         sink_attention: (H,) mean attention of the class token to the last token.
         register_scores: (N,) mean |change| of the sink attention (mean over heads) when the neuron is zeroed.
+        register_decrease: (N,) mean decrease of it (signed: default minus zeroed).
         metadata: free-form JSON-able provenance (model, weights hash, image folder, image names).
     """
 
@@ -336,6 +345,7 @@ class Statistics:
     head_top_images: torch.Tensor
     sink_attention: torch.Tensor
     register_scores: torch.Tensor
+    register_decrease: torch.Tensor
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def tensors(self) -> dict[str, torch.Tensor]:
@@ -367,7 +377,7 @@ class Statistics:
             tensors[key] = value.contiguous()
         header = {"version": STATISTICS_VERSION, "count": self.count, "top_k": self.top_k, "norm_k": self.norm_k,
                   "metadata": self.metadata}
-        atomic_save(tensors, Path(path), {"statistics": json.dumps(header, sort_keys=True)})  # one key: same bytes
+        atomic_save_tensors(Path(path), tensors, {"statistics": json.dumps(header, sort_keys=True)})  # one key: same bytes
 
     @classmethod
     def load(cls, path: str | Path) -> Statistics:
@@ -377,7 +387,7 @@ class Statistics:
             CacheError: missing, unreadable, of another version, or incomplete.
         """
         path = Path(path)
-        saved = read_safetensors(path) if path.is_file() else None
+        saved = read_tensors(path) if path.is_file() else None
         if saved is None:
             raise CacheError(f"Statistics file {path} is missing or unreadable; compute it again.")
         tensors, meta = saved
@@ -400,6 +410,7 @@ class Statistics:
 
 
 def collect_statistics(model: CLIPResNet, paths: list[Path], *, top_k: int = 50, registers: bool = True,
+                       register_variant: str = "activations",
                        top_fraction: float = 0.01, top_images: int = 10, batch_size: int = 8, chunk_size: int = 64,
                        checkpoint: Path | None = None, progress: bool = True) -> Statistics:
     """One resumable pass over ``paths`` -> :class:`Statistics` (the calibration and analysis code path).
@@ -407,7 +418,7 @@ def collect_statistics(model: CLIPResNet, paths: list[Path], *, top_k: int = 50,
     Args:
         model: the loaded model.
         paths: image files (index i in the results is ``paths[i]``).
-        top_k, registers: see :class:`RunningStatistics`.
+        top_k, registers, register_variant: see :class:`RunningStatistics`.
         top_fraction, top_images: see :meth:`RunningStatistics.finalise`.
         batch_size, chunk_size, checkpoint, progress: see :func:`segclip.analysis.stream.run_pass`.
 
@@ -417,13 +428,13 @@ def collect_statistics(model: CLIPResNet, paths: list[Path], *, top_k: int = 50,
     Raises:
         ImageError: an image is unreadable (finished chunks stay in the checkpoint).
     """
-    running = RunningStatistics(model.pool, top_k=top_k, registers=registers)
+    running = RunningStatistics(model.pool, top_k=top_k, registers=registers, register_variant=register_variant)
     run_pass(model, paths, running, key={"kind": "statistics", "version": STATISTICS_VERSION, "top_k": top_k,
-                                         "registers": registers},
+                                         "registers": registers, "register_variant": register_variant},
              checkpoint=checkpoint, batch_size=batch_size, chunk_size=chunk_size, progress=progress,
              description="statistics")
     stats = running.finalise(top_fraction=top_fraction, top_images=top_images)
     stats.metadata = {"model": model.info.name, "weights_hash": model.info.weights_hash,
                       "image_folder": str(Path(paths[0]).parent.resolve()) if paths else "",
-                      "images": [Path(p).name for p in paths]}
+                      "images": [Path(p).name for p in paths], "register_variant": register_variant}
     return stats

@@ -11,20 +11,17 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 from tqdm import tqdm
 
 from segclip.data.images import read_image
 from segclip.data.preprocess import clip_batch
-from segclip.decompose.trace import Hook, Trace
-from segclip.errors import CacheError
+from segclip.core.trace import HookSpec, Trace
+from segclip.io import atomic_save_tensors, read_tensors
 from segclip.models.loading import CLIPResNet
 
 log = logging.getLogger(__name__)
@@ -52,36 +49,9 @@ def images_digest(paths: Sequence[Path]) -> str:
     return digest.hexdigest()
 
 
-def atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
-    """Write a safetensors file via a temporary file and a rename (never a half-written file at ``path``).
-
-    Raises:
-        CacheError: the folder cannot be written.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-        tmp.replace(path)
-    except OSError as err:
-        tmp.unlink(missing_ok=True)
-        raise CacheError(f"Cannot write {path} ({err.strerror}); choose a writable output folder.") from err
-
-
-def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]] | None:
-    """(tensors, metadata) of a safetensors file, or None (with a warning) when it is unreadable."""
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            return {key: handle.get_tensor(key) for key in handle.keys()}, dict(handle.metadata() or {})
-    except Exception as err:  # a damaged file fails in many ways
-        log.warning("%s is unreadable (%s: %s); not using it", path, type(err).__name__, err)
-        return None
-
-
 def run_pass(model: CLIPResNet, paths: Sequence[Path], accumulator: Accumulator, *, key: dict[str, Any],
              checkpoint: Path | None = None, batch_size: int = 8, chunk_size: int = 64,
-             hooks: dict[str, Hook] | None = None, progress: bool = True, description: str = "images") -> int:
+             hooks: HookSpec | None = None, progress: bool = True, description: str = "images") -> int:
     """Run the model over ``paths`` in batches and feed every trace to ``accumulator``; resumable.
 
     Args:
@@ -102,7 +72,7 @@ def run_pass(model: CLIPResNet, paths: Sequence[Path], accumulator: Accumulator,
 
     Raises:
         ImageError: an image cannot be read (the checkpoint up to the last chunk is kept).
-        CacheError: the checkpoint cannot be written.
+        OutputError: the checkpoint cannot be written.
     """
     chunk_size = max(batch_size, -(-chunk_size // batch_size) * batch_size)
     full_key = json.dumps({**key, "model": model.info.name, "weights": model.info.weights_hash,
@@ -110,7 +80,7 @@ def run_pass(model: CLIPResNet, paths: Sequence[Path], accumulator: Accumulator,
                            "chunk_size": chunk_size}, sort_keys=True, default=str)
     done = 0
     if checkpoint is not None and Path(checkpoint).is_file():
-        saved = read_safetensors(Path(checkpoint))
+        saved = read_tensors(Path(checkpoint))
         if saved is not None and saved[1].get("key") == full_key:
             accumulator.load_state_dict(saved[0])
             done = int(saved[1]["done"])
@@ -125,11 +95,12 @@ def run_pass(model: CLIPResNet, paths: Sequence[Path], accumulator: Accumulator,
         stop = min(done + chunk_size, len(paths))
         for start in range(done, stop, batch_size):
             batch = [read_image(path) for path in paths[start:min(start + batch_size, stop)]]
-            trace = model.trace(clip_batch(batch, size).to(model.device, model.dtype), hooks=hooks)
-            accumulator.update(trace, start)
+            with torch.inference_mode():
+                trace = model.trace(clip_batch(batch, size).to(model.device, model.dtype), hooks=hooks)
+                accumulator.update(trace, start)
             bar.update(len(batch))
         done = stop
         if checkpoint is not None:
-            atomic_save(accumulator.state_dict(), Path(checkpoint), {"key": full_key, "done": str(done)})
+            atomic_save_tensors(Path(checkpoint), accumulator.state_dict(), {"key": full_key, "done": str(done)})
     bar.close()
     return resumed

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import torch
 
-from segclip.decompose.pairs import PairDirections
-from segclip.decompose.trace import Trace
+from segclip.core.pairs import PairDirections
+from segclip.core.trace import Trace
 from segclip.errors import DataError
-from segclip.models.attnpool import AttentionPool
+from segclip.core.attnpool import AttentionPool
 
 
 class Embeddings:

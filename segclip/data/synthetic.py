@@ -500,3 +500,49 @@ def generate_benchmark(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return root
+
+
+def write_scene_folder(folder: str | Path, count: int, *, seed: int = 0, size: tuple[int, int] = (192, 224)
+                       ) -> list[Path]:
+    """Write ``count`` synthetic scenes as PNG files ``scene_0000.png`` ... into ``folder`` (for examples and tests).
+
+    Args:
+        folder: where to write (created).
+        count: number of scenes.
+        seed: seed of the scenes' random stream.
+        size: ``(height, width)`` of each scene.
+
+    Returns:
+        The paths written, in order.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for index in range(count):
+        path = folder / f"scene_{index:04d}.png"
+        Image.fromarray(render_scene(rng, *size).image).save(path)
+        paths.append(path)
+    return paths
+
+
+def write_labelled_folder(folder: str | Path, per_class: int, *, seed: int = 0, size: int = 192) -> list[Path]:
+    """Write a labelled folder ``folder/<class>/<i>.png`` of single-class images (:func:`classification_set`).
+
+    Args:
+        folder: where to write (created).
+        per_class: images per class.
+        seed: seed of the set.
+        size: side of the square images.
+
+    Returns:
+        The paths written, in order.
+    """
+    images, labels = classification_set(per_class * len(SYNTHETIC_CLASSES), seed, size)
+    paths = []
+    for i, (image, label) in enumerate(zip(images, labels)):
+        path = Path(folder) / SYNTHETIC_CLASSES[label] / f"{i:05d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(path)
+        paths.append(path)
+    return paths

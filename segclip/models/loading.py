@@ -7,28 +7,32 @@ loader only rebuilds TorchScript modules and tensors.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
 import logging
 import os
 import zipfile
-from dataclasses import asdict, dataclass
-from importlib import resources
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import open_clip
 import torch
 from open_clip.modified_resnet import ModifiedResNet
+from open_clip.transformer import text_global_pool
 from safetensors.torch import load_file as load_safetensors
 from tqdm import tqdm
 
-from segclip.decompose.pairs import PairDirections
-from segclip.decompose.trace import Hook, Trace, backbone_neurons, check_images, trace_pool
-from segclip.errors import ModelError
-from segclip.models.attnpool import AttentionPool
-from segclip.paths import cache_dir
+from segclip.core.attnpool import AttentionPool
+from segclip.core.info import ModelInfo
+from segclip.core.pairs import PairDirections
+from segclip.core.trace import HOOK_POINTS, HookSpec, Trace, backbone_neurons, check_images, merge_hooks, trace_pool
+from segclip.config import option
+from segclip.errors import ConfigError, ModelError
+from segclip.paths import bundled_dir, cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -38,46 +42,17 @@ OPENAI_METADATA_KEYS = ("input_resolution", "context_length", "vocab_size")  # s
 PRECISIONS = {"fp32": torch.float32, "fp64": torch.float64, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-@dataclass(frozen=True)
-class ModelInfo:
-    """What a loaded model is; recorded in every result file.
-
-    Attributes:
-        name: model name (``RN50x16``, ``RN50-quickgelu``, ``segclip-tiny``).
-        pretrained: the weights source as given (a tag, a file path, ``none``, ``bundled``).
-        weights_hash: sha256 of the weights file, or ``random-init:<name>:seed<seed>``.
-        image_size: native input size S (images are S x S).
-        grid: side of the layer4 grid (S // 32); K = grid**2 spatial tokens.
-        neurons: N, channels of layer4.
-        heads: H, heads of the attention pool.
-        head_dim: channels per head (64 for OpenAI models).
-        embed_dim: d, the joint embedding size.
-        quick_gelu: whether the text tower uses QuickGELU.
-        classes: the class names a bundled model was trained on (empty for open_clip models).
-    """
-
-    name: str
-    pretrained: str
-    weights_hash: str
-    image_size: int
-    grid: int
-    neurons: int
-    heads: int
-    head_dim: int
-    embed_dim: int
-    quick_gelu: bool
-    classes: tuple[str, ...] = ()
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
 class CLIPResNet(torch.nn.Module):
     """A loaded CLIP-ResNet: the open_clip model, its tokenizer, what it is, and its decomposition.
 
-    Named access points (hooks): ``stem``, ``layer1``, ``layer2``, ``layer3``, ``neurons`` (layer4 output),
-    ``tokens`` (z'), ``attention`` (class-token attention). A hook is a callable taking the tensor and returning
-    a replacement or None; pass them as ``hooks={"neurons": fn}``. Nothing of open_clip is patched.
+    Named hook points (:data:`~segclip.core.trace.HOOK_POINTS`): ``stem``, ``layer1``..``layer3``, ``neurons``
+    (layer4 output), ``activations`` (z, before the positional embedding), ``tokens`` (z'), ``extra_keys`` and
+    ``attention`` (class-token attention). A hook is a callable taking the tensor and returning a replacement or
+    None; pass them per call (``trace(images, hooks={"neurons": fn})``) or for a block (``with
+    model.hooks({...}):``). An unknown name is an error listing the valid ones. Nothing of open_clip is patched.
+
+    The parameters are frozen (``requires_grad=False``): segclip never trains. Grad mode is the caller's: under
+    ``torch.inference_mode()`` nothing is recorded, otherwise gradients flow from the trace to the images.
 
     Args:
         clip: an open_clip ``CLIP`` whose ``visual`` is a ``ModifiedResNet``.
@@ -95,46 +70,75 @@ class CLIPResNet(torch.nn.Module):
         (torch.Size([2, 2048, 32]), torch.Size([2, 1024]))
     """
 
+    hook_points = HOOK_POINTS
+
     def __init__(self, clip: torch.nn.Module, tokenizer: Any, info: ModelInfo, interpolate_positions: bool = False):
         super().__init__()
         if not isinstance(clip.visual, ModifiedResNet):
             raise ModelError(f"{info.name} is not a CLIP-ResNet (its image tower is {type(clip.visual).__name__}).")
-        self.clip = clip
+        self.clip = clip.requires_grad_(False)
         self.tokenizer = tokenizer
         self.info = info
         self.pool = AttentionPool(clip.visual.attnpool, interpolate_positions=interpolate_positions)
+        self._pairs = PairDirections(self.pool)
+        self._hook_stack: list[dict] = []
 
     @property
     def pairs(self) -> PairDirections:
-        """The pair directions w[n, h] and biases, in closed form."""
-        return PairDirections(self.pool)
+        """The pair directions w[n, h] and biases, in closed form (one object per model; its norms are cached)."""
+        return self._pairs
 
-    def neurons(self, images: torch.Tensor, hooks: dict[str, Hook] | None = None) -> torch.Tensor:
+    @contextlib.contextmanager
+    def hooks(self, hooks: HookSpec) -> Iterator[CLIPResNet]:
+        """Register hooks for every trace inside the block (nested blocks add to the outer ones).
+
+        Raises:
+            ConfigError: an unknown hook point.
+
+        Example:
+            >>> import torch
+            >>> from segclip.models import load_model
+            >>> model, seen = load_model(), []
+            >>> with model.hooks({"attention": seen.append}):
+            ...     _ = model.trace(torch.zeros(1, 3, 192, 192))
+            >>> seen[0].shape
+            torch.Size([1, 8, 37])
+        """
+        self._hook_stack.append(merge_hooks(hooks))
+        try:
+            yield self
+        finally:
+            self._hook_stack.pop()
+
+    def _active_hooks(self, hooks: HookSpec | None) -> dict:
+        return merge_hooks(*self._hook_stack, hooks)
+
+    def neurons(self, images: torch.Tensor, hooks: HookSpec | None = None) -> torch.Tensor:
         """Layer4 activations: (B, 3, S, S) normalised images -> (B, N, S/32, S/32)."""
         check_images(images, self.info.image_size, self.pool.interpolate_positions)
-        return backbone_neurons(self.visual, images.to(self.device), hooks)
+        return backbone_neurons(self.visual, images.to(self.device), self._active_hooks(hooks))
 
-    def trace(self, images: torch.Tensor, *, token_heads: bool = False, registers: torch.Tensor | None = None,
-              hooks: dict[str, Hook] | None = None) -> Trace:
+    def trace(self, images: torch.Tensor, *, token_heads: bool = False, hooks: HookSpec | None = None) -> Trace:
         """One batched forward pass with its exact decomposition.
 
         Args:
             images: (B, 3, S, S) CLIP-normalised images.
             token_heads: also compute the token-head contributions (B, K+1, H, d).
-            registers: (R,) register neurons for the intervention of method.md section 6, or None.
-            hooks: callables at the named access points.
+            hooks: callables at the named hook points, added after those of enclosing :meth:`hooks` blocks;
+                interventions such as :class:`~segclip.core.trace.RegisterIntervention` give theirs with
+                ``.hooks()``.
 
         Returns:
-            The :class:`~segclip.decompose.trace.Trace`.
+            The :class:`~segclip.core.trace.Trace`.
 
         Raises:
             ModelError: wrong shape, channel count or size, or non-finite pixels.
+            ConfigError: an unknown hook point.
         """
-        with torch.inference_mode():
-            neurons = self.neurons(images, hooks)
-            if registers is not None:
-                registers = torch.as_tensor(registers, dtype=torch.long, device=neurons.device)
-            return trace_pool(self.pool, neurons, token_heads=token_heads, registers=registers, hooks=hooks)
+        active = self._active_hooks(hooks)
+        check_images(images, self.info.image_size, self.pool.interpolate_positions)
+        neurons = backbone_neurons(self.visual, images.to(self.device), active)
+        return trace_pool(self.pool, neurons, token_heads=token_heads, hooks=active)
 
     @property
     def visual(self) -> ModifiedResNet:
@@ -173,28 +177,40 @@ class CLIPResNet(torch.nn.Module):
         return out
 
     def _encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
-        """open_clip's ``CLIP.encode_text`` on a context cut after the last non-padding token."""
+        """open_clip's ``CLIP.encode_text`` on a context cut after the last non-padding token.
+
+        Built from open_clip's own pieces (its cast dtype, transformer, ``ln_final``, ``text_global_pool``, text
+        projection); any text tower this does not fit (a non-causal mask, pooling other than ``argmax``/``eos``)
+        goes through ``encode_text`` itself. ``tests/test_loading.py`` checks parity with ``encode_text``.
+        """
         clip = self.clip
-        batch_first = getattr(clip.transformer, "batch_first", True)
-        if getattr(clip, "text_pool_type", "argmax") != "argmax" or not batch_first or clip.attn_mask is None:
+        pool_type = getattr(clip, "text_pool_type", "argmax")
+        if pool_type not in ("argmax", "eos") or not getattr(clip.transformer, "batch_first", True) \
+                or clip.attn_mask is None:
             return clip.encode_text(tokens)
         length = int((tokens != 0).sum(dim=1).max())
         tokens = tokens[:, :length]
-        x = clip.token_embedding(tokens).to(self.dtype) + clip.positional_embedding[:length].to(self.dtype)
+        cast = clip.transformer.get_cast_dtype()
+        x = clip.token_embedding(tokens).to(cast) + clip.positional_embedding[:length].to(cast)
         x = clip.ln_final(clip.transformer(x, attn_mask=clip.attn_mask[:length, :length]))
-        x = x[torch.arange(x.shape[0], device=x.device), tokens.argmax(dim=-1)]
-        return x @ clip.text_projection if not isinstance(clip.text_projection, torch.nn.Linear) \
-            else clip.text_projection(x)
+        x = text_global_pool(x, tokens, pool_type, eos_token_id=getattr(clip, "text_eos_id", None))
+        projection = clip.text_projection
+        if projection is None:
+            return x
+        return projection(x) if isinstance(projection, torch.nn.Linear) else x @ projection
+
+ModelSource = CLIPResNet | Callable[[], CLIPResNet]  # a model, or a loader
+
+
+def resolve_model(model: CLIPResNet | Callable[[], CLIPResNet]) -> CLIPResNet:
+    """A model, or a zero-argument loader called now: library runs take either, so that they can validate their
+    inputs before paying for a model load (the command line passes a loader)."""
+    return model if isinstance(model, CLIPResNet) else model()
 
 
 def available_models() -> list[str]:
     """Names :func:`load_model` accepts."""
     return [BUNDLED_NAME] + [n for base in RESNET_NAMES for n in (base, f"{base}-quickgelu")]
-
-
-def bundled_dir() -> Path:
-    """Folder of the bundled tiny model (``config.json`` and ``weights.safetensors``)."""
-    return Path(str(resources.files("segclip") / "assets" / "tiny-rn"))
 
 
 def _model_config(name: str) -> tuple[dict[str, Any], Path | None, tuple[str, ...]]:
@@ -406,3 +422,43 @@ def load_model(
         quick_gelu=bool(config.get("quick_gelu", False)), classes=classes)
     log.info("loaded %s (%s) on %s", name, pretrained, device)
     return CLIPResNet(clip, tokenizer, info)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which model to load and where it runs (the options every model command shares)."""
+
+    model: str = option(BUNDLED_NAME, help="CLIP-ResNet: segclip-tiny (bundled, the default), RN50, RN101, RN50x4, "
+                                           "RN50x16, RN50x64, or any of these with -quickgelu.")
+    pretrained: str | None = option(None, help="weights: an open_clip tag (e.g. openai), a local checkpoint (.pt "
+                                               "OpenAI archive, state dict .pt or .safetensors), or 'none' for random "
+                                               "weights. Default: the bundled weights for segclip-tiny, 'openai' "
+                                               "otherwise.")
+    device: str = option("auto", help="cpu, cuda, cuda:1, ... (default: cuda if available).")
+    precision: str = option("fp32", choices=("fp32", "bf16", "fp16"),
+                            help="compute precision; bf16/fp16 need a GPU (default: fp32).")
+
+    def resolve_device(self) -> torch.device:
+        """``auto`` -> cuda when available, else cpu; a CUDA device that is absent is a clear error."""
+        return resolve_device(self.device)
+
+    def load(self) -> CLIPResNet:
+        """:func:`load_model` with these options."""
+        return load_model(self.model, self.pretrained, device=self.resolve_device(), precision=self.precision)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> cuda when available, else cpu.
+
+    Raises:
+        ConfigError: an unknown device name, or CUDA asked for where there is none.
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ConfigError(f"Unknown device '{name}'; use cpu, cuda or cuda:N.") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name} was asked for but no CUDA GPU is available; use --device cpu.")
+    return device

@@ -22,6 +22,7 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, SequentialSampler
 
 from segclip.data.pascal_context import collate_samples
+from segclip.core.trace import RegisterIntervention
 from segclip.models.loading import CLIPResNet
 from segclip.segment.methods import SegmentationMethod
 from segclip.segment.metric import SegmentationMetric
@@ -41,7 +42,7 @@ class SegmentationTask(L.LightningModule):
         protocol: the sliding-window protocol.
         num_classes: C, for the metrics.
         crops_per_pass: crops per backbone pass.
-        registers: register neurons for the intervention, or None.
+        intervention: the register intervention, or None.
         background_threshold: label pixels below this top probability as background (predict only).
         on_image: called per image with ``(id, {method: Segmentation}, confusion stack (M, C, C) or None)``
             (writes partial results and outputs).
@@ -54,12 +55,12 @@ class SegmentationTask(L.LightningModule):
     """
 
     def __init__(self, model: CLIPResNet, methods: Sequence[SegmentationMethod], protocol: SlidingWindowProtocol,
-                 num_classes: int, *, crops_per_pass: int = 8, registers: torch.Tensor | None = None,
+                 num_classes: int, *, crops_per_pass: int = 8, intervention: RegisterIntervention | None = None,
                  background_threshold: float | None = None, on_image: ImageCallback | None = None):
         super().__init__()
         self.model = model
         self.methods, self.protocol, self.num_classes = list(methods), protocol, num_classes
-        self.crops_per_pass, self.registers = crops_per_pass, registers
+        self.crops_per_pass, self.intervention = crops_per_pass, intervention
         self.background_threshold, self.on_image = background_threshold, on_image
         self.metrics = torch.nn.ModuleDict({m.name: SegmentationMetric(num_classes) for m in self.methods})
         self.confusions: dict[str, torch.Tensor] = {}
@@ -70,7 +71,7 @@ class SegmentationTask(L.LightningModule):
 
     def _segment(self, batch: dict[str, list[Any]]) -> list[dict[str, Segmentation]]:
         return segment_images(self.model, batch["image"], self.methods, self.protocol, self.crops_per_pass,
-                              registers=self.registers, background_threshold=self.background_threshold)
+                              intervention=self.intervention, background_threshold=self.background_threshold)
 
     def on_test_start(self) -> None:
         self._start_loop()
@@ -149,13 +150,14 @@ class StderrProgressBar(TQDMProgressBar):
         return self._bar("images")
 
 
-def make_trainer(device: torch.device, devices: int = 1, progress: bool = True) -> L.Trainer:
+def make_trainer(device: torch.device, devices: int = 1, progress: bool = True, num_nodes: int = 1) -> L.Trainer:
     """A Trainer for inference: CPU or GPU, ``devices`` processes with DDP when more than one.
 
     Args:
         device: where the model lives (its type picks the accelerator).
-        devices: number of devices (processes).
+        devices: number of devices (processes) per node.
         progress: show a progress bar (on stderr).
+        num_nodes: machines of a multi-node DDP run.
 
     Returns:
         The trainer (no logger, no checkpoints, our own distributed sampler).
@@ -164,7 +166,9 @@ def make_trainer(device: torch.device, devices: int = 1, progress: bool = True) 
     # Lightning's own deprecation notice about torch's pytree API: nothing a user can act on.
     warnings.filterwarnings("ignore", message=r".*treespec, LeafSpec.*")
     chosen: Any = devices if devices > 1 or device.type != "cuda" else [device.index or 0]
-    return L.Trainer(accelerator=accelerator, devices=chosen, strategy="ddp" if devices > 1 else "auto",
+    distributed = devices > 1 or num_nodes > 1
+    return L.Trainer(accelerator=accelerator, devices=chosen, strategy="ddp" if distributed else "auto",
+                     num_nodes=num_nodes,
                      logger=False, enable_checkpointing=False, enable_model_summary=False,
                      enable_progress_bar=progress, callbacks=[StderrProgressBar()] if progress else None,
                      use_distributed_sampler=False, inference_mode=True)

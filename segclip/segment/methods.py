@@ -1,6 +1,6 @@
 """Segmentation methods reading one shared attention-pool trace (method.md sections 3-6).
 
-Every method maps a :class:`~segclip.decompose.trace.Trace` of B crops to window logits ``(B, C, g, g)``:
+Every method maps a :class:`~segclip.core.trace.Trace` of B crops to window logits ``(B, C, g, g)``:
 
 - ``neuron-head`` (paper Eq. 6): ``logit_c(i) = (1/k) sum_h L_h,c(i) U_c,h(i)`` with the top-k pairs ``P_c`` by
   ``s[n,h] cos(w[n,h], t_c)``, neuron maps ``Z_n`` (layer4, no positional embedding), head maps
@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 
 from segclip.data.pascal_context import class_names as dataset_class_names
-from segclip.decompose.trace import Trace
+from segclip.core.trace import Trace
 from segclip.errors import ConfigError
 from segclip.models.loading import CLIPResNet
 from segclip.models.text import centre, check_class_names, encode_classes, resolve_templates
@@ -147,14 +147,19 @@ def sink_fix(maps: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     return fixed
 
 
+def work_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype methods compute and return logits in: the model's, at least float32 (float64 models stay float64)."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 def to_window_logits(per_token: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """``(B, K, C)`` -> ``(B, C, h, w)`` float32."""
-    return per_token.float().transpose(1, 2).unflatten(-1, grid).contiguous()
+    """``(B, K, C)`` -> ``(B, C, h, w)``, at least float32."""
+    return per_token.to(work_dtype(per_token.dtype)).transpose(1, 2).unflatten(-1, grid).contiguous()
 
 
 def _cosine_logits(features: torch.Tensor, texts: torch.Tensor) -> torch.Tensor:
     """``(B, K, d)`` features and ``(C, d)`` unit texts -> ``(B, K, C)`` cosines."""
-    return F.normalize(features.float(), dim=-1) @ texts.T
+    return F.normalize(features.to(texts.dtype), dim=-1) @ texts.T
 
 
 class SegmentationMethod(ABC):
@@ -165,13 +170,15 @@ class SegmentationMethod(ABC):
         names: C class names.
         recipe: how to make the class embeddings from the names.
         texts: ``(C, d)`` embeddings to use instead (normalised here, not centred); ``recipe`` is then unused.
+        texts_centring: with ``texts``, the centring the caller applied to them (recorded in ``params``).
 
     Raises:
         ConfigError: bad class names, or ``texts`` not matching them.
 
     Attributes:
         name: the method's name (one of :data:`METHODS`).
-        texts: ``(C, d)`` unit class embeddings on the model's device.
+        texts: ``(C, d)`` unit class embeddings on the model's device, in the model's dtype (at least float32):
+            a float64 model gives float64 logits.
         params: what the method did, for result files (text recipe, centring, k, signs, registers, ...).
     """
 
@@ -179,21 +186,24 @@ class SegmentationMethod(ABC):
     uses_registers = False
 
     def __init__(self, model: CLIPResNet, names: Sequence[str], recipe: TextRecipe,
-                 texts: torch.Tensor | None = None):
+                 texts: torch.Tensor | None = None, texts_centring: str | None = None):
         self.model = model
+        work = work_dtype(model.dtype)
         if texts is None:
             texts, centring = class_embeddings(model, names, recipe)
             self.params: dict[str, Any] = {"text": {**recipe.to_dict(), "centring_applied": centring}}
         else:
-            texts = F.normalize(texts.float(), dim=-1)
-            self.params = {"text": {"templates": "given embeddings", "centring": "none"}}
+            texts = F.normalize(texts.to(work), dim=-1)
+            self.params = {"text": {"templates": "given embeddings",
+                                    "centring_applied": texts_centring or "not stated (texts given by the caller)"}}
         self.names = check_class_names(list(names))
         if len(texts) != len(self.names):
             raise ConfigError(f"{len(texts)} text embeddings for {len(self.names)} class names.")
-        self.texts = texts.to(model.device)
+        self.texts = texts.to(model.device, work)
 
     def __call__(self, trace: Trace) -> torch.Tensor:
-        """Window logits ``(B, C, h, w)`` float32 for a trace of B crops (computed without autograd)."""
+        """Window logits ``(B, C, h, w)`` (the model's dtype, at least float32) for a trace of B crops (computed
+        without autograd)."""
         with torch.inference_mode():
             return self.window_logits(trace)
 
@@ -216,8 +226,8 @@ class MaskCLIP(SegmentationMethod):
     name = "maskclip"
 
     def __init__(self, model: CLIPResNet, names: Sequence[str], recipe: TextRecipe = DEFAULT_RECIPES["maskclip"],
-                 texts: torch.Tensor | None = None):
-        super().__init__(model, names, recipe, texts)
+                 texts: torch.Tensor | None = None, texts_centring: str | None = None):
+        super().__init__(model, names, recipe, texts, texts_centring)
 
     def window_logits(self, trace: Trace) -> torch.Tensor:
         pool = self.model.pool.pool
@@ -255,8 +265,8 @@ class SelfSelf(SegmentationMethod):
     name = "self-self"
 
     def __init__(self, model: CLIPResNet, names: Sequence[str], recipe: TextRecipe = DEFAULT_RECIPES["self-self"],
-                 texts: torch.Tensor | None = None):
-        super().__init__(model, names, recipe, texts)
+                 texts: torch.Tensor | None = None, texts_centring: str | None = None):
+        super().__init__(model, names, recipe, texts, texts_centring)
 
     def window_logits(self, trace: Trace) -> torch.Tensor:
         features = self_self_features(self.model, trace.neurons)
@@ -268,7 +278,7 @@ def head_maps(model: CLIPResNet, trace: Trace, texts: torch.Tensor) -> torch.Ten
 
     Computed from ``u^h_i = a^h_i v^h_i`` (B, K, H, hd): ``r^h_i . t = u^h_i . (W_O^h^T t) + b_O . t / ((K+1) H)``
     and ``|r^h_i|^2 = u^T G_h u + 2 u . W_O^h^T b_O / ((K+1) H) + |b_O|^2 / ((K+1) H)^2`` with ``G_h = W_O^h^T
-    W_O^h``; equal to the cosine of :func:`~segclip.decompose.trace.token_head_contributions`.
+    W_O^h``; equal to the cosine of :func:`~segclip.core.trace.token_head_contributions`.
 
     Args:
         model: the model.
@@ -290,7 +300,7 @@ def head_maps(model: CLIPResNet, trace: Trace, texts: torch.Tensor) -> torch.Ten
     bias_proj = torch.einsum("hdc,d->hc", w_o, bias)  # (H, hd)
     squared = (torch.einsum("bihc,hce,bihe->bih", units, gram, units) + 2 * (units * bias_proj).sum(-1) / spread
                + bias.dot(bias) / spread**2)
-    return (dots / squared.clamp_min(1e-24).sqrt()[:, :, None]).float()
+    return (dots / squared.clamp_min(1e-24).sqrt()[:, :, None]).to(texts.dtype)
 
 
 def default_k(num_pairs: int) -> int:
@@ -331,12 +341,12 @@ class PairMethod(SegmentationMethod):
 
     def __init__(self, model: CLIPResNet, names: Sequence[str], name: str = "neuron-head", *, k: int | None = None,
                  signs: torch.Tensor | None = None, sign_source: str | None = None, recipe: TextRecipe | None = None,
-                 texts: torch.Tensor | None = None):
+                 texts: torch.Tensor | None = None, texts_centring: str | None = None):
         if name not in PAIR_METHODS:
             raise ConfigError(f"Unknown pair method '{name}'; use one of {', '.join(PAIR_METHODS)}.")
         if k is not None and k < 1:
             raise ConfigError(f"--k must be at least 1, got {k}.")
-        super().__init__(model, names, recipe or DEFAULT_RECIPES[name], texts)
+        super().__init__(model, names, recipe or DEFAULT_RECIPES[name], texts, texts_centring)
         self.name = name
         self.uses_registers = name in REGISTER_METHODS
         pairs = model.pairs
@@ -351,17 +361,31 @@ class PairMethod(SegmentationMethod):
                 raise ConfigError(f"Pair signs have shape {tuple(signs.shape)}; this model needs {shape}.")
             scores = scores * signs.to(scores)[None]
         self.params["signs"] = sign_source or ("calibration" if signs is not None else NO_CALIBRATION)
-        chosen = scores.flatten(1).topk(self.k, dim=1).indices  # (C, k) into N*H
+        top = scores.flatten(1).topk(self.k, dim=1)  # (C, k) into N*H, best first
+        chosen = top.indices
+        self.pair_index, self.pair_scores = chosen, top.values
         mask = torch.zeros_like(scores.flatten(1)).scatter_(1, chosen, 1.0).view(-1, *shape)  # M_c: (C, N, H)
         log.info("%s: %d pairs per class; pairs per head, mean over classes: %s", name, self.k,
                  mask.sum(1).mean(0).round().int().tolist())
         self.selection = mask.permute(1, 0, 2).flatten(1).to(model.dtype).contiguous()  # (N, C H)
 
+    def selected_pairs(self, c: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Class ``c``'s pairs P_c, best first: ``(neurons (k,), heads (k,), scores (k,))``, the scores being
+        ``s[n, h] cos(w[n, h], t_c)``.
+
+        Raises:
+            ValueError: for ``head-only``, which selects no pairs.
+        """
+        if self.name == "head-only":
+            raise ValueError("head-only selects no pairs")
+        heads = self.model.pairs.num_heads
+        return self.pair_index[c] // heads, self.pair_index[c] % heads, self.pair_scores[c]
+
     def neuron_sums(self, trace: Trace) -> torch.Tensor:
         """``U_c,h(i) = sum_{n:(n,h) in P_c} Z_n(i)`` with the sink fix on Z: ``(B, K, C, H)``."""
         grid = trace.grid
         neurons = sink_fix(trace.neurons.flatten(2).transpose(1, 2), grid)  # (B, N, h, w) -> (B, K, N)
-        return (neurons @ self.selection).unflatten(-1, (len(self.texts), -1)).float()
+        return (neurons @ self.selection).unflatten(-1, (len(self.texts), -1)).to(self.texts.dtype)
 
     def window_logits(self, trace: Trace) -> torch.Tensor:
         if self.name == "neuron-only":

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from segclip.core.trace import RegisterIntervention
 from segclip.errors import ConfigError
 from segclip.models.loading import CLIPResNet
 from segclip.segment.methods import SegmentationMethod
@@ -55,7 +56,7 @@ def protocol_for(model: CLIPResNet, short_side: int | None = None, stride: int |
 
 
 def window_logits(model: CLIPResNet, crops: torch.Tensor, methods: Sequence[SegmentationMethod], batch_size: int,
-                  registers: torch.Tensor | None = None) -> list[torch.Tensor]:
+                  intervention: RegisterIntervention | None = None) -> list[torch.Tensor]:
     """Trace crops in chunks and run every method on each chunk's trace.
 
     Args:
@@ -63,22 +64,24 @@ def window_logits(model: CLIPResNet, crops: torch.Tensor, methods: Sequence[Segm
         crops: ``(N, 3, S, S)`` normalised crops.
         methods: the methods.
         batch_size: crops per backbone pass.
-        registers: ``(R,)`` register neurons for the intervention (method.md section 6), or None.
+        intervention: the register intervention (method.md section 6), or None.
 
     Returns:
         Per method, ``(N, C, g, g)`` float32 window logits on the model's device.
     """
     outputs: list[list[torch.Tensor]] = [[] for _ in methods]
-    for chunk in crops.split(batch_size):
-        trace = model.trace(chunk.to(model.device), registers=registers)
-        for out, method in zip(outputs, methods):
-            out.append(method(trace))
+    hooks = None if intervention is None else intervention.hooks()
+    with torch.inference_mode():
+        for chunk in crops.split(batch_size):
+            trace = model.trace(chunk.to(model.device), hooks=hooks)
+            for out, method in zip(outputs, methods):
+                out.append(method(trace))
     return [torch.cat(out) for out in outputs]
 
 
 def segment_images(model: CLIPResNet, images: Sequence[np.ndarray], methods: Sequence[SegmentationMethod],
-                   protocol: SlidingWindowProtocol, batch_size: int = 8, *, registers: torch.Tensor | None = None,
-                   background_threshold: float | None = None) -> list[dict[str, Segmentation]]:
+                   protocol: SlidingWindowProtocol, batch_size: int = 8, *,
+                   intervention: RegisterIntervention | None = None, background_threshold: float | None = None) -> list[dict[str, Segmentation]]:
     """Segment images with several methods from one batched backbone pass.
 
     Args:
@@ -87,7 +90,7 @@ def segment_images(model: CLIPResNet, images: Sequence[np.ndarray], methods: Seq
         methods: built methods (:func:`~segclip.segment.methods.build_methods`), all for the same class list.
         protocol: the sliding-window protocol (its crop must be the model's input size).
         batch_size: crops per backbone pass (memory bound; results do not depend on it).
-        registers: register neurons for the intervention, or None.
+        intervention: the register intervention, or None.
         background_threshold: pixels whose top probability is below it get label ``C``.
 
     Returns:
@@ -115,7 +118,7 @@ def segment_images(model: CLIPResNet, images: Sequence[np.ndarray], methods: Seq
             "embedding is not interpolated.")
     windows = prepare_windows(images, protocol)
     log.debug("%d images -> %d windows, %d per backbone pass", len(images), len(windows.crops), batch_size)
-    per_method = window_logits(model, windows.crops, methods, batch_size, registers)
+    per_method = window_logits(model, windows.crops, methods, batch_size, intervention)
     results: list[dict[str, Segmentation]] = [{} for _ in images]
     for method, logits in zip(methods, per_method):
         for result, stitched, size in zip(results, windows.stitch(logits), windows.original_sizes):

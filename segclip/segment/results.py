@@ -15,7 +15,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import os
 import shutil
 from collections.abc import Iterable, Sequence
@@ -26,25 +25,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from segclip.errors import CacheError, ConfigError
+from segclip.errors import CacheError, OutputError
+from segclip.io import atomic_write_bytes, to_jsonable
 
 RESULT_FILES = ("results.json", "results.csv")
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and a rename.
-
-    Raises:
-        ConfigError: the folder cannot be created or written.
-    """
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_bytes(data)
-        tmp.replace(path)
-    except OSError as err:
-        tmp.unlink(missing_ok=True)
-        raise ConfigError(f"Cannot write {path} ({err.strerror}); choose a writable --out folder.") from err
 
 
 def png_bytes(labels: np.ndarray) -> bytes:
@@ -58,17 +42,17 @@ def check_writable(out: Path) -> None:
     """Create ``out`` and prove it writable before any model work.
 
     Raises:
-        ConfigError: it is a file, or cannot be created or written.
+        OutputError: it is a file, or cannot be created or written.
     """
     if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} is a file; pass a folder.")
+        raise OutputError(f"--out {out} is a file; pass a folder.")
     probe = out / f".write-test{os.getpid()}"
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as err:
-        raise ConfigError(f"Cannot write to the output folder {out} ({err.strerror}); choose a writable --out.") \
+        raise OutputError(f"Cannot write to the output folder {out} ({err.strerror}); choose a writable --out.") \
             from err
 
 
@@ -76,12 +60,12 @@ def check_outputs(out: Path, overwrite: bool) -> None:
     """Prove ``out`` writable and refuse to replace a finished run's results unless ``overwrite``.
 
     Raises:
-        ConfigError: the folder is not writable, or holds results and ``overwrite`` is False.
+        OutputError: the folder is not writable, or holds results and ``overwrite`` is False.
     """
     check_writable(out)
     existing = [name for name in RESULT_FILES if (out / name).exists()]
     if existing and not overwrite:
-        raise ConfigError(f"{out} already holds {', '.join(existing)} of a finished run; pass --overwrite to replace "
+        raise OutputError(f"{out} already holds {', '.join(existing)} of a finished run; pass --overwrite to replace "
                           "them, or choose another --out.")
 
 
@@ -98,7 +82,7 @@ class ResultStore:
         primary: whether this process owns the folder (global rank 0): only it deletes or writes the fingerprint.
 
     Raises:
-        ConfigError: results already exist (without ``overwrite``), or the folder is not writable.
+        OutputError: results already exist (without ``overwrite``), or the folder is not writable.
         CacheError: the folder holds partial results of a different run.
     """
 
@@ -165,19 +149,6 @@ class ResultStore:
         return total
 
 
-def _clean(value: Any) -> Any:
-    """JSON-safe: NaN -> None, tensors -> lists."""
-    if isinstance(value, torch.Tensor):
-        value = value.tolist()
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    return value
-
-
 def write_results(out: Path, entries: list[dict[str, Any]]) -> None:
     """Write ``results.json`` (the entries) and ``results.csv`` (method, mIoU, pixel accuracy, images/s, per-class
     IoU), each atomically.
@@ -187,7 +158,7 @@ def write_results(out: Path, entries: list[dict[str, Any]]) -> None:
         entries: one dict per method with at least ``method``, ``miou``, ``pixel_accuracy``, ``images_per_second``,
             ``per_class_iou`` and ``protocol`` (holding ``class_names``).
     """
-    entries = _clean(entries)
+    entries = to_jsonable(entries)
     atomic_write_bytes(out / "results.json", (json.dumps(entries, indent=1) + "\n").encode())
     names = entries[0]["protocol"]["class_names"]
     buffer = io.StringIO()

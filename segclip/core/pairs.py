@@ -7,13 +7,9 @@ All pairs against C texts cost O(N H head_dim C).
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 
-if TYPE_CHECKING:
-    from segclip.models.attnpool import AttentionPool
-
+from segclip.core.attnpool import AttentionPool
 
 
 class PairDirections:
@@ -28,7 +24,7 @@ class PairDirections:
     Example:
         >>> from segclip.models import load_model
         >>> model = load_model("RN50", "none")
-        >>> pairs = PairDirections(model.pool)
+        >>> pairs = model.pairs  # the model keeps one PairDirections
         >>> pairs.norms().shape
         torch.Size([2048, 32])
     """
@@ -37,32 +33,49 @@ class PairDirections:
         self.pool = pool
         self.num_neurons, self.num_heads = pool.neurons, pool.num_heads
         self.head_dim, self.embed_dim = pool.head_dim, pool.embed_dim
+        self._cache: dict[str, tuple[tuple, torch.Tensor]] = {}
+
+    def _cached(self, name: str, compute) -> torch.Tensor:
+        """``compute()`` once per state of the pool's parameters (storage, version, dtype, device)."""
+        params = (self.pool.pool.v_proj.weight, self.pool.pool.v_proj.bias, self.pool.pool.c_proj.weight)
+        key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
+        hit = self._cache.get(name)
+        if hit is None or hit[0] != key:
+            with torch.no_grad():
+                hit = (key, compute())
+            self._cache[name] = hit
+        return hit[1]
 
     @property
     def value_weight(self) -> torch.Tensor:
         """(H, head_dim, N): W_v^h."""
-        return self.pool.pool.v_proj.weight.view(self.num_heads, self.head_dim, self.num_neurons)
+        return self.pool.heads.w_v
 
     @property
     def output_weight(self) -> torch.Tensor:
         """(H, d, head_dim): W_O^h."""
-        return self.pool.pool.c_proj.weight.view(self.embed_dim, self.num_heads, self.head_dim).permute(1, 0, 2)
+        return self.pool.heads.w_o
 
     def head_biases(self) -> torch.Tensor:
         """(H, d): beta[h] = W_O^h b_v^h."""
-        bias = self.pool.pool.v_proj.bias.view(self.num_heads, self.head_dim)
-        return torch.einsum("hdc,hc->hd", self.output_weight, bias)
+        heads = self.pool.heads
+        return torch.einsum("hdc,hc->hd", heads.w_o, heads.b_v)
 
     def output_bias(self) -> torch.Tensor:
         """(d,): b_O."""
-        return self.pool.pool.c_proj.bias
+        return self.pool.heads.b_o
+
+    def gram(self) -> torch.Tensor:
+        """(H, hd, hd): G_h = W_O^h^T W_O^h."""
+        return self._cached("gram", lambda: torch.einsum("hdc,hde->hce", self.output_weight, self.output_weight))
 
     def norms(self) -> torch.Tensor:
-        """(N, H): |w[n, h]| via the per-head Gram matrices G_h."""
-        gram = torch.einsum("hdc,hde->hce", self.output_weight, self.output_weight)  # (H, hd, hd)
-        w_v = self.value_weight
-        squared = torch.einsum("hcn,hce,hen->nh", w_v, gram, w_v)
-        return squared.clamp_min(0).sqrt()
+        """(N, H): |w[n, h]| via the per-head Gram matrices G_h (computed once)."""
+        def compute() -> torch.Tensor:
+            w_v = self.value_weight
+            return torch.einsum("hcn,hce,hen->nh", w_v, self.gram(), w_v).clamp_min(0).sqrt()
+
+        return self._cached("norms", compute)
 
     def dots(self, texts: torch.Tensor) -> torch.Tensor:
         """(C, N, H): w[n, h] . t_c for texts (C, d)."""

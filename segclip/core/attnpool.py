@@ -8,12 +8,44 @@ tested for every ResNet architecture.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from segclip.errors import ModelError
+
+
+@dataclass(frozen=True)
+class HeadWeights:
+    """The attention pool's parameters split per head (views that share the parameters' storage).
+
+    Head h owns rows ``[h*hd, (h+1)*hd)`` of the q/k/v projections and the same columns of ``c_proj.weight``.
+
+    Attributes:
+        w_q, w_k, w_v: (H, hd, N): W_q^h, W_k^h, W_v^h.
+        b_q, b_k, b_v: (H, hd).
+        w_o: (H, d, hd): W_O^h.
+        b_o: (d,): b_O.
+    """
+
+    w_q: torch.Tensor
+    b_q: torch.Tensor
+    w_k: torch.Tensor
+    b_k: torch.Tensor
+    w_v: torch.Tensor
+    b_v: torch.Tensor
+    w_o: torch.Tensor
+    b_o: torch.Tensor
+
+    @property
+    def num_heads(self) -> int:
+        return self.w_v.shape[0]
+
+    def bias_share(self, tokens: int) -> torch.Tensor:
+        """(d,): b_O / ((K+1) H), the share of b_O that each token-head contribution r^h_i carries."""
+        return self.b_o / (tokens * self.num_heads)
 
 
 class AttentionPool(nn.Module):
@@ -43,6 +75,18 @@ class AttentionPool(nn.Module):
         self.embed_dim = int(pool.c_proj.out_features)
         self.grid = int(round(math.sqrt(pool.positional_embedding.shape[0] - 1)))
 
+    @property
+    def heads(self) -> HeadWeights:
+        """The parameters split per head (:class:`HeadWeights`); views, so they follow ``.to()`` and updates."""
+        pool, heads, hd, n = self.pool, self.num_heads, self.head_dim, self.neurons
+
+        def split(linear: nn.Linear) -> tuple[torch.Tensor, torch.Tensor]:
+            return linear.weight.view(heads, hd, n), linear.bias.view(heads, hd)
+
+        (w_q, b_q), (w_k, b_k), (w_v, b_v) = split(pool.q_proj), split(pool.k_proj), split(pool.v_proj)
+        w_o = pool.c_proj.weight.view(self.embed_dim, heads, hd).permute(1, 0, 2)  # (d, H*hd) -> (H, d, hd)
+        return HeadWeights(w_q, b_q, w_k, b_k, w_v, b_v, w_o, pool.c_proj.bias)
+
     def positional_embedding(self, height: int, width: int) -> torch.Tensor:
         """Positional embedding for a layer4 grid of ``height`` x ``width``: (K+1, N), class token first."""
         pos = self.pool.positional_embedding
@@ -57,16 +101,21 @@ class AttentionPool(nn.Module):
         spatial = F.interpolate(spatial.float(), size=(height, width), mode="bicubic", align_corners=False)
         return torch.cat([pos[:1], spatial.to(pos.dtype).reshape(self.neurons, -1).T])
 
-    def tokens(self, neurons: torch.Tensor) -> torch.Tensor:
-        """Tokens z' entering the attention: (B, N, h, w) -> (B, K+1, N).
+    def activations(self, neurons: torch.Tensor) -> torch.Tensor:
+        """Token activations z before the positional embedding: (B, N, h, w) -> (B, K+1, N).
 
-        Token 0 is the mean of the K spatial columns (row-major, token 1 top-left); the positional embedding
-        is added to all K+1.
+        Token 0 is the mean of the K spatial columns (row-major, token 1 top-left).
         """
-        batch, channels, height, width = neurons.shape
         spatial = neurons.flatten(2).transpose(1, 2)  # (B, N, h, w) -> (B, K, N)
-        tokens = torch.cat([spatial.mean(dim=1, keepdim=True), spatial], dim=1)
-        return tokens + self.positional_embedding(height, width).to(tokens.dtype)
+        return torch.cat([spatial.mean(dim=1, keepdim=True), spatial], dim=1)
+
+    def tokens(self, neurons: torch.Tensor) -> torch.Tensor:
+        """Tokens z' = z + P entering the attention: (B, N, h, w) -> (B, K+1, N)."""
+        return self.add_positions(self.activations(neurons), neurons.shape[-2:])
+
+    def add_positions(self, activations: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """z -> z' = z + P for a layer4 grid ``(h, w)``: (B, K+1, N) -> (B, K+1, N)."""
+        return activations + self.positional_embedding(*grid).to(activations.dtype)
 
     def project(self, tokens: torch.Tensor, which: str) -> torch.Tensor:
         """Per-head query, key or value projections: (B, T, N) -> (B, T, H, head_dim)."""
@@ -74,19 +123,19 @@ class AttentionPool(nn.Module):
         out = F.linear(tokens, linear.weight, linear.bias)
         return out.unflatten(-1, (self.num_heads, self.head_dim))
 
-    def class_attention(self, tokens: torch.Tensor, extra_key: torch.Tensor | None = None) -> torch.Tensor:
+    def class_attention(self, tokens: torch.Tensor, extra_keys: torch.Tensor | None = None) -> torch.Tensor:
         """Attention of the class token over all tokens, per head.
 
         Args:
             tokens: (B, T, N), the class token first.
-            extra_key: optional (B, N) token appended as one more key (the register intervention).
+            extra_keys: optional (B, E, N) tokens appended as more keys (the register intervention's sink copy).
 
         Returns:
-            (B, H, T) or, with ``extra_key``, (B, H, T+1); rows sum to one; softmax computed in float32 at least.
+            (B, H, T + E); rows sum to one; the softmax is computed in float32 at least.
         """
         query = self.project(tokens[:, :1], "q")[:, 0]  # (B, H, hd)
-        keys = tokens if extra_key is None else torch.cat([tokens, extra_key[:, None]], dim=1)
-        key = self.project(keys, "k")  # (B, T, H, hd)
+        keys = tokens if extra_keys is None else torch.cat([tokens, extra_keys], dim=1)
+        key = self.project(keys, "k")  # (B, T+E, H, hd)
         logits = torch.einsum("bhc,bthc->bht", query, key) / math.sqrt(self.head_dim)
         work = torch.promote_types(logits.dtype, torch.float32)
         return logits.to(work).softmax(dim=-1).to(tokens.dtype)
@@ -102,13 +151,10 @@ class AttentionPool(nn.Module):
         Returns:
             (B, d).
         """
-        heads, hd = self.num_heads, self.head_dim
-        w_v = self.pool.v_proj.weight.view(heads, hd, self.neurons)
-        values = torch.einsum("bnh,hcn->bhc", pair_scalars, w_v)
-        bias = self.pool.v_proj.bias.view(heads, hd)
-        values = values + (bias if attention_mass is None else attention_mass[..., None] * bias)
-        w_o = self.pool.c_proj.weight.view(self.embed_dim, heads, hd)
-        return torch.einsum("bhc,dhc->bd", values, w_o) + self.pool.c_proj.bias
+        heads = self.heads
+        values = torch.einsum("bnh,hcn->bhc", pair_scalars, heads.w_v)
+        values = values + (heads.b_v if attention_mass is None else attention_mass[..., None] * heads.b_v)
+        return torch.einsum("bhc,hdc->bd", values, heads.w_o) + heads.b_o
 
     def forward(self, neurons: torch.Tensor) -> torch.Tensor:
         """The image embedding: (B, N, h, w) -> (B, d); equals open_clip's ``attnpool(x)``."""

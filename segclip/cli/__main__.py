@@ -1,0 +1,5 @@
+import sys
+
+from segclip.cli import main
+
+sys.exit(main())

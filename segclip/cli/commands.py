@@ -1,0 +1,117 @@
+"""The table of commands: each is a config, a library function and how its result reaches files and stdout."""
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from segclip.analysis.calibration import CalibrateConfig, run_calibrate
+from segclip.analysis.common import AnalysisResult
+from segclip.analysis.decompose import DecomposeConfig, run_decompose
+from segclip.analysis.label import LabelConfig, run_label
+from segclip.analysis.reconstruct import AblateConfig, ReconstructConfig, run_ablate, run_reconstruct
+from segclip.analysis.shift import ShiftConfig, run_shift
+from segclip.analysis.sink import SinkConfig, run_sink
+from segclip.analysis.top_images import TopImagesConfig, run_top_images
+from segclip.segment.run import (
+    CompareConfig,
+    EvalConfig,
+    EvalResult,
+    SegmentConfig,
+    SegmentResult,
+    is_primary,
+    run_compare,
+    run_eval,
+    run_segment,
+)
+
+
+def print_summary(result: Any, config: Any) -> int:
+    sys.stdout.write(result.summary())
+    return 0
+
+
+def write_analysis(result: AnalysisResult, config: Any) -> int:
+    written = result.write(config.out)
+    sys.stderr.write(f"results: {', '.join(str(p) for p in written)}\n")
+    sys.stdout.write(result.summary())
+    return 0
+
+
+def write_scores(result: EvalResult, config: Any) -> int:
+    if not result.scores:  # a DDP process other than the first
+        return 0
+    sys.stdout.write(result.table())
+    if config.out is not None:
+        written = result.write(config.out)
+        print(f"wrote {' and '.join(str(p) for p in written)}", file=sys.stderr)
+    return 0
+
+
+def write_segmentation(result: SegmentResult, config: SegmentConfig) -> int:
+    result.write(config.out)
+    print(f"segmented {len(result.files)} image(s) into {config.out}")
+    return 0
+
+
+@dataclass(frozen=True)
+class Command:
+    """One subcommand: ``run(config, model, verbose) -> result`` and ``emit(result, config) -> exit code``."""
+
+    name: str
+    help: str
+    description: str
+    config: type
+    run: Callable[[Any, Any, bool], Any]
+    emit: Callable[[Any, Any], int]
+    needs_model: bool = True
+    group: str | None = None
+    group_help: str | None = None
+
+
+ANALYZE = "the paper's analyses (reconstruct, ablate, label, top-images, shift, sink)"
+
+
+def _analysis(name: str, help: str, config: type, run: Callable) -> Command:
+    return Command(name, help, help[0].upper() + help[1:] + ". Writes NAME.json (numbers and protocol), .csv and "
+                   ".png into --out; long passes checkpoint there and resume when rerun.", config,
+                   lambda c, m, v: run(c, m), write_analysis, group="analyze", group_help=ANALYZE)
+
+
+COMMANDS: tuple[Command, ...] = (
+    Command("decompose", "decompose images into neuron-head pairs; print the identity check and the top pairs per word",
+            "Run the model on images (default: the bundled example scene), check that the neuron-head pairs sum "
+            "exactly to the image embedding, and list the pairs that contribute most to the image's similarity "
+            "with each word.", DecomposeConfig, lambda c, m, v: run_decompose(c, m), print_summary),
+    Command("eval", "score one segmentation method on a dataset (mIoU)",
+            "Segment a dataset with the sliding-window protocol and report mIoU, pixel accuracy and per-class IoU.",
+            EvalConfig, lambda c, m, v: run_eval(c, m, verbose=v), write_scores),
+    Command("compare", "score several methods from one backbone pass; print a markdown table",
+            "Segment a dataset with the sliding-window protocol and report mIoU, pixel accuracy and per-class IoU. "
+            "Every method reads the same backbone pass.",
+            CompareConfig, lambda c, m, v: run_compare(c, m, verbose=v), write_scores),
+    Command("segment", "segment image files from a class list",
+            "Segment images by class names: per image a label PNG (class indices in list order), a colour overlay "
+            "with a legend and, with --heatmaps, one probability heatmap per class. Text embeddings of fewer than "
+            "10 classes are centred against a reference vocabulary (the bundled model's classes or the 59 PASCAL "
+            "Context names), not over the class list.",
+            SegmentConfig, lambda c, m, v: run_segment(c, m), write_segmentation),
+    Command("calibrate", "compute pair signs, mean pair scalars and register neurons",
+            "Stream an image folder once (resumable) and save the calibration artifact used by the neuron-head "
+            "method: pair signs, mean pair scalars, register neurons, plus the full statistics.",
+            CalibrateConfig, lambda c, m, v: run_calibrate(c, m), print_summary),
+    _analysis("reconstruct", "zero-shot accuracy with rank-one pairs and 1..4 neuron PCs (Table 1)",
+              ReconstructConfig, run_reconstruct),
+    _analysis("ablate", "mean-ablation curves of pairs, neuron contributions and activations (Fig. 1)",
+              AblateConfig, run_ablate),
+    _analysis("label", "sparse text decomposition of every pair, neuron PC and head PC by OMP; accuracy vs m "
+              "(Fig. 2); top words (Table 2)", LabelConfig, run_label),
+    _analysis("top-images", "top images per neuron, head and pair as montages; inertia (Figs. 3-4)",
+              TopImagesConfig, run_top_images),
+    _analysis("shift", "per-image concept scores aggregated by group (section 5.2)", ShiftConfig, run_shift),
+    _analysis("sink", "class-token attention to the last token per head; register neurons (A.6)", SinkConfig,
+              run_sink),
+)
+
+__all__ = ["COMMANDS", "Command", "is_primary"]
