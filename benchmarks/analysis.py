@@ -33,8 +33,8 @@ def load():
 
 def child(count: int, batch: int, images: Path | None) -> dict:
     from segclip.analysis.statistics import RunningStatistics, collect_statistics
-    from segclip.data.images import list_images
     from segclip.core import trace_pool
+    from segclip.data.images import list_images
 
     torch.set_num_threads(2)
     model, name = load()

@@ -7,10 +7,11 @@ dataclass, converting types and naming the key at fault.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -143,3 +144,27 @@ def check_positive(config: Any, *names: str, allow_zero: bool = False) -> None:
         value = getattr(config, name)
         if value is not None and value < (0 if allow_zero else 1):
             raise ConfigError(f"--{name.replace('_', '-')} must be at least {0 if allow_zero else 1}, got {value}.")
+
+
+_PROGRESS = [True]
+
+
+def progress_enabled() -> bool:
+    """Whether progress bars may show (off inside :func:`progress_bars` ``(False)``, e.g. under ``--no-progress``)."""
+    return _PROGRESS[-1]
+
+
+@contextlib.contextmanager
+def progress_bars(enabled: bool) -> Iterator[None]:
+    """Turn every segclip progress bar on or off inside the block (text encoding, passes, OMP, Lightning).
+
+    Example:
+        >>> with progress_bars(False):
+        ...     progress_enabled()
+        False
+    """
+    _PROGRESS.append(enabled)
+    try:
+        yield
+    finally:
+        _PROGRESS.pop()

@@ -2,7 +2,8 @@
 
 All artifacts and results are written through :func:`atomic_write_bytes` (a temporary file in the same folder,
 then a rename), so a reader never sees a half-written file and an interrupted run leaves the previous file intact.
-Files get the permissions the user's umask gives (not the 0600 of ``tempfile``). A failed write raises
+Files get the permissions the user's umask gives (safetensors' own ``save_file`` makes 0600 files, so tensors are
+serialised to bytes and written here too). A failed write raises
 :class:`~segclip.errors.OutputError` naming the path and the reason, whatever the file; a failed read of a user
 file raises :class:`~segclip.errors.DataError`.
 """
@@ -27,12 +28,6 @@ log = logging.getLogger(__name__)
 
 PACKAGES = ("segclip", "torch", "open_clip_torch", "lightning", "torchmetrics", "numpy", "opencv-python-headless",
             "Pillow", "scikit-learn", "wordfreq", "safetensors")
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -60,7 +55,6 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as handle:
             handle.write(data)
-        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except OSError as err:
         tmp.unlink(missing_ok=True)

@@ -10,11 +10,16 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
-from segclip.core.registers import sink_changes
 from segclip.analysis.components import component_directions, principal_components
-from segclip.analysis.statistics import (RunningStatistics, Statistics, collect_statistics, head_contributions,
-                                         head_values)
+from segclip.analysis.statistics import (
+    RunningStatistics,
+    Statistics,
+    collect_statistics,
+    head_contributions,
+    head_values,
+)
 from segclip.core import PairDirections, trace_pool
+from segclip.core.registers import sink_changes
 from segclip.errors import DataError, ImageError
 from segclip.models.loading import CLIPResNet, ModelInfo
 

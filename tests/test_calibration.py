@@ -3,10 +3,10 @@ import logging
 
 import pytest
 import torch
+from test_analysis import small_model, write_images
 
 from segclip.analysis.calibration import CalibrateConfig, run_calibrate
 from segclip.core.calibration import calibration_path, load_calibration
-from test_analysis import small_model, write_images
 
 
 def calibrate(model, images, **options):

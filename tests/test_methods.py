@@ -10,8 +10,16 @@ from segclip.core import RegisterIntervention
 from segclip.errors import ConfigError
 from segclip.models import CLIPResNet, ModelInfo
 from segclip.segment.methods import (
-    METHODS, NO_CALIBRATION, MaskCLIP, PairMethod, SelfSelf, build_methods, class_embeddings, head_maps, sink_fix,
+    METHODS,
+    NO_CALIBRATION,
+    MaskCLIP,
+    PairMethod,
+    SelfSelf,
     TextRecipe,
+    build_methods,
+    class_embeddings,
+    head_maps,
+    sink_fix,
 )
 
 NAMES = ["cat", "dog", "grass"]

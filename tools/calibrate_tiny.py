@@ -34,7 +34,8 @@ def main() -> None:
             rng = np.random.default_rng(np.random.SeedSequence([args.seed, i], spawn_key=CALIBRATION_STREAM))
             scene = render_scene(rng, *BENCHMARK_SIZE)
             Image.fromarray(scene.image).save(Path(folder) / f"{i:05d}.jpg", quality=95, subsampling=0)
-        calibration = run_calibrate(CalibrateConfig(images=Path(folder), out=args.out, overwrite=True), model).calibration
+        config = CalibrateConfig(images=Path(folder), out=args.out, overwrite=True)
+        calibration = run_calibrate(config, model).calibration
     calibration.metadata["image_folder"] = (
         f"{args.images} synthetic scenes, SeedSequence([{args.seed}, i], spawn_key={CALIBRATION_STREAM})")
     calibration.save(args.out)

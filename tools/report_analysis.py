@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from segclip.core.calibration import statistics_path
 from segclip.analysis.statistics import Statistics
 from segclip.cli import main as segclip
+from segclip.core.calibration import statistics_path
 from segclip.data.synthetic import BENCHMARK_SIZE, SYNTHETIC_CLASSES, classification_set, render_scene
 from segclip.models import load_model
 

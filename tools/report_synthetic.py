@@ -19,9 +19,9 @@ import torch
 from segclip.cli import main as segclip
 from segclip.data.images import normalise
 from segclip.data.synthetic import classification_set
-from segclip.paths import example_image_path
 from segclip.models import load_model
 from segclip.models.text import encode_classes
+from segclip.paths import example_image_path
 
 ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- report:start -->", "<!-- report:end -->"

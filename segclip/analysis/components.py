@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import torch
 
 from segclip.analysis.statistics import Statistics, head_values, pair_constants
+from segclip.core.attnpool import AttentionPool
 from segclip.core.pairs import PairDirections
 from segclip.errors import ConfigError
-from segclip.core.attnpool import AttentionPool
 
 UNITS = ("pairs", "neurons", "heads")
 PC_SAMPLES = ("all", "top")

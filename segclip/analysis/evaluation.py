@@ -15,11 +15,11 @@ import torch
 
 from segclip.analysis.components import principal_components
 from segclip.analysis.statistics import Statistics, pair_constants
-from segclip.data.images import list_images
-from segclip.io import read_lines
-from segclip.core.trace import Trace, trace_pool
-from segclip.errors import ConfigError, DataError
 from segclip.core.attnpool import AttentionPool
+from segclip.core.trace import Trace, trace_pool
+from segclip.data.images import list_images
+from segclip.errors import ConfigError, DataError
+from segclip.io import read_lines
 
 Condition = Callable[[Trace], torch.Tensor]
 

@@ -40,7 +40,7 @@ from segclip.analysis.textspan import text_span, text_span_condition
 from segclip.config import option
 from segclip.data.images import list_images
 from segclip.errors import ConfigError
-from segclip.models.loading import CLIPResNet, ModelSource, resolve_model
+from segclip.models.loading import ModelSource, resolve_model
 from segclip.models.text import encode_classes
 from segclip.viz.plots import line_plot
 

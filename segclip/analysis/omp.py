@@ -22,12 +22,12 @@ from segclip.analysis.components import (
 )
 from segclip.analysis.evaluation import Condition
 from segclip.analysis.statistics import Statistics, pair_constants
-from segclip.io import atomic_save_tensors, read_tensors
-from segclip.io import read_lines
+from segclip.config import progress_enabled
+from segclip.core.attnpool import AttentionPool
 from segclip.core.pairs import PairDirections
 from segclip.core.trace import Trace
 from segclip.errors import DataError
-from segclip.core.attnpool import AttentionPool
+from segclip.io import atomic_save_tensors, read_lines, read_tensors
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +182,8 @@ def label_pairs(pool: AttentionPool, stats: Statistics | None, words: torch.Tens
         log.info("resuming pair labels from %s: %d of %d heads done", checkpoint, done, h)
     elif saved is not None:
         log.warning("checkpoint %s belongs to another labelling run; starting over", checkpoint)
-    with tqdm(total=n * h, initial=n * done, desc="OMP pairs", unit="pair", disable=not progress,
+    with tqdm(total=n * h, initial=n * done, desc="OMP pairs", unit="pair",
+              disable=not (progress and progress_enabled()),
               leave=False) as bar:
         for head in range(done, h):
             directions = pairs.head_vectors(head).to(words)  # (N, d)
@@ -214,7 +215,8 @@ def label_components(pool: AttentionPool, components: Components, words: torch.T
     """
     directions = component_directions(pool, components)  # (U, p, d)
     units, p = directions.shape[:2]
-    with tqdm(total=units * p, desc=f"OMP {components.unit}", unit="pc", disable=not progress, leave=False) as bar:
+    with tqdm(total=units * p, desc=f"OMP {components.unit}", unit="pc",
+              disable=not (progress and progress_enabled()), leave=False) as bar:
         index, coefficients = label_directions(directions.flatten(0, 1), words, atoms, record, chunk, bar)
     return index.view(units, p, atoms), {j: c.view(units, p, j) for j, c in coefficients.items()}
 

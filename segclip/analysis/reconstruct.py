@@ -25,7 +25,7 @@ from segclip.analysis.components import PC_SAMPLES
 from segclip.analysis.evaluation import ablation_condition, neuron_pca_condition, rank_one_condition
 from segclip.config import option
 from segclip.errors import ConfigError
-from segclip.models.loading import CLIPResNet, ModelSource, resolve_model
+from segclip.models.loading import ModelSource, resolve_model
 from segclip.viz.plots import line_plot
 
 ABLATION_UNITS = ("pairs", "neurons", "activations")

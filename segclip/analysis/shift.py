@@ -17,7 +17,7 @@ from segclip.analysis.stream import run_pass
 from segclip.analysis.units import ConceptScores, concept_pairs, point_biserial, read_groups
 from segclip.config import option
 from segclip.errors import ConfigError
-from segclip.models.loading import CLIPResNet, ModelSource, resolve_model
+from segclip.models.loading import ModelSource, resolve_model
 from segclip.models.text import encode_classes
 from segclip.viz.plots import twin_plot
 

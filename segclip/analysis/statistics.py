@@ -32,13 +32,13 @@ from typing import Any
 
 import torch
 
-from segclip.core.registers import sink_attention, sink_changes
 from segclip.analysis.stream import run_pass
-from segclip.io import atomic_save_tensors, read_tensors
+from segclip.core.attnpool import AttentionPool
 from segclip.core.pairs import PairDirections
+from segclip.core.registers import sink_attention, sink_changes
 from segclip.core.trace import Trace
 from segclip.errors import CacheError
-from segclip.core.attnpool import AttentionPool
+from segclip.io import atomic_save_tensors, read_tensors
 from segclip.models.loading import CLIPResNet
 
 STATISTICS_VERSION = 4  # 4: register search zeroes activations (before P) and keeps the signed mean too
@@ -377,7 +377,8 @@ class Statistics:
             tensors[key] = value.contiguous()
         header = {"version": STATISTICS_VERSION, "count": self.count, "top_k": self.top_k, "norm_k": self.norm_k,
                   "metadata": self.metadata}
-        atomic_save_tensors(Path(path), tensors, {"statistics": json.dumps(header, sort_keys=True)})  # one key: same bytes
+        header_json = json.dumps(header, sort_keys=True)
+        atomic_save_tensors(Path(path), tensors, {"statistics": header_json})  # one key: the same bytes every time
 
     @classmethod
     def load(cls, path: str | Path) -> Statistics:

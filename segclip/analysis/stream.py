@@ -18,9 +18,10 @@ from typing import Any, Protocol
 import torch
 from tqdm import tqdm
 
+from segclip.config import progress_enabled
+from segclip.core.trace import HookSpec, Trace
 from segclip.data.images import read_image
 from segclip.data.preprocess import clip_batch
-from segclip.core.trace import HookSpec, Trace
 from segclip.io import atomic_save_tensors, read_tensors
 from segclip.models.loading import CLIPResNet
 
@@ -89,7 +90,9 @@ def run_pass(model: CLIPResNet, paths: Sequence[Path], accumulator: Accumulator,
             log.warning("checkpoint %s belongs to another run (model, images or options differ); starting over",
                         checkpoint)
     resumed = done
-    bar = tqdm(total=len(paths), initial=done, desc=description, unit="img", disable=not progress, leave=False)
+    bar = tqdm(total=len(paths), initial=done, desc=description, unit="img",
+               disable=not (progress and progress_enabled()),
+               leave=False)
     size = model.info.image_size
     while done < len(paths):
         stop = min(done + chunk_size, len(paths))

@@ -24,10 +24,10 @@ import torch
 from segclip.analysis.components import PC_SAMPLES
 from segclip.analysis.evaluation import Condition
 from segclip.analysis.statistics import Statistics, head_values
+from segclip.core.attnpool import AttentionPool
 from segclip.core.pairs import PairDirections
 from segclip.core.trace import Trace
 from segclip.errors import ConfigError
-from segclip.core.attnpool import AttentionPool
 
 
 @dataclass

@@ -5,15 +5,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from segclip.analysis.common import AnalysisConfig, AnalysisResult, Timer, analysis_protocol, check_out, \
-    statistics_for
+from segclip.analysis.common import AnalysisConfig, AnalysisResult, Timer, analysis_protocol, check_out, statistics_for
 from segclip.analysis.stream import run_pass
 from segclip.analysis.units import Embeddings, inertia
 from segclip.config import option
 from segclip.data.images import list_images, read_image
 from segclip.data.preprocess import centre_crop
 from segclip.errors import ConfigError
-from segclip.models.loading import CLIPResNet, ModelSource, resolve_model
+from segclip.models.loading import ModelSource, resolve_model
 from segclip.viz.plots import histograms, montage
 
 THUMBNAIL = 96

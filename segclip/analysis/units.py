@@ -8,10 +8,10 @@ from pathlib import Path
 
 import torch
 
+from segclip.core.attnpool import AttentionPool
 from segclip.core.pairs import PairDirections
 from segclip.core.trace import Trace
 from segclip.errors import DataError
-from segclip.core.attnpool import AttentionPool
 
 
 class Embeddings:

@@ -14,7 +14,7 @@ import sys
 
 from segclip.cli.commands import COMMANDS, Command
 from segclip.cli.options import add_config_arguments, read_yaml, split_values
-from segclip.config import build_config
+from segclip.config import build_config, progress_bars
 from segclip.errors import SegclipError
 from segclip.models.loading import CLIPResNet, ModelConfig
 
@@ -87,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
             model_config = build_config(ModelConfig, values[0], source=source)
             devices = getattr(config, "devices", 1)
             loader = lambda: load_model_for(model_config, devices)  # noqa: E731  (loaded once inputs are checked)
-        return command.emit(command.run(config, loader, args.verbose), config)
+        with progress_bars(getattr(config, "progress", True)):
+            return command.emit(command.run(config, loader, args.verbose), config)
     except SegclipError as err:
         print(f"segclip {label}: error: {err}", file=sys.stderr)
         return 2

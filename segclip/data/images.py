@@ -32,12 +32,15 @@ def _open(path: str | Path, exif: bool = True) -> Image.Image:
     path = Path(path)
     if not path.exists():
         raise ImageError(f"cannot read image {path}: the file does not exist")
+    if path.is_dir():
+        raise ImageError(f"cannot read image {path}: it is a folder, not an image file; pass the image files inside it "
+                         f"(e.g. {path}/*.jpg)")
     if not path.is_file():
         raise ImageError(f"cannot read image {path}: not a file")
     try:
-        image = Image.open(path)
-        image.load()
-        return ImageOps.exif_transpose(image) if exif else image
+        with Image.open(path) as opened:
+            opened.load()
+            return ImageOps.exif_transpose(opened) if exif else opened.copy()
     except UnidentifiedImageError:
         raise ImageError(f"cannot read image {path}: format not recognised (corrupt or not an image)") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:

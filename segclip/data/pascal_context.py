@@ -177,6 +177,10 @@ class ImageFolderDataset(Dataset):
         self.paths = [Path(p) for p in paths]
         if not self.paths:
             raise DataError("no images given")
+        folders = [p for p in self.paths if p.is_dir()]
+        if folders:
+            raise ImageError(f"{folders[0]} is a folder, not an image file; pass the image files inside it (e.g. "
+                             f"{folders[0]}/*.jpg)")
         missing = [p for p in self.paths if not p.is_file()]
         if missing:
             raise ImageError(f"{len(missing)} image file(s) do not exist: {', '.join(map(str, missing[:5]))}")

@@ -15,6 +15,7 @@ convention: 0 would be background, and it never occurs because every pixel has a
 from __future__ import annotations
 
 import colorsys
+import hashlib
 import json
 import logging
 import os
@@ -407,21 +408,40 @@ def _image_ids(n_val: int) -> list[str]:
     return [f"synthetic_{i:05d}" for i in range(n_val)]
 
 
+def _files(meta: dict) -> list[str]:
+    """Every file of the benchmark, relative to its root, in a fixed order."""
+    voc = "VOCdevkit/VOC2010"
+    ids = _image_ids(meta["n_val"])
+    return ([f"{voc}/JPEGImages/{i}.jpg" for i in ids] + [f"{voc}/SegmentationClassContext/{i}.png" for i in ids]
+            + [f"{voc}/ImageSets/SegmentationContext/val.txt", "classnames.txt"])
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def _is_complete(root: Path, meta: dict) -> bool:
-    """Whether ``root`` holds a finished benchmark written with exactly these parameters."""
+    """Whether ``root`` holds a finished, undamaged benchmark written with exactly these parameters: every file's
+    sha256 is checked against the manifest in ``synthetic.json`` (a damaged file that still decodes would otherwise
+    change every score silently)."""
     try:
-        if json.loads((root / "synthetic.json").read_text(encoding="utf-8")) != meta:
-            return False
+        written = json.loads((root / "synthetic.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    voc = _voc(root)
-    split = voc / "ImageSets" / "SegmentationContext" / "val.txt"
-    if not split.is_file() or split.read_text(encoding="utf-8").split() != _image_ids(meta["n_val"]):
+    if {k: v for k, v in written.items() if k != "sha256"} != meta:
         return False
-    return all(
-        (voc / "JPEGImages" / f"{i}.jpg").is_file() and (voc / "SegmentationClassContext" / f"{i}.png").is_file()
-        for i in _image_ids(meta["n_val"])
-    )
+    manifest = written.get("sha256") or {}
+    for name in _files(meta):
+        path = root / name
+        try:
+            damaged = _sha256(path) != manifest.get(name)
+        except OSError:
+            damaged = True
+        if damaged:
+            log.warning("the synthetic benchmark in %s is damaged or incomplete (%s does not match its checksum); "
+                        "regenerating it", root, name)
+            return False
+    return True
 
 
 def _write(tmp: Path, meta: dict) -> None:
@@ -437,7 +457,8 @@ def _write(tmp: Path, meta: dict) -> None:
         Image.fromarray(scene.mask + 1).save(voc / "SegmentationClassContext" / f"{image_id}.png")
     (voc / "ImageSets" / "SegmentationContext" / "val.txt").write_text("\n".join(ids) + "\n", encoding="utf-8")
     (tmp / "classnames.txt").write_text("\n".join(SYNTHETIC_CLASSES) + "\n", encoding="utf-8")
-    (tmp / "synthetic.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    manifest = {name: _sha256(tmp / name) for name in _files(meta)}
+    (tmp / "synthetic.json").write_text(json.dumps({**meta, "sha256": manifest}, indent=2) + "\n", encoding="utf-8")
 
 
 def generate_benchmark(
@@ -447,7 +468,8 @@ def generate_benchmark(
 
     Writes ``root/VOCdevkit/VOC2010/{JPEGImages/<id>.jpg (quality 95, 4:4:4), SegmentationClassContext/<id>.png (class c
     stored as c + 1), ImageSets/SegmentationContext/val.txt}``, ``root/classnames.txt`` (one name a line, label
-    order) and ``root/synthetic.json`` (seed, counts, sizes, classes, generator version). Scene ``i`` is drawn from
+    order) and ``root/synthetic.json`` (seed, counts, sizes, classes, generator version, and the sha256 of every
+    file, checked whenever the benchmark is reused: a damaged copy is regenerated). Scene ``i`` is drawn from
     ``SeedSequence([seed, i], spawn_key=BENCHMARK_STREAM)`` (never a training batch's stream), so a smaller
     ``n_val`` gives a prefix of a larger one. Everything is rendered into a
     temporary folder inside ``root`` and moved into place, ``synthetic.json`` last: a benchmark with that file and
@@ -497,6 +519,11 @@ def generate_benchmark(
         os.replace(tmp / "VOCdevkit", root / "VOCdevkit")
         os.replace(tmp / "classnames.txt", root / "classnames.txt")
         os.replace(tmp / "synthetic.json", root / "synthetic.json")
+    except OSError as exc:
+        raise DataError(
+            f"cannot write the synthetic benchmark to {root}: {exc.strerror or exc}. Free some space there, or pass "
+            "--data-root with a writable folder on another disk (or set SEGCLIP_CACHE to one)."
+        ) from exc
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return root

@@ -26,11 +26,11 @@ from open_clip.transformer import text_global_pool
 from safetensors.torch import load_file as load_safetensors
 from tqdm import tqdm
 
+from segclip.config import option, progress_enabled
 from segclip.core.attnpool import AttentionPool
 from segclip.core.info import ModelInfo
 from segclip.core.pairs import PairDirections
 from segclip.core.trace import HOOK_POINTS, HookSpec, Trace, backbone_neurons, check_images, merge_hooks, trace_pool
-from segclip.config import option
 from segclip.errors import ConfigError, ModelError
 from segclip.paths import bundled_dir, cache_dir
 
@@ -171,7 +171,8 @@ class CLIPResNet(torch.nn.Module):
         order = (tokens != 0).sum(dim=1).argsort(stable=True)
         out = torch.empty(len(prompts), self.info.embed_dim, dtype=self.dtype, device=self.device)
         starts = range(0, len(prompts), batch_size)
-        for start in tqdm(starts, desc="text", unit="batch", disable=len(starts) <= 8, leave=False):
+        for start in tqdm(starts, desc="text", unit="batch", disable=len(starts) <= 8 or not progress_enabled(),
+                          leave=False):
             rows = order[start:start + batch_size]
             out[rows.to(self.device)] = self._encode_tokens(tokens[rows].to(self.device))
         return out
@@ -331,6 +332,15 @@ def _resolve_weights(name: str, pretrained: str, cache: str | None) -> Path:
         raise ModelError(
             f"Unknown pretrained tag '{pretrained}' for {name}. Known tags: {', '.join(tags) or 'none'}; "
             "or pass a local checkpoint file with --pretrained PATH, or 'none' for random weights.")
+    cached = _cached_weights(cfg, cache)
+    if cached is not None:
+        return cached
+    if not _online(cfg):
+        raise ModelError(
+            f"The '{pretrained}' weights of {name} are not in the download cache and this machine cannot reach "
+            f"their server (checked in a few seconds, not retried). Download the checkpoint elsewhere (for OpenAI "
+            f"weights, the .pt file from OpenAI's CLIP repository; or open_clip's file) and pass it: --pretrained "
+            f"/path/to/{base}.pt")
     try:
         return Path(open_clip.download_pretrained(cfg, cache_dir=cache))
     except Exception as err:
@@ -338,6 +348,68 @@ def _resolve_weights(name: str, pretrained: str, cache: str | None) -> Path:
             f"Could not fetch the '{pretrained}' weights of {name} ({type(err).__name__}). This machine may be "
             f"offline. Download the checkpoint elsewhere (for OpenAI weights, the .pt file from OpenAI's CLIP "
             f"repository; or open_clip's file) and pass it: --pretrained /path/to/{base}.pt") from err
+
+
+def _cached_weights(cfg: dict[str, Any], cache: str | None) -> Path | None:
+    """The weights file of an open_clip pretrained config if it is already in the Hugging Face cache."""
+    hub = cfg.get("hf_hub", "")
+    if not hub:
+        return None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    repo, filename = os.path.split(hub)
+    names = [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+    for candidate in names:
+        found = try_to_load_from_cache(repo, candidate, cache_dir=cache)
+        if isinstance(found, str) and Path(found).is_file():
+            return Path(found)
+    return None
+
+
+def _online(cfg: dict[str, Any], timeout: float = 3.0) -> bool:
+    """Whether the weights' server answers a TCP connection within ``timeout`` seconds (no retries)."""
+    import socket
+    from urllib.parse import urlparse
+
+    host = "huggingface.co" if cfg.get("hf_hub") else urlparse(cfg.get("url", "")).hostname
+    if not host:
+        return True
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _quick_gelu(name: str, pretrained: str, is_archive: bool, config: dict[str, Any]) -> bool:
+    """Whether the weights were trained with QuickGELU, warning where the model name says otherwise.
+
+    open_clip's pretrained tags and OpenAI's archives say it (every CLIP-ResNet tag was trained with QuickGELU);
+    a bare state dict cannot, so the model name decides (``-quickgelu``) and a warning says so.
+    """
+    named = name.endswith("-quickgelu")
+    base = name.removesuffix("-quickgelu")
+    known = None
+    tag = open_clip.get_pretrained_cfg(base, pretrained) if pretrained not in ("none", "bundled") else {}
+    if is_archive:
+        known = True
+    elif tag:
+        known = bool(tag.get("quick_gelu", False))
+    if known is None:
+        if pretrained not in ("none", "bundled"):
+            log.warning("the checkpoint %s does not say whether it was trained with QuickGELU; building %s %s it. "
+                        "If it holds OpenAI's or an open_clip CLIP-ResNet tag's weights, use --model %s-quickgelu.",
+                        pretrained, name, "with" if named else "without", base)
+        return bool(config.get("quick_gelu", False))
+    if known and not named:
+        log.warning("the %s weights of %s were trained with QuickGELU: segclip uses it (the model is %s-quickgelu)",
+                    pretrained, name, base)
+    elif named and not known:
+        log.warning("--model %s asks for QuickGELU, but the %s weights were trained without it; building %s with "
+                    "GELU (use --model %s)", name, pretrained, base, base)
+    return known
 
 
 def load_model(
@@ -395,8 +467,8 @@ def load_model(
     state = None
     if weights_path is not None:
         state, is_archive = read_checkpoint(weights_path)
-        if is_archive or pretrained == "openai":
-            config["quick_gelu"] = True  # OpenAI's models were trained with QuickGELU
+        if bundled_weights is None:
+            config["quick_gelu"] = _quick_gelu(name, pretrained, is_archive, config)
     torch.manual_seed(seed)
     clip = open_clip.model.CLIP(**config)
     if state is not None:

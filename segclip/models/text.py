@@ -8,15 +8,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 
 import torch
 from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 from safetensors import safe_open
-from safetensors.torch import save_file
 
-from segclip.errors import CacheError, ConfigError
+from segclip.errors import CacheError, ConfigError, OutputError
+from segclip.io import atomic_save_tensors
 from segclip.models.loading import CLIPResNet
 from segclip.paths import cache_dir
 
@@ -64,6 +63,35 @@ def resolve_templates(templates: str | tuple[str, ...] | list[str]) -> tuple[str
     return templates
 
 
+def check_prompt_lengths(model: CLIPResNet, names: list[str], templates: tuple[str, ...]) -> None:
+    """Warn about prompts longer than the text context (the tokenizer cuts them), and refuse names that the cut
+    makes identical to another name's.
+
+    Raises:
+        ConfigError: two class names whose prompts are identical after truncation (their embeddings would be
+            bit-identical and the label map would split between them in noise).
+    """
+    tokenizer = model.tokenizer
+    context = int(getattr(tokenizer, "context_length", 77))
+    tokens = tokenizer([template.format(name) for name in names for template in templates])
+    full = (tokens[:, -1] != 0).view(len(names), len(templates)).any(1)  # a prompt filling the whole context
+    for index in full.nonzero().flatten().tolist():
+        name = names[index]
+        longest = max(len(tokenizer.encode(template.format(name))) + 2 for template in templates)  # + start, end
+        if longest > context:
+            log.warning("the class name '%s' makes prompts of up to %d tokens; the text context of %s is %d, so "
+                        "they are cut (shorten the name to keep all of it)", name[:80], longest, model.info.name,
+                        context)
+    seen: dict[bytes, str] = {}
+    for name, rows in zip(names, tokens.view(len(names), -1)):
+        key = rows.numpy().tobytes()
+        if key in seen:
+            raise ConfigError(f"The class names '{seen[key][:80]}' and '{name[:80]}' are identical after their "
+                              f"prompts are cut to the {context}-token text context; shorten them so that they "
+                              "differ within it.")
+        seen[key] = name
+
+
 def _cache_key(model: CLIPResNet, names: list[str], templates: tuple[str, ...]) -> tuple[str, str]:
     meta = json.dumps({"version": CACHE_VERSION, "model": model.info.name, "weights": model.info.weights_hash,
                        "quick_gelu": model.info.quick_gelu, "templates": list(templates), "names": names},
@@ -71,24 +99,33 @@ def _cache_key(model: CLIPResNet, names: list[str], templates: tuple[str, ...]) 
     return hashlib.sha256(meta.encode()).hexdigest()[:32], meta
 
 
+def checksum(tensor: torch.Tensor) -> str:
+    """sha256 of a tensor's bytes (CPU, contiguous)."""
+    return hashlib.sha256(tensor.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
+
+
 def _read_cached(path: Path, meta: str, shape: tuple[int, int]) -> torch.Tensor | None:
+    """The cached embeddings, or None (with a warning saying why) when the entry is stale or damaged: its key must
+    match and its tensor bytes must match the checksum stored with them."""
     try:
         with safe_open(str(path), framework="pt") as handle:
-            if (handle.metadata() or {}).get("key") != meta:
+            stored = handle.metadata() or {}
+            if stored.get("key") != meta:
                 log.warning("text-embedding cache %s is stale; rebuilding it", path)
                 return None
             embeddings = handle.get_tensor("embeddings")
     except Exception as err:  # a damaged file can fail in many ways
         log.warning("text-embedding cache %s is unreadable (%s); rebuilding it", path, err)
         return None
-    if tuple(embeddings.shape) != shape or not torch.isfinite(embeddings).all():
-        log.warning("text-embedding cache %s is corrupt; rebuilding it", path)
+    if tuple(embeddings.shape) != shape or stored.get("sha256") != checksum(embeddings):
+        log.warning("text-embedding cache %s is damaged (its bytes do not match their checksum); rebuilding it",
+                    path)
         return None
     return embeddings
 
 
 def encode_classes(model: CLIPResNet, names: list[str], templates: str | tuple[str, ...] = "openai", *,
-                   cache: bool = True, cache_root: str | os.PathLike | None = None) -> torch.Tensor:
+                   cache: bool = True, cache_root: str | Path | None = None) -> torch.Tensor:
     """Unit-norm class embeddings averaged over templates (not centred).
 
     Args:
@@ -122,6 +159,7 @@ def encode_classes(model: CLIPResNet, names: list[str], templates: str | tuple[s
         cached = _read_cached(path, meta, shape)
         if cached is not None:
             return cached.to(model.device)
+    check_prompt_lengths(model, names, templates)
     prompts = [template.format(name) for name in names for template in templates]
     with torch.inference_mode():
         encoded = model.encode_text(prompts).float()
@@ -130,14 +168,11 @@ def encode_classes(model: CLIPResNet, names: list[str], templates: str | tuple[s
         embeddings = embeddings / embeddings.norm(dim=-1, keepdim=True)
     if cache:
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".tmp{os.getpid()}")
-            save_file({"embeddings": embeddings.cpu().contiguous()}, str(tmp), metadata={"key": meta})
-            tmp.replace(path)
-        except OSError as err:
+            atomic_save_tensors(path, {"embeddings": embeddings}, {"key": meta, "sha256": checksum(embeddings)})
+        except OutputError as err:
             raise CacheError(
-                f"Cannot write the text-embedding cache in {folder} ({err.strerror}). Point SEGCLIP_CACHE at a "
-                "writable folder, or disable the cache.") from err
+                f"Cannot write the text-embedding cache in {folder} ({err}). Point SEGCLIP_CACHE at a writable "
+                "folder (the cache can be cleared at any time by deleting it).") from err
     return embeddings
 
 

@@ -21,8 +21,8 @@ from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, SequentialSampler
 
-from segclip.data.pascal_context import collate_samples
 from segclip.core.trace import RegisterIntervention
+from segclip.data.pascal_context import collate_samples
 from segclip.models.loading import CLIPResNet
 from segclip.segment.methods import SegmentationMethod
 from segclip.segment.metric import SegmentationMetric

@@ -44,8 +44,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from segclip.data.pascal_context import class_names as dataset_class_names
 from segclip.core.trace import Trace
+from segclip.data.pascal_context import class_names as dataset_class_names
 from segclip.errors import ConfigError
 from segclip.models.loading import CLIPResNet
 from segclip.models.text import centre, check_class_names, encode_classes, resolve_templates

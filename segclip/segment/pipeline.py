@@ -81,7 +81,8 @@ def window_logits(model: CLIPResNet, crops: torch.Tensor, methods: Sequence[Segm
 
 def segment_images(model: CLIPResNet, images: Sequence[np.ndarray], methods: Sequence[SegmentationMethod],
                    protocol: SlidingWindowProtocol, batch_size: int = 8, *,
-                   intervention: RegisterIntervention | None = None, background_threshold: float | None = None) -> list[dict[str, Segmentation]]:
+                   intervention: RegisterIntervention | None = None, background_threshold: float | None = None
+                   ) -> list[dict[str, Segmentation]]:
     """Segment images with several methods from one batched backbone pass.
 
     Args:

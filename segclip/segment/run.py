@@ -434,6 +434,50 @@ class SegmentResult:
         return [atomic_write_json(Path(out) / "segment.json", self.summary)]
 
 
+def heatmap_file_name(index: int, name: str) -> str:
+    """A file name for class ``index``'s heatmap that is safe for any class name: its index (unique), then the name
+    with characters outside ``[A-Za-z0-9_-]`` replaced and cut to 40 characters.
+
+    Example:
+        >>> heatmap_file_name(3, "traffic light / signal " * 10)
+        '03_traffic_light___signal_traffic_light___.png'
+    """
+    safe = "".join(ch if ch.isascii() and (ch.isalnum() or ch in "-_") else "_" for ch in name)
+    return f"{index:02d}_{safe[:40]}.png"
+
+
+def plan_outputs(config: SegmentConfig, dataset: ImageFolderDataset, names: list[str]) -> dict[str, list[Path]]:
+    """Every file a ``segment`` run will write, per image: label map, overlay, then the heatmaps (if asked).
+
+    Raises:
+        OutputError: two outputs would have the same path (e.g. images ``a.jpg`` and ``a_overlay.jpg``), an output
+            would replace one of the input images (refused even with ``overwrite``), or outputs exist already
+            (without ``overwrite``).
+    """
+    out = config.out
+    plan = {image_id: [out / f"{image_id}.png", out / f"{image_id}_overlay.png"]
+            + ([out / "heatmaps" / image_id / heatmap_file_name(i, n) for i, n in enumerate(names)]
+               if config.heatmaps else []) for image_id in dataset.ids}
+    owner: dict[Path, str] = {}
+    for image_id, paths in plan.items():
+        for path in paths:
+            key = path.resolve()
+            if key in owner:
+                raise OutputError(f"The outputs of images '{owner[key]}' and '{image_id}' would both be {path}; "
+                                  "rename one of the images, or segment them into different --out folders.")
+            owner[key] = image_id
+    inputs = {p.resolve(): p for p in dataset.paths}
+    clobbered = [inputs[k] for k in owner if k in inputs]
+    if clobbered:
+        raise OutputError(f"An output would replace the input image {clobbered[0]}; choose another --out (inputs are "
+                          "never overwritten, not even with --overwrite).")
+    existing = [p for p in [*owner, (out / "segment.json").resolve()] if p.exists()]
+    if existing and not config.overwrite:
+        raise OutputError(f"{len(existing)} output file(s) already exist (first: {existing[0]}); pass --overwrite "
+                          "or choose another --out.")
+    return plan
+
+
 def _image_bytes(picture) -> bytes:
     buffer = io.BytesIO()
     picture.save(buffer, format="PNG")
@@ -469,21 +513,18 @@ def run_segment(config: SegmentConfig, model: ModelSource) -> SegmentResult:
     for path in dataset.paths:
         read_image(path)  # fail on a corrupt image before any model work
     check_writable(config.out)
-    planned = [config.out / f"{i}{suffix}" for i in dataset.ids for suffix in (".png", "_overlay.png")]
-    existing = [p for p in planned + [config.out / "segment.json"] if p.exists()]
-    if existing and not config.overwrite:
-        raise OutputError(f"{len(existing)} output file(s) already exist (first: {existing[0]}); pass --overwrite "
-                          "or choose another --out.")
     names = read_class_list(config)
+    if names is not None:  # check the outputs before any model work
+        plan_outputs(config, dataset, names)
     model = resolve_model(model)
     names = names or list(model.info.classes)
     if not names:
         raise ConfigError('Name the classes: --classes "cat,dog,grass" or --classes-file FILE.')
+    plan = plan_outputs(config, dataset, names)
     prepared = prepare_methods(model, names, [config.method], config, None)
     threshold = config.background_threshold
     images = dict(zip(dataset.ids, dataset.paths))
     files: dict[str, list[Path]] = {}
-    out = config.out
 
     def on_image(image_id: str, result, _confusions) -> None:
         segmentation = result[config.method]
@@ -491,14 +532,12 @@ def run_segment(config: SegmentConfig, model: ModelSource) -> SegmentResult:
         labels, probs = logits_to_labels(segmentation.logits, image.shape[:2], prepared.protocol.temperature,
                                          threshold)
         labels = labels.numpy()
-        written = [atomic_write_bytes(out / f"{image_id}.png", png_bytes(labels))]
+        files_for = plan[image_id]
+        written = [atomic_write_bytes(files_for[0], png_bytes(labels))]
         picture = overlay(image, labels, names, background="background" if threshold is not None else None)
-        written.append(atomic_write_bytes(out / f"{image_id}_overlay.png", _image_bytes(picture)))
-        if config.heatmaps:
-            for index, name in enumerate(names):
-                safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name)
-                written.append(atomic_write_bytes(out / "heatmaps" / image_id / f"{index:02d}_{safe}.png",
-                                                  _image_bytes(heatmap(probs[index].numpy()))))
+        written.append(atomic_write_bytes(files_for[1], _image_bytes(picture)))
+        for index, (name, path) in enumerate(zip(names, files_for[2:])):
+            written.append(atomic_write_bytes(path, _image_bytes(heatmap(probs[index].numpy(), name))))
         files[image_id] = written
 
     task = SegmentationTask(model, prepared.methods, prepared.protocol, len(names), crops_per_pass=config.batch_size,

@@ -25,6 +25,7 @@ from segclip.data.images import normalise
 from segclip.errors import ConfigError
 
 Box = tuple[int, int, int, int]  # (y1, y2, x1, x2), half-open
+MIN_SHORT_SIDE = 32  # one layer4 cell
 
 
 def rescale_size(height: int, width: int, short_side: int, long_side: int = 2048) -> tuple[int, int]:
@@ -203,6 +204,10 @@ class SlidingWindowProtocol:
     def __post_init__(self) -> None:
         if min(self.short_side, self.long_side, self.crop, self.stride) <= 0 or self.stride > self.crop:
             raise ConfigError(f"sliding window needs positive sizes and stride <= crop, got {self}")
+        if self.short_side < max(MIN_SHORT_SIDE, self.stride):
+            raise ConfigError(f"--short-side {self.short_side} is below the stride ({self.stride}) or below "
+                              f"{MIN_SHORT_SIDE} pixels: images would be shrunk to a few pixels. Use a short side of "
+                              f"at least the crop ({self.crop}) or leave it at its default.")
         if self.temperature <= 0:
             raise ConfigError(f"temperature must be positive, got {self.temperature}")
 

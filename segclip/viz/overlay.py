@@ -8,6 +8,24 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 BACKGROUND_COLOUR = (0, 0, 0)
+LEGEND_CHARACTERS = 32  # longer names are cut with an ellipsis, so the legend's width stays bounded
+
+
+def shorten(name: str, limit: int = LEGEND_CHARACTERS) -> str:
+    """``name`` cut to ``limit`` characters with an ellipsis.
+
+    Example:
+        >>> shorten("a very long class name indeed", 12)
+        'a very long…'
+    """
+    return name if len(name) <= limit else name[:limit - 1].rstrip() + "…"
+
+
+def _font(size: int = 12) -> ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1
+        return ImageFont.load_default()
 
 
 def palette(count: int) -> np.ndarray:
@@ -29,7 +47,8 @@ def overlay(image: np.ndarray, labels: np.ndarray, class_names: Sequence[str], a
         background: legend name of label ``C`` (None: label ``C`` never occurs).
 
     Returns:
-        An RGB image: the blend, with the legend in a strip to its right.
+        An RGB image: the blend, with the legend in a strip to its right (names longer than
+        :data:`LEGEND_CHARACTERS` are shortened, so the strip's width is bounded).
 
     Example:
         >>> overlay(np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), int), ["sky"]).size[1] >= 8
@@ -39,8 +58,8 @@ def overlay(image: np.ndarray, labels: np.ndarray, class_names: Sequence[str], a
     blend = (image.astype(np.float32) * (1 - alpha) + colours[labels].astype(np.float32) * alpha)
     blended = Image.fromarray(blend.round().clip(0, 255).astype(np.uint8))
     present = [int(v) for v in np.unique(labels)]
-    names = [class_names[v] if v < len(class_names) else (background or "background") for v in present]
-    font = ImageFont.load_default()
+    names = [shorten(class_names[v] if v < len(class_names) else (background or "background")) for v in present]
+    font = _font()
     row = 16
     width = 24 + max((int(font.getlength(n)) for n in names), default=0) + 8
     height = max(image.shape[0], row * len(present) + 8)
@@ -54,9 +73,32 @@ def overlay(image: np.ndarray, labels: np.ndarray, class_names: Sequence[str], a
     return canvas
 
 
-def heatmap(probability: np.ndarray) -> Image.Image:
-    """A ``(H, W)`` map in ``[0, 1]`` as an RGB image (dark blue -> yellow, the viridis colour map)."""
+def heatmap(probability: np.ndarray, name: str | None = None) -> Image.Image:
+    """A ``(H, W)`` map in ``[0, 1]`` as an RGB image (viridis: dark blue 0 -> yellow 1), with a colour bar and, if
+    given, the class name in a strip below it.
+
+    Example:
+        >>> picture = heatmap(np.linspace(0, 1, 64 * 80).reshape(64, 80), "grass")
+        >>> picture.size[0] == 80 and picture.size[1] > 64
+        True
+    """
     from matplotlib import colormaps
 
-    rgb = colormaps["viridis"](np.clip(probability, 0, 1))[..., :3]
-    return Image.fromarray((rgb * 255).round().astype(np.uint8))
+    colours = colormaps["viridis"]
+    height, width = probability.shape
+    rgb = colours(np.clip(probability, 0, 1))[..., :3]
+    font = _font()
+    strip = 34
+    canvas = Image.new("RGB", (max(width, 120), height + strip), (255, 255, 255))
+    canvas.paste(Image.fromarray((rgb * 255).round().astype(np.uint8)), (0, 0))
+    bar_width = max(40, min(canvas.size[0] - 40, 200))
+    bar = colours(np.linspace(0, 1, bar_width))[None, :, :3].repeat(8, axis=0)
+    canvas.paste(Image.fromarray((bar * 255).round().astype(np.uint8)), (20, height + 4))
+    draw = ImageDraw.Draw(canvas)
+    draw.text((4, height + 2), "0", fill=(0, 0, 0), font=font)
+    draw.text((24 + bar_width, height + 2), "1", fill=(0, 0, 0), font=font)
+    label, limit = name or "probability", LEGEND_CHARACTERS
+    while limit > 4 and font.getlength(shorten(label, limit)) > canvas.size[0] - 8:
+        limit -= 1
+    draw.text((4, height + 16), shorten(label, limit), fill=(0, 0, 0), font=font)
+    return canvas
