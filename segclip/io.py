@@ -102,12 +102,13 @@ def atomic_write_csv(path: str | os.PathLike, rows: list[Mapping[str, Any]]) -> 
     return atomic_write_text(path, buffer.getvalue())
 
 
-def read_lines(path: str | os.PathLike, what: str) -> list[str]:
-    """The lines of a UTF-8 file, refusing unreadable files and empty lines.
+def read_lines(path: str | os.PathLike, what: str, *, skip_blank: bool = False) -> list[str]:
+    """The lines of a UTF-8 file (class names, vocabularies, queries): the one reader of every line file.
 
     Args:
         path: the file.
         what: what the file is, for messages (e.g. ``"vocabulary file"``).
+        skip_blank: drop blank lines (and strip the others) instead of refusing them.
 
     Returns:
         The lines, without line endings.
@@ -121,6 +122,8 @@ def read_lines(path: str | os.PathLike, what: str) -> list[str]:
         raise DataError(f"Cannot read the {what} {path} ({err.strerror or err}).") from None
     except UnicodeDecodeError as err:
         raise DataError(f"The {what} {path} is not UTF-8 (byte {err.start}); save it as UTF-8.") from None
+    if skip_blank:
+        return [line.strip() for line in lines if line.strip()]
     empty = [i + 1 for i, line in enumerate(lines) if not line.strip()]
     if empty:
         raise DataError(f"The {what} {path} has empty lines {empty[:10]}; remove them.")

@@ -5,7 +5,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from segclip.errors import CacheError, ConfigError, ModelError
+from segclip.errors import ConfigError, ModelError, OutputError
 from segclip.models import load_model, read_checkpoint
 from segclip.models.text import TEMPLATE_SETS, centre, encode_classes
 
@@ -149,7 +149,7 @@ def test_text_cache_unwritable(rn50, tmp_path):
     else:
         folder = tmp_path / "ro"
         folder.mkdir(mode=0o500)
-    with pytest.raises(CacheError, match="SEGCLIP_CACHE"):
+    with pytest.raises(OutputError, match="SEGCLIP_CACHE"):
         encode_classes(rn50, ["cat"], "single", cache_root=folder)
 
 

@@ -22,7 +22,7 @@ import segclip.cli
 from segclip.cli import main
 from segclip.config import progress_bars
 from segclip.data import synthetic
-from segclip.errors import ConfigError, DataError, ImageError, ModelError
+from segclip.errors import ConfigError, ImageError, ModelError, OutputError
 from segclip.io import atomic_write_bytes
 from segclip.models import loading
 from segclip.models.text import encode_classes
@@ -147,7 +147,7 @@ def test_a_full_disk_while_generating_the_benchmark_is_a_clear_error(tmp_path, m
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(synthetic, "_write", full)
-    with pytest.raises(DataError, match="No space left on device.*Free some space"):
+    with pytest.raises(OutputError, match="No space left on device.*Free some space"):
         synthetic.generate_benchmark(tmp_path / "syn", n_val=2, height=64, width=80)
     assert not [p for p in (tmp_path / "syn").iterdir() if p.name.startswith(".synthetic-tmp")]
 

@@ -16,7 +16,7 @@ from segclip.data.synthetic import (
     render_scene,
     render_single_class,
 )
-from segclip.errors import DataError
+from segclip.errors import OutputError
 
 
 def scene(seed: int, height: int = 96, width: int = 128) -> synthetic.Scene:
@@ -151,7 +151,7 @@ def test_benchmark_prefix_is_stable(tmp_path):
 def test_unwritable_root_is_a_clear_error(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    with pytest.raises(DataError, match=r"a-file.*--data-root"):
+    with pytest.raises(OutputError, match=r"a-file.*--data-root"):
         generate_benchmark(blocker / "syn", n_val=1, height=48, width=64)
 
 
@@ -160,7 +160,7 @@ def test_read_only_root_is_a_clear_error(tmp_path):
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o500)
     try:
-        with pytest.raises(DataError, match=r"locked.*--data-root"):
+        with pytest.raises(OutputError, match=r"locked.*--data-root"):
             generate_benchmark(locked / "syn", n_val=1, height=48, width=64)
     finally:
         locked.chmod(0o700)

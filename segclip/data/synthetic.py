@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from segclip.errors import DataError
+from segclip.errors import OutputError
 
 log = logging.getLogger(__name__)
 
@@ -487,7 +487,8 @@ def generate_benchmark(
         ``root``, ready for :mod:`segclip.data.pascal_context` with ``num_classes=59`` semantics.
 
     Raises:
-        DataError: ``root`` (or its parent) cannot be created or written; the message names it and the fix.
+        OutputError: ``root`` (or its parent) cannot be created or written, or the disk is full; the message names
+            it and the fix.
 
     Example:
         >>> import tempfile
@@ -507,7 +508,7 @@ def generate_benchmark(
         root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".synthetic-tmp-", dir=root))
     except OSError as exc:
-        raise DataError(
+        raise OutputError(
             f"cannot write the synthetic benchmark to {root}: {exc.strerror or exc}. Pass --data-root with a "
             "writable folder (or set SEGCLIP_CACHE to one)."
         ) from exc
@@ -520,7 +521,7 @@ def generate_benchmark(
         os.replace(tmp / "classnames.txt", root / "classnames.txt")
         os.replace(tmp / "synthetic.json", root / "synthetic.json")
     except OSError as exc:
-        raise DataError(
+        raise OutputError(
             f"cannot write the synthetic benchmark to {root}: {exc.strerror or exc}. Free some space there, or pass "
             "--data-root with a writable folder on another disk (or set SEGCLIP_CACHE to one)."
         ) from exc

@@ -14,7 +14,7 @@ import torch
 from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 from safetensors import safe_open
 
-from segclip.errors import CacheError, ConfigError, OutputError
+from segclip.errors import ConfigError, OutputError
 from segclip.io import atomic_save_tensors
 from segclip.models.loading import CLIPResNet
 from segclip.paths import cache_dir
@@ -141,7 +141,7 @@ def encode_classes(model: CLIPResNet, names: list[str], templates: str | tuple[s
 
     Raises:
         ConfigError: bad class names or templates.
-        CacheError: the cache folder cannot be written.
+        OutputError: the cache folder cannot be written.
 
     Example:
         >>> from segclip.models import load_model
@@ -170,9 +170,10 @@ def encode_classes(model: CLIPResNet, names: list[str], templates: str | tuple[s
         try:
             atomic_save_tensors(path, {"embeddings": embeddings}, {"key": meta, "sha256": checksum(embeddings)})
         except OutputError as err:
-            raise CacheError(
-                f"Cannot write the text-embedding cache in {folder} ({err}). Point SEGCLIP_CACHE at a writable "
-                "folder (the cache can be cleared at any time by deleting it).") from err
+            raise OutputError(
+                f"Cannot write the text-embedding cache in {folder} ({err.__cause__.strerror if err.__cause__ else err})"
+                ". Point SEGCLIP_CACHE at a writable folder (the cache can be cleared at any time by deleting it).") \
+                from err
     return embeddings
 
 

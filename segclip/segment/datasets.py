@@ -8,6 +8,7 @@ from typing import Any
 from segclip.data.pascal_context import PascalContext
 from segclip.data.synthetic import generate_benchmark
 from segclip.errors import ConfigError, DataError
+from segclip.io import read_lines
 from segclip.paths import cache_dir
 
 DATASETS = ("synthetic", "pascal_context")
@@ -29,10 +30,7 @@ class LabelledFolder(PascalContext):
 
     def __init__(self, root: str | Path, limit: int | None = None):
         names_file = Path(root) / "classnames.txt"
-        try:
-            names = [line.strip() for line in names_file.read_text(encoding="utf-8").splitlines() if line.strip()]
-        except (OSError, UnicodeDecodeError) as err:
-            raise DataError(f"Cannot read the class list {names_file} ({err}); regenerate the dataset.") from err
+        names = read_lines(names_file, "class list (regenerate the dataset if it is damaged)", skip_blank=True)
         if not names:
             raise DataError(f"The class list {names_file} is empty; regenerate the dataset.")
         super().__init__(root, "val", 59, limit)

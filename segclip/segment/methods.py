@@ -16,8 +16,17 @@ Every method maps a :class:`~segclip.core.trace.Trace` of B crops to window logi
 
 Methods run under ``torch.inference_mode``. The attention-sink fix (``sink_fix``) replaces the last spatial token
 by the mean of its west, north and north-west neighbours, in the neuron maps and in the head contributions before
-they are normalised. The register intervention (method.md section 6, ``model.trace(..., registers=...)``) changes
-the class-token attention, so it affects ``neuron-head`` and ``head-only``; ``maskclip``, ``self-self`` and
+they are normalised.
+
+Register neurons (method.md section 6 is ambiguous; this is the decision, :class:`~segclip.core.trace.
+RegisterIntervention`): zeroing a register neuron zeroes its *activation* z_n in all K+1 tokens before the
+positional embedding is added (P stays), as the paper's text and the authors' code do, in the intervention and in
+the register search alike; the appended sink copy is the original last token with its own positional embedding,
+z_K + P_K (the authors' released path appends it before P is added and crashes on the shape: this is the
+resolution). Zeroing the whole token entry z_n + P_n (segclip 0.1) stays available as ``register_variant="tokens"``
+and is recorded in results. Register neurons are ranked by the mean |change| of the sink attention (the authors'
+``find_registers``), or by its mean decrease (their segmentor, ``register_ranking="signed"``). The intervention
+changes the class-token attention, so it affects ``neuron-head`` and ``head-only``; ``maskclip``, ``self-self`` and
 ``neuron-only`` read only the layer4 neurons (self-self rebuilds its tokens from them), which it leaves alone.
 Head maps are computed from the per-head values ``u^h_i = a^h_i (W_v^h z'_i + b_v^h)`` (B, K, H, head_dim) and
 the Gram matrices of ``W_O^h``, never from the (B, K+1, H, d) token-head tensor: ``r^h_i = W_O^h u^h_i +
@@ -288,18 +297,17 @@ def head_maps(model: CLIPResNet, trace: Trace, texts: torch.Tensor) -> torch.Ten
     Returns:
         ``(B, K, C, H)`` float32.
     """
-    pool, pairs = model.pool, model.pairs
+    pool = model.pool
+    heads = pool.heads
     values = pool.project(trace.tokens, "v") * trace.attention.transpose(1, 2)[..., None]  # (B, T, H, hd)
-    spread = trace.tokens.shape[1] * pool.num_heads  # (K+1) H
     units = sink_fix(values[:, 1:], trace.grid)  # (B, K, H, hd)
-    w_o = pairs.output_weight  # (H, d, hd)
-    bias = pairs.output_bias()
+    w_o = heads.w_o  # (H, d, hd)
+    share = heads.bias_share(trace.tokens.shape[1])  # b_O / ((K+1) H)
     text_proj = torch.einsum("hdc,kd->khc", w_o, texts.to(w_o.dtype))  # (C, H, hd)
-    dots = torch.einsum("bihc,khc->bikh", units, text_proj) + (texts.to(w_o.dtype) @ bias)[:, None] / spread
-    gram = torch.einsum("hdc,hde->hce", w_o, w_o)
-    bias_proj = torch.einsum("hdc,d->hc", w_o, bias)  # (H, hd)
-    squared = (torch.einsum("bihc,hce,bihe->bih", units, gram, units) + 2 * (units * bias_proj).sum(-1) / spread
-               + bias.dot(bias) / spread**2)
+    dots = torch.einsum("bihc,khc->bikh", units, text_proj) + (texts.to(w_o.dtype) @ share)[:, None]
+    share_proj = torch.einsum("hdc,d->hc", w_o, share)  # (H, hd)
+    squared = (torch.einsum("bihc,hce,bihe->bih", units, model.pairs.gram(), units)
+               + 2 * (units * share_proj).sum(-1) + share.dot(share))
     return (dots / squared.clamp_min(1e-24).sqrt()[:, :, None]).to(texts.dtype)
 
 

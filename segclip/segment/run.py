@@ -25,7 +25,7 @@ from segclip.core.trace import RegisterIntervention
 from segclip.data.images import read_image
 from segclip.data.pascal_context import ImageFolderDataset
 from segclip.errors import ConfigError, OutputError
-from segclip.io import atomic_write_bytes, atomic_write_json, provenance
+from segclip.io import atomic_write_bytes, atomic_write_json, provenance, read_lines
 from segclip.models.loading import CLIPResNet, ModelSource, resolve_model
 from segclip.models.text import check_class_names
 from segclip.segment.datasets import open_dataset
@@ -304,7 +304,18 @@ def run_eval(config: EvalConfig, model: ModelSource, *, verbose: bool = False) -
 
 
 def run_compare(config: CompareConfig, model: ModelSource, *, verbose: bool = False) -> EvalResult:
-    """Score several methods from one backbone pass per window (see :func:`run_eval`).
+    """Score several methods from one backbone pass per window: every method reads the same trace.
+
+    Args:
+        config: the options (:class:`CompareConfig`).
+        model: the loaded model, or a loader called once the inputs are checked.
+        verbose: keep Lightning's device banners.
+
+    Returns:
+        The :class:`EvalResult`, one :class:`MethodScores` per method in the order asked.
+
+    Raises:
+        ConfigError, DataError, OutputError, CacheError: as :func:`run_eval`.
 
     Example:
         >>> from segclip.models import load_model
@@ -401,17 +412,11 @@ def read_class_list(config: SegmentConfig) -> list[str] | None:
     """Class names from ``classes`` or ``classes_file`` (UTF-8, one a line), or None when neither is given.
 
     Raises:
-        ConfigError: an unreadable or non-UTF-8 file, blank or duplicate names.
+        DataError: an unreadable or non-UTF-8 file.
+        ConfigError: blank or duplicate names.
     """
     if config.classes_file is not None:
-        try:
-            text = config.classes_file.read_bytes().decode("utf-8")
-        except OSError as err:
-            raise ConfigError(f"Cannot read the class file {config.classes_file} ({err.strerror}).") from err
-        except UnicodeDecodeError as err:
-            raise ConfigError(f"The class file {config.classes_file} is not UTF-8 (byte {err.start}); save it as "
-                              "UTF-8.") from err
-        return check_class_names([line.strip() for line in text.splitlines() if line.strip()])
+        return check_class_names(read_lines(config.classes_file, "class file", skip_blank=True))
     if config.classes is not None:
         return check_class_names(list(config.classes))
     return None
