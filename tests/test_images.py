@@ -98,7 +98,7 @@ def test_corrupt_missing_and_directory(tmp_path: Path) -> None:
         read_image(tmp_path / "junk.jpg")
     with pytest.raises(ImageError, match="nope.png: the file does not exist"):
         read_image(tmp_path / "nope.png")
-    with pytest.raises(ImageError, match="not a file"):
+    with pytest.raises(ImageError, match="is a folder, not an image file"):
         read_image(tmp_path)
     assert issubclass(ImageError, SegclipError) and issubclass(DataError, SegclipError)
 
