@@ -40,12 +40,12 @@
     Object.keys(attrs || {}).forEach(function (key) {
       if (attrs[key] !== null && attrs[key] !== undefined) { node.setAttribute(key, attrs[key]); }
     });
-    for (var i = 2; i < arguments.length; i++) {
-      var child = arguments[i];
-      if (child === null || child === undefined) { continue; }
-      if (Array.isArray(child)) { child.forEach(function (c) { node.appendChild(typeof c === "object" ? c : document.createTextNode(String(c))); }); }
-      else { node.appendChild(typeof child === "object" ? child : document.createTextNode(String(child))); }
+    function append(child) {
+      if (child === null || child === undefined) { return; }
+      if (Array.isArray(child)) { child.forEach(append); return; }
+      node.appendChild(typeof child === "object" ? child : document.createTextNode(String(child)));
     }
+    for (var i = 2; i < arguments.length; i++) { append(arguments[i]); }
     return node;
   }
 
@@ -193,7 +193,7 @@
       }
       return el("div", {"class": "pair-page"},
         el("h1", {}, "pair " + n + ":" + h),
-        el("p", {}, "neuron ", neuronLink(n), " through ", headLink(h)),
+        el("p", {}, neuronLink(n), " through ", headLink(h)),
         facts([["contribution", fmt(page.norm)], ["|w[n, h]|", fmt(page.w_norm)], ["sign s", String(page.sign)],
           ["mean alpha", fmt(page.mean)], ["std alpha", fmt(page.std)],
           ["positive deviations", fmt(100 * page.positive, 0) + "% of the top " + page.tail]]),
@@ -349,7 +349,7 @@
       view.replaceChildren(notFound(String(err && err.message || err)));
     }).then(function () {
       document.body.setAttribute("data-render-ms", (performance.now() - begun).toFixed(1));
-      document.body.setAttribute("data-rendered", "#" + hash);
+      document.body.setAttribute("data-rendered", "#/" + hash);
     });
   }
 
