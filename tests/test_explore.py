@@ -150,3 +150,19 @@ def test_read_labels_parses_omp_and_textspan(tmp_path):
     assert labels["pairs"][(3, 1)] == [[PLANTED_WORD, 0.812], ["star", -0.301], ["sky", 0.12]]
     assert labels["heads"][1] == [["snow", 31.5], ["grass", 12.0]] and labels["head_kind"] == "textspan"
     assert labels["neurons"][3][1] == ["sand", -0.2]
+
+
+def test_subconcepts_shown_on_neuron_pages(built, model, tmp_path):
+    import json
+
+    _, stats, _, config, _ = built
+    weakest = divmod(int(stats.pair_top_norm.flatten().argmin()), stats.mean_scalars.shape[1])
+    hit = {"rank": 1, "neuron": weakest[0], "head": weakest[1], "score": 0.5, "overlap": 0.3, "response": 0.9,
+           "spread": 0.1, "neuron_spread": 0.2, "distance": 0.4, "words": [["stripes", 0.7]], "montage": "m.png"}
+    (tmp_path / "subconcepts.json").write_text(json.dumps({"hits": [hit]}))
+    result = run_explore(ExploreConfig(statistics=config.statistics, images=config.images, out=tmp_path / "site",
+                                       subconcepts=tmp_path / "subconcepts.json", keep_pairs=0.01), model)
+    assert result.pairs_kept == round(0.01 * stats.pair_top_norm.numel()) + 1  # the sub-concept's page is kept
+    neuron = read_shard(tmp_path / "site" / "data" / "neurons" / f"{weakest[0] // 8}.js")[1]["neurons"][str(weakest[0])]
+    assert neuron["subconcepts"][0]["head"] == weakest[1] and neuron["subconcepts"][0]["words"] == [["stripes", 0.7]]
+    assert str(weakest[1]) in neuron["pairs"]

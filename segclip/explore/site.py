@@ -24,8 +24,8 @@ What a page shows, and where it comes from:
   the histogram of those k tail values (``histogram_bins`` fixed bins), with the mean and the standard deviation
   over all images marked: the tail that decides the pair's sign and top images, not the bulk.
 - **contribution** of a unit: the mean of its top ``norm_k`` contribution norms (the ranking of ``analyze ablate``).
-  Pairs below the ``keep_pairs`` quantile of it get no page; the threshold is shown on the about page and next to
-  every omitted sibling.
+  Pairs below the ``keep_pairs`` quantile of it get no page (sub-concept pairs excepted); the threshold is shown on
+  the about page and next to every omitted sibling.
 - **words**: the OMP words with coefficients of ``segclip analyze label`` (``label.csv``), TextSpan words with their
   variance shares for heads when labelled so; **search**: for a bounded vocabulary (the label words, or a file),
   kept pairs ranked by s cos(w[n, h], t), neurons and heads by the cosine of their first principal component.
@@ -331,8 +331,8 @@ def _read_subconcepts(path: Path | None) -> dict[int, list[dict[str, Any]]]:
     by_neuron: dict[int, list[dict[str, Any]]] = {}
     for hit in hits:
         by_neuron.setdefault(int(hit["neuron"]), []).append(
-            {key: hit.get(key) for key in ("head", "rank", "score", "overlap", "response", "spread", "neuron_spread",
-                                           "distance", "words")})
+            {"head": int(hit["head"]), **{key: hit.get(key) for key in (
+                "rank", "score", "overlap", "response", "spread", "neuron_spread", "distance", "words")}})
     return by_neuron
 
 
@@ -403,6 +403,11 @@ def run_explore(config: ExploreConfig, model) -> ExploreResult:
     kept = torch.zeros(contribution.numel(), dtype=torch.bool)
     kept[order[:keep]] = True
     kept = kept.view(n_neurons, n_heads)
+    for n, hits in subconcepts.items():  # a sub-concept always gets its page, whatever its contribution
+        for hit in hits:
+            if 0 <= n < n_neurons and 0 <= hit["head"] < n_heads:
+                kept[n, hit["head"]] = True
+    keep = int(kept.sum())
     pair_images = stats.pair_top_images[:t].cpu()
     neuron_images = stats.neuron_top_images[:min(t, stats.neuron_top_images.shape[0])].cpu()
     head_images = stats.head_top_images[:min(t, stats.head_top_images.shape[0])].cpu()
@@ -478,6 +483,7 @@ def run_explore(config: ExploreConfig, model) -> ExploreResult:
                       _register("search", _search_index(model, stats, vocabulary, kept, config.search_results)))
 
     landing = min(config.landing_units, keep)
+    order = order[kept.flatten()[order]]
     top_pairs = [divmod(i, n_heads) for i in order[:landing].tolist()]
     top_neurons = stats.neuron_top_norm.float().cpu().argsort(descending=True)[:config.landing_units].tolist()
     command = command_line(config, model.info.name, model.info.pretrained)
