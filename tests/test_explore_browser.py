@@ -7,13 +7,13 @@ otherwise. Page-open times are printed (``-s``), never asserted. ``SEGCLIP_SCREE
 from __future__ import annotations
 
 import os
-import shutil
+import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
-from explore_data import PLANTED_WORD, statistics, write_images, write_labels
+from explore_data import PLANTED_WORD, read_shard, statistics, write_images, write_labels
 
 from segclip.decompose.pairs import PairDirections
 from segclip.explore import ExploreConfig, run_explore
@@ -102,8 +102,8 @@ def test_pair_page_from_disk(site, browser):
         "var c = document.querySelector('.pair-page .thumb canvas');"
         "return Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data);")
     alpha = torch.tensor(cells[3::4], dtype=torch.float32)
-    from explore_data import read_shard
-    page = read_shard(result.out / "data" / "neurons" / f"{n // 8}.js")[1]["neurons"][str(n)]["pairs"][str(h)]
+    per_shard = read_shard(result.out / "data" / "site.js")[1]["neurons_per_shard"]
+    page = read_shard(result.out / "data" / "neurons" / f"{n // per_shard}.js")[1]["neurons"][str(n)]["pairs"][str(h)]
     expected = decode_map(page["top"][0]).abs()
     assert alpha.max() > 100 and int(alpha.argmax()) == int(expected.argmax())
     words = [w.text for w in browser.find_elements(By.CSS_SELECTOR, ".pair-page .words .word")]
@@ -140,6 +140,6 @@ def test_page_open_times(site, browser):
             screenshot(browser, "neuron")
         if hash_ == f"#/head/{h}":
             screenshot(browser, "head")
-    shutil.os.sys.stdout.write("".join(f"\npage-open {k}: {w:.0f} ms (load + render), {r:.1f} ms (render in page)"
-                                       for k, (w, r) in times.items()) + "\n")
+    sys.stdout.write("".join(f"\npage-open {k}: {w:.0f} ms (load + render), {r:.1f} ms (render in page)"
+                             for k, (w, r) in times.items()) + "\n")
     assert not severe_logs(browser)
