@@ -135,12 +135,20 @@ def encode_maps(maps: torch.Tensor) -> list[dict[str, Any]]:
         >>> encoded = encode_maps(torch.tensor([[0.5, -1.0, 0.0]]))
         >>> encoded[0]["s"], decode_map(encoded[0]).tolist()
         (1.0, [0.5039370059967041, -1.0, 0.0])
+        >>> [decode_map(m).tolist() for m in encode_maps(torch.tensor([[1.0, -1.0], [0.0, 0.5]]))]
+        [[1.0, -1.0], [0.0, 0.5]]
     """
     maps = maps.detach().float().cpu()
     scale = maps.abs().amax(dim=1).clamp_min(1e-30)
     quantised = (maps / scale[:, None] * 127).round().clamp(-127, 127).to(torch.int8).numpy()
-    return [{"s": float(s), "m": base64.b64encode(row.tobytes()).decode("ascii")}
-            for s, row in zip(scale.tolist(), quantised)]
+    width = maps.shape[1]
+    if width % 3 == 0:  # every 3 bytes are 4 characters: one encoding of the block, cut per row
+        text = base64.b64encode(quantised.tobytes()).decode("ascii")
+        step = width // 3 * 4
+        rows = [text[i * step:(i + 1) * step] for i in range(len(quantised))]
+    else:
+        rows = [base64.b64encode(row.tobytes()).decode("ascii") for row in quantised]
+    return [{"s": s, "m": row} for s, row in zip(scale.tolist(), rows)]
 
 
 def decode_map(encoded: dict[str, Any]) -> torch.Tensor:
@@ -241,7 +249,8 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
 
 
 def _register(name: str, data: Any) -> str:
-    return f"segclipExplorer.register({json.dumps(name)},{json.dumps(to_jsonable(data), separators=(',', ':'))});\n"
+    """A data script: ``segclipExplorer.register(name, data);`` (``data`` of plain JSON values)."""
+    return f"segclipExplorer.register({json.dumps(name)},{json.dumps(data, separators=(',', ':'))});\n"
 
 
 def command_line(config: ExploreConfig, model_name: str, pretrained: str) -> str:
@@ -441,38 +450,43 @@ def run_explore(config: ExploreConfig, model) -> ExploreResult:
     for image, path in zip(traced, paths):
         atomic_write_bytes(out / "thumbs" / f"{image}.jpg", _thumbnail(path, config.thumbnail_size))
 
-    pair_norms = PairDirections(model.pool).norms().detach().float().cpu()
-    std = torch.diagonal(stats.neuron_covariance, dim1=1, dim2=2).clamp_min(0).sqrt().float().cpu()
-    mean = stats.mean_scalars.float().cpu()
-    deviations = stats.deviations.float().cpu()
-    signs = stats.signs.cpu()
-    registers = rank_registers(stats.register_scores.cpu(), config.registers).tolist() if config.registers else []
-    register_scores = stats.register_scores.float().cpu()
+    # numpy copies: the loops below index single values, which costs microseconds per torch scalar
+    norms_of = contribution.numpy()
+    pair_norms = PairDirections(model.pool).norms().detach().float().cpu().numpy()
+    std = torch.diagonal(stats.neuron_covariance, dim1=1, dim2=2).clamp_min(0).sqrt().float().cpu().numpy()
+    mean = stats.mean_scalars.float().cpu().numpy()
+    deviations = stats.deviations.float().cpu().numpy()  # (k, N, H)
+    signs = stats.signs.cpu().numpy()
+    kept_of = kept.numpy()
+    tops = pair_images.numpy()
+    registers = set(rank_registers(stats.register_scores.cpu(), config.registers).tolist()) if config.registers \
+        else set()
+    register_scores = stats.register_scores.float().cpu().numpy()
+    neuron_norms = stats.neuron_top_norm.float().cpu().numpy()
     label_of = labels or {"pairs": {}, "neurons": {}, "heads": {}, "head_kind": "pcs"}
 
     def pair_page(n: int, h: int) -> dict[str, Any]:
-        values = (mean[n, h] + deviations[:, n, h]).numpy()
-        counts, edges = np.histogram(values, bins=config.histogram_bins)
+        tail = deviations[:, n, h]
+        counts, edges = np.histogram(mean[n, h] + tail, bins=config.histogram_bins)
         return {
-            "norm": float(contribution[n, h]), "w_norm": float(pair_norms[n, h]), "sign": int(signs[n, h]),
-            "mean": float(mean[n, h]), "std": float(std[n, h]),
-            "positive": float((deviations[:, n, h] > 0).float().mean()), "tail": len(values),
-            "histogram": {"edges": [round(float(e), 6) for e in edges], "counts": counts.tolist()},
+            "norm": float(norms_of[n, h]), "w_norm": float(pair_norms[n, h]), "sign": int(signs[n, h]),
+            "mean": float(mean[n, h]), "std": float(std[n, h]), "positive": float((tail > 0).mean()),
+            "tail": len(tail), "histogram": {"edges": [round(float(e), 6) for e in edges], "counts": counts.tolist()},
             "words": _words(label_of["pairs"].get((n, h))),
-            "top": [{"i": image, **collector.pairs[position[image], n, h]} for image in pair_images[:, n, h].tolist()]}
+            "top": [{"i": image, **collector.pairs[position[image], n, h]} for image in tops[:, n, h].tolist()]}
 
     shards = 0
     for first in range(0, n_neurons, config.neurons_per_shard):
         neurons = {}
         for n in range(first, min(first + config.neurons_per_shard, n_neurons)):
-            ranked = contribution[n].argsort(descending=True, stable=True).tolist()
+            ranked = np.argsort(-norms_of[n], kind="stable").tolist()
             neurons[n] = {
-                "norm": float(stats.neuron_top_norm[n]), "register": n in registers,
+                "norm": float(neuron_norms[n]), "register": n in registers,
                 "register_score": float(register_scores[n]), "words": _words(label_of["neurons"].get(n)),
-                "heads": [[h, float(contribution[n, h]), bool(kept[n, h])] for h in ranked],
+                "heads": [[h, float(norms_of[n, h]), bool(kept_of[n, h])] for h in ranked],
                 "top": [{"i": image, **collector.neurons[position[image], n]}
                         for image in neuron_images[:, n].tolist()],
-                "pairs": {h: pair_page(n, h) for h in ranked if kept[n, h]},
+                "pairs": {h: pair_page(n, h) for h in ranked if kept_of[n, h]},
                 "subconcepts": subconcepts.get(n, [])}
         atomic_write_text(out / "data" / "neurons" / f"{first // config.neurons_per_shard}.js",
                           _register(f"neurons/{first // config.neurons_per_shard}", {"neurons": neurons}))
@@ -490,7 +504,8 @@ def run_explore(config: ExploreConfig, model) -> ExploreResult:
     site = {
         "version": SITE_VERSION, "neurons": n_neurons, "heads": n_heads, "grid": grid,
         "neurons_per_shard": config.neurons_per_shard, "threshold": threshold, "pairs_kept": keep,
-        "keep_pairs": config.keep_pairs, "registers": registers, "head_kind": label_of["head_kind"],
+        "keep_pairs": config.keep_pairs, "registers": sorted(registers, key=lambda r: -register_scores[r]),
+        "head_kind": label_of["head_kind"],
         "labelled": labels is not None, "uniform_attention": 1 / (grid * grid + 1),
         "landing": {
             "pairs": [[n, h, float(contribution[n, h]), _words(label_of["pairs"].get((n, h)), 3)]
