@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from explore_data import PLANTED_WORD, read_shard, statistics, write_images, write_labels
 
+from segclip.analysis.statistics import Statistics
 from segclip.data.images import read_image
 from segclip.data.preprocess import clip_batch
 from segclip.decompose.pairs import PairDirections
@@ -90,6 +92,11 @@ def test_pair_page_words_statistics_and_siblings(built):
     assert page["mean"] == pytest.approx(float(stats.mean_scalars[n, h]))
     assert page["std"] == pytest.approx(float(stats.neuron_covariance[n, h, h].sqrt()), rel=1e-5)
     assert sum(page["histogram"]["counts"]) == stats.top_k == page["tail"]
+    saved = Statistics.load(config.statistics)  # what the site read: float16 deviations
+    tail = (saved.mean_scalars[n, h] + saved.deviations[:, n, h]).numpy()
+    counts, edges = np.histogram(tail, config.histogram_bins)
+    assert page["histogram"]["counts"] == counts.tolist()
+    assert page["histogram"]["edges"] == pytest.approx(edges.tolist(), abs=1e-5)
     assert len(page["histogram"]["edges"]) == config.histogram_bins + 1
     norms = [norm for _, norm, _ in neuron["heads"]]
     assert norms == sorted(norms, reverse=True)  # siblings ranked by contribution

@@ -157,6 +157,31 @@ def decode_map(encoded: dict[str, Any]) -> torch.Tensor:
     return torch.from_numpy(raw * np.float32(encoded["s"]) / np.float32(127))
 
 
+def tail_histograms(values: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """Fixed-bin histograms of many samples at once, as ``numpy.histogram(values[:, p], bins)`` per column p.
+
+    Args:
+        values: (k, P) k samples of P units.
+        bins: bins per unit, equal widths between the unit's smallest and largest sample (+-0.5 when they are equal).
+
+    Returns:
+        (edges (P, bins + 1), counts (P, bins) int64).
+
+    Example:
+        >>> edges, counts = tail_histograms(np.array([[0.0, 1.0], [1.0, 1.0], [3.0, 1.0]]), 3)
+        >>> edges[0].tolist(), counts.tolist()
+        ([0.0, 1.0, 2.0, 3.0], [[1, 1, 1], [0, 3, 0]])
+    """
+    low, high = values.min(0).astype(np.float64), values.max(0).astype(np.float64)
+    flat = high <= low
+    low, high = np.where(flat, low - 0.5, low), np.where(flat, high + 0.5, high)
+    edges = low[:, None] + (high - low)[:, None] * np.arange(bins + 1)[None] / bins
+    index = np.floor((values - low) / (high - low) * bins).astype(np.int64).clip(0, bins - 1)  # (k, P)
+    counts = np.zeros((values.shape[1], bins), dtype=np.int64)
+    np.add.at(counts, (np.broadcast_to(np.arange(values.shape[1]), index.shape), index), 1)
+    return edges, counts
+
+
 def read_labels(path: Path) -> dict[str, Any]:
     """Words per unit from ``segclip analyze label`` (a folder holding ``label.csv``, or that file).
 
@@ -465,9 +490,14 @@ def run_explore(config: ExploreConfig, model) -> ExploreResult:
     neuron_norms = stats.neuron_top_norm.float().cpu().numpy()
     label_of = labels or {"pairs": {}, "neurons": {}, "heads": {}, "head_kind": "pcs"}
 
+    kept_pairs = kept.nonzero().numpy()
+    edges_of, counts_of = tail_histograms(mean[kept_pairs[:, 0], kept_pairs[:, 1]]
+                                          + deviations[:, kept_pairs[:, 0], kept_pairs[:, 1]], config.histogram_bins)
+    histogram_of = {(n, h): p for p, (n, h) in enumerate(kept_pairs.tolist())}
+
     def pair_page(n: int, h: int) -> dict[str, Any]:
         tail = deviations[:, n, h]
-        counts, edges = np.histogram(mean[n, h] + tail, bins=config.histogram_bins)
+        edges, counts = edges_of[histogram_of[n, h]], counts_of[histogram_of[n, h]]
         return {
             "norm": float(norms_of[n, h]), "w_norm": float(pair_norms[n, h]), "sign": int(signs[n, h]),
             "mean": float(mean[n, h]), "std": float(std[n, h]), "positive": float((tail > 0).mean()),
