@@ -11,7 +11,7 @@ from explore_data import PLANTED_WORD, read_shard, statistics, write_images, wri
 from segclip.analysis.statistics import Statistics
 from segclip.data.images import read_image
 from segclip.data.preprocess import clip_batch
-from segclip.decompose.pairs import PairDirections
+from segclip.core.pairs import PairDirections
 from segclip.errors import ConfigError, OutputError
 from segclip.explore import ExploreConfig, run_explore
 from segclip.explore.site import decode_map, read_labels

@@ -15,7 +15,7 @@ import pytest
 import torch
 from explore_data import PLANTED_WORD, read_shard, statistics, write_images, write_labels
 
-from segclip.decompose.pairs import PairDirections
+from segclip.core.pairs import PairDirections
 from segclip.explore import ExploreConfig, run_explore
 from segclip.explore.site import decode_map
 from segclip.models import load_model

@@ -312,7 +312,7 @@ def _search_vocabulary(config: ExploreConfig, labels: dict[str, Any] | None, cla
 def _search_index(model, stats, words: list[str], kept: torch.Tensor, results: int) -> dict[str, Any]:
     """Per word, kept pairs by s cos(w, t), neurons and heads by the cosine of their first PC."""
     from segclip.analysis.components import component_directions, principal_components
-    from segclip.decompose.pairs import PairDirections
+    from segclip.core.pairs import PairDirections
     from segclip.models.text import encode_classes
 
     if not words:
@@ -405,10 +405,10 @@ def run_explore(config: ExploreConfig, model) -> ExploreResult:
         >>> result.index.name, result.pairs_kept, result.images_traced
         ('index.html', 2048, 4)
     """
-    from segclip.analysis.sink import rank_registers
+    from segclip.core.registers import rank_registers
     from segclip.analysis.statistics import Statistics
     from segclip.analysis.stream import run_pass
-    from segclip.decompose.pairs import PairDirections
+    from segclip.core.pairs import PairDirections
 
     start = time.perf_counter()
     out = Path(config.out)
