@@ -30,6 +30,7 @@ import torch
 from segclip.config import check_positive, option
 from segclip.errors import ConfigError, DataError, OutputError
 from segclip.io import atomic_write_csv, atomic_write_json, provenance
+from segclip.models.loading import ModelSource, resolve_model
 
 log = logging.getLogger(__name__)
 
@@ -193,12 +194,13 @@ class _Embeddings:
         self.embeddings, self.responses = state["embeddings"].clone(), state["responses"].clone()
 
 
-def run_subconcepts(config: SubconceptsConfig, model) -> SubconceptsResult:
+def run_subconcepts(config: SubconceptsConfig, model: ModelSource) -> SubconceptsResult:
     """Find, label and rank the sub-concept pairs of every neuron; write JSON, CSV and a montage per hit.
 
     Args:
         config: the options (:class:`SubconceptsConfig`).
-        model: the :class:`~segclip.models.loading.CLIPResNet` the statistics were computed with.
+        model: the :class:`~segclip.models.loading.CLIPResNet` the statistics were computed with, or a loader
+            called once the inputs are checked.
 
     Returns:
         The :class:`SubconceptsResult`.
@@ -243,6 +245,7 @@ def run_subconcepts(config: SubconceptsConfig, model) -> SubconceptsResult:
         raise OutputError(f"{out / 'subconcepts.json'} exists; pass --overwrite to replace it, or choose another "
                           "--out.")
     stats = Statistics.load(config.statistics)
+    model = resolve_model(model)
     meta = stats.metadata
     if (meta.get("model"), meta.get("weights_hash")) != (model.info.name, model.info.weights_hash):
         raise ConfigError(f"--statistics {config.statistics} was computed for {meta.get('model')}, not "

@@ -13,7 +13,9 @@ from segclip.analysis.label import LabelConfig, run_label
 from segclip.analysis.reconstruct import AblateConfig, ReconstructConfig, run_ablate, run_reconstruct
 from segclip.analysis.shift import ShiftConfig, run_shift
 from segclip.analysis.sink import SinkConfig, run_sink
+from segclip.analysis.subconcepts import SubconceptsConfig, SubconceptsResult, run_subconcepts
 from segclip.analysis.top_images import TopImagesConfig, run_top_images
+from segclip.explore.site import ExploreConfig, ExploreResult, run_explore
 from segclip.segment.run import (
     CompareConfig,
     EvalConfig,
@@ -52,6 +54,22 @@ def write_scores(result: EvalResult, config: Any) -> int:
 def write_segmentation(result: SegmentResult, config: SegmentConfig) -> int:
     result.write(config.out)
     print(f"segmented {len(result.files)} image(s) into {config.out}")
+    return 0
+
+
+def print_site(result: ExploreResult, config: ExploreConfig) -> int:
+    print(f"wrote the explorer to {result.index} ({result.pairs_kept:,} of {result.pairs_total:,} pairs with a page, "
+          f"contribution >= {result.threshold:.4g}; {result.images_traced} images traced; {result.bytes / 1e6:.1f} MB "
+          f"in {result.seconds:.0f} s); open it in a browser")
+    return 0
+
+
+def print_subconcepts(result: SubconceptsResult, config: SubconceptsConfig) -> int:
+    print(f"{result.found} sub-concept pairs of {result.pairs:,} ({len(result.hits)} kept, best first):")
+    for hit in result.hits[:10]:
+        print(f"  {hit.rank:3d}. pair {hit.neuron}:{hit.head} (neuron {hit.neuron}) score {hit.score:.3f}: "
+              f"{hit.words}")
+    sys.stderr.write(f"results: {result.json}, {result.csv}\n")
     return 0
 
 
@@ -112,6 +130,17 @@ COMMANDS: tuple[Command, ...] = (
     _analysis("shift", "per-image concept scores aggregated by group (section 5.2)", ShiftConfig, run_shift),
     _analysis("sink", "class-token attention to the last token per head; register neurons (A.6)", SinkConfig,
               run_sink),
+    Command("subconcepts", "pairs whose top images are a coherent part of their neuron's concept, labelled (A.3)",
+            "For each neuron, find the pairs whose top images form a coherent subset of the neuron's (top-image "
+            "overlap, response, spread, centroid distance), label each by a sparse decomposition of the centroid "
+            "difference over a vocabulary, and write a ranked subconcepts.json / .csv with a montage per hit.",
+            SubconceptsConfig, lambda c, m, v: run_subconcepts(c, m), print_subconcepts, group="analyze",
+            group_help=ANALYZE),
+    Command("explore", "build a static, offline explorer of pairs, neurons and heads (open index.html)",
+            "Write a static site that opens by double-click from disk (no server, no network): a page per "
+            "neuron-head pair (top images with the pair's spatial map, words, statistics, siblings), neuron and head, "
+            "search by word, and the units with the largest contributions on the landing page.",
+            ExploreConfig, lambda c, m, v: run_explore(c, m), print_site),
 )
 
 __all__ = ["COMMANDS", "Command", "is_primary"]

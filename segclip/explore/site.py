@@ -54,6 +54,7 @@ from PIL import Image
 from segclip.config import check_positive, option
 from segclip.errors import ConfigError, DataError, OutputError
 from segclip.io import atomic_write_bytes, atomic_write_text, git_revision, package_versions, read_lines, to_jsonable
+from segclip.models.loading import ModelSource, resolve_model
 
 log = logging.getLogger(__name__)
 
@@ -370,12 +371,13 @@ def _read_subconcepts(path: Path | None) -> dict[int, list[dict[str, Any]]]:
     return by_neuron
 
 
-def run_explore(config: ExploreConfig, model) -> ExploreResult:
+def run_explore(config: ExploreConfig, model: ModelSource) -> ExploreResult:
     """Build the static explorer site of a model's statistics.
 
     Args:
         config: the options (:class:`ExploreConfig`).
-        model: the :class:`~segclip.models.loading.CLIPResNet` the statistics were computed with.
+        model: the :class:`~segclip.models.loading.CLIPResNet` the statistics were computed with, or a loader
+            called once the inputs are checked.
 
     Returns:
         The :class:`ExploreResult` (``result.index`` opens in a browser from disk).
@@ -405,14 +407,15 @@ def run_explore(config: ExploreConfig, model) -> ExploreResult:
         >>> result.index.name, result.pairs_kept, result.images_traced
         ('index.html', 2048, 4)
     """
-    from segclip.core.registers import rank_registers
     from segclip.analysis.statistics import Statistics
     from segclip.analysis.stream import run_pass
     from segclip.core.pairs import PairDirections
+    from segclip.core.registers import rank_registers
 
     start = time.perf_counter()
     out = Path(config.out)
     stats = Statistics.load(config.statistics)
+    model = resolve_model(model)
     meta = stats.metadata
     if (meta.get("model"), meta.get("weights_hash")) != (model.info.name, model.info.weights_hash):
         raise ConfigError(f"--statistics {config.statistics} was computed for {meta.get('model')} (weights "
