@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from segclip.analysis.stream import merge_rows
 from segclip.core.pairs import PairDirections
 from segclip.core.trace import Trace
 from segclip.errors import DataError
@@ -29,6 +30,11 @@ class Embeddings:
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.values = state["values"].clone()
+
+    def merge(self, other: Embeddings) -> None:
+        """Take the rows ``other`` computed (a row is done when it is nonzero: embeddings have norm one)."""
+        self.values = merge_rows(self.values, other.values, self.values.abs().sum(-1) > 0,
+                                 other.values.abs().sum(-1) > 0, "embeddings")
 
 
 def inertia(embeddings: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
@@ -88,6 +94,11 @@ class ConceptScores:
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.scores = state["scores"].clone()
+
+    def merge(self, other: ConceptScores) -> None:
+        """Take the rows ``other`` computed (a row is done when it is not NaN)."""
+        self.scores = merge_rows(self.scores, other.scores, ~self.scores.isnan().all(-1),
+                                 ~other.scores.isnan().all(-1), "concept scores")
 
 
 def read_groups(path: str | Path, folder: str | Path, concepts: list[str]
