@@ -69,9 +69,13 @@ def _merge_top(values: torch.Tensor, carried: list[torch.Tensor], new_values: to
                                                                                                 *c.shape[1:]))
                    for c in carried]
 
+    def order_of(keys: torch.Tensor, descending: bool) -> torch.Tensor:
+        # sorted along a contiguous last dim (about 2x faster than along dim 0)
+        return keys.movedim(0, -1).contiguous().sort(dim=-1, descending=descending, stable=True).indices.movedim(-1, 0)
+
     if not sequential:
-        take(carried[0].argsort(dim=0, stable=True))
-    take(values.sort(dim=0, descending=largest, stable=True).indices[:min(k, values.shape[0])])
+        take(order_of(carried[0], False))
+    take(order_of(values, largest)[:min(k, values.shape[0])])
     return values, carried
 
 
