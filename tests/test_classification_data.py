@@ -177,3 +177,16 @@ def test_duplicate_names_for_classification_only():
     assert accuracy.predictions.tolist() == [[0]]
     logits = torch.tensor([[0.2, 0.9, 0.3, 0.9], [0.9, 0.1, 0.9, 0.0]])
     assert zero_shot_predict(logits).tolist() == [1, 0]
+
+
+def test_dataset_config(tmp_path):
+    from segclip.config import build_config
+    from segclip.data.classification import DatasetConfig
+
+    write_cars(tmp_path)
+    data = build_config(DatasetConfig, {"dataset": "stanford_cars", "data-root": str(tmp_path)}).read()
+    assert len(data) == 9 and data.description["split"] == "train"
+    with pytest.raises(ConfigError, match="--data-root"):
+        DatasetConfig(dataset="stanford_cars")
+    with pytest.raises(ConfigError, match="--colours applies"):
+        DatasetConfig(dataset="imagenet", data_root=tmp_path, colours=tmp_path / "c.csv")

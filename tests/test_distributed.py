@@ -8,7 +8,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -141,3 +140,12 @@ def test_two_processes_equal_one(tmp_path):
     run_pass(model, paths, accuracy, key={}, batch_size=3, progress=False)
     assert torch.equal(torch.load(out / "predictions.pt"), accuracy.predictions)
     assert (accuracy.predictions >= 0).all()
+
+
+def test_process_config():
+    from segclip.analysis.distributed import ProcessConfig
+    from segclip.config import build_config
+
+    assert build_config(ProcessConfig, {"devices": "2", "num-nodes": "3"}).world_size == 6
+    with pytest.raises(ConfigError, match="--devices"):
+        ProcessConfig(devices=0)

@@ -105,3 +105,18 @@ def test_report():
     assert report.to_dict()["tests"][0]["stattest_name"] == "K-S p_value"
     with pytest.raises(ValueError, match="does not occur"):
         drift_report(scores, groups, "1999")
+
+
+def test_config_from_flags():
+    from segclip.analysis.drift import DriftConfig
+    from segclip.config import build_config
+    from segclip.errors import ConfigError
+
+    config = build_config(DriftConfig, {"drift-methods": "ks,mmd", "drift-threshold": "0.01", "permutations": "199"})
+    assert config.drift_methods == ("ks", "mmd") and config.drift_threshold == 0.01
+    rng = np.random.default_rng(9)
+    report = config.report(np.r_[rng.normal(0, 1, 20), rng.normal(5, 1, 20)], ["2012"] * 20 + ["2000"] * 20)
+    assert report.reference == "2000" and all(t.drift_detected and t.threshold == 0.01 for t in report.tests)
+    assert [t.details.get("n_permutations") for t in report.tests] == [None, 199]
+    with pytest.raises(ConfigError, match="--drift-threshold"):
+        DriftConfig(drift_threshold=1.5)

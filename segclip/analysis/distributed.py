@@ -31,6 +31,7 @@ from segclip.analysis.stream import Mergeable, atomic_save, images_digest, read_
 from segclip.data.images import read_image
 from segclip.data.preprocess import clip_batch
 from segclip.decompose.trace import Hook
+from segclip.config import check_positive, option
 from segclip.errors import ConfigError
 from segclip.models.loading import CLIPResNet
 
@@ -188,6 +189,36 @@ class ImageListData(L.LightningDataModule):
         return DataLoader(ImageList(task.paths, task.model.info.image_size), batch_sampler=sampler,
                           collate_fn=collate_images, num_workers=self.num_workers,
                           persistent_workers=False, pin_memory=False)
+
+
+@dataclass(frozen=True)
+class ProcessConfig:
+    """How many processes run an analysis pass, and how many workers feed each (the ``--devices``,
+    ``--num-nodes`` and ``--num-workers`` flags of ``calibrate`` and ``analyze``).
+
+    Example:
+        >>> ProcessConfig(devices=2).world_size
+        2
+        >>> ProcessConfig(num_workers=-1)
+        Traceback (most recent call last):
+        ...
+        segclip.errors.ConfigError: --num-workers must be at least 0, got -1.
+    """
+
+    devices: int = option(1, help="processes (devices) per node; DDP when devices x num_nodes > 1 (gloo on CPU, "
+                                  "one GPU per process on CUDA)")
+    num_nodes: int = option(1, help="nodes; launch the same command on every node with Lightning's environment "
+                                    "(MASTER_ADDR, MASTER_PORT, NODE_RANK)")
+    num_workers: int = option(0, help="DataLoader workers per process that read and resize images (0: in the "
+                                      "process)")
+
+    def __post_init__(self) -> None:
+        check_positive(self, "devices", "num_nodes")
+        check_positive(self, "num_workers", allow_zero=True)
+
+    @property
+    def world_size(self) -> int:
+        return self.devices * self.num_nodes
 
 
 @dataclass(frozen=True)

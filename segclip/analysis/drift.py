@@ -26,6 +26,9 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from segclip.config import option
+from segclip.errors import ConfigError
+
 METHODS = ("ks", "mmd", "classifier")
 STATTEST_NAMES = {"ks": "K-S p_value", "mmd": "MMD permutation p_value", "classifier": "domain classifier AUROC p_value"}
 
@@ -261,6 +264,44 @@ def classifier_drift(reference: np.ndarray, current: np.ndarray, *, threshold: f
                      threshold, p_value < threshold,
                      {"classifier": "logistic_regression", "n_folds": folds, "seed": seed, "n_reference": len(x),
                       "n_current": len(y)})
+
+
+@dataclass(frozen=True)
+class DriftConfig:
+    """The drift options of ``shift``.
+
+    Example:
+        >>> DriftConfig(drift_methods=("ks", "psi"))
+        Traceback (most recent call last):
+        ...
+        segclip.errors.ConfigError: --drift-methods: unknown ['psi']; use ks, mmd, classifier.
+    """
+
+    reference: str | None = option(None, help="reference group of the drift tests (default: the first group in "
+                                              "sorted order, e.g. the earliest model year)")
+    drift_methods: tuple[str, ...] = option(METHODS, help="two-sample tests against the reference group: ks "
+                                                          "(scores), mmd and classifier (pair-contribution vectors)")
+    drift_threshold: float = option(0.05, help="significance level of every drift test (drift_detected = p_value "
+                                               "< threshold)")
+    confidence: float = option(0.95, help="coverage of the per-group mean intervals")
+    permutations: int = option(100, help="permutations of the MMD test")
+    seed: int = option(0, help="seed of the MMD permutations and the classifier's folds")
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.drift_methods) - set(METHODS))
+        if unknown:
+            raise ConfigError(f"--drift-methods: unknown {unknown}; use {', '.join(METHODS)}.")
+        for name in ("drift_threshold", "confidence"):
+            if not 0 < getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be between 0 and 1, got {getattr(self, name)}.")
+        if self.permutations < 1:
+            raise ConfigError(f"--permutations must be at least 1, got {self.permutations}.")
+
+    def report(self, scores: np.ndarray, groups: list[str], features: np.ndarray | None = None) -> DriftReport:
+        """:func:`drift_report` with these options (reference: the given one, else the first sorted group)."""
+        return drift_report(scores, groups, self.reference or sorted(set(groups))[0], features=features,
+                            methods=self.drift_methods, threshold=self.drift_threshold, confidence=self.confidence,
+                            n_permutations=self.permutations, seed=self.seed)
 
 
 @dataclass(frozen=True)

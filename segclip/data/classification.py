@@ -29,7 +29,8 @@ import numpy as np
 import torch
 
 from segclip.data.images import IMAGE_EXTENSIONS, list_images
-from segclip.errors import DataError
+from segclip.config import option
+from segclip.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -398,3 +399,40 @@ def read_dataset(name: str, root: str | Path, *, split: str | None = None, class
     if name == "folder":
         return read_folder(root, class_names)
     raise DataError(f"unknown dataset '{name}'; use one of {', '.join(DATASETS)}")
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    """Which dataset an analysis reads (the ``--dataset`` / ``--data-root`` family of flags).
+
+    Example:
+        >>> DatasetConfig(dataset="imagenet")
+        Traceback (most recent call last):
+        ...
+        segclip.errors.ConfigError: --dataset imagenet needs --data-root (the folder holding val/).
+    """
+
+    dataset: str = option("folder", help="dataset layout: folder (class subfolders or plain images), imagenet "
+                                         "(val/<wnid>/ or flat ILSVRC2012 files + devkit), stanford_cars "
+                                         "(torchvision's layout)", choices=DATASETS)
+    data_root: Path | None = option(None, help="the dataset folder")
+    split: str = option("train", help="Stanford Cars split (train, as the paper, or test)", choices=("train", "test"))
+    colours: Path | None = option(None, help="Stanford Cars colour labels: a CSV with columns image, colour")
+    class_names: Path | None = option(None, help="class-names file of a labelled folder (folder<TAB>text name)")
+
+    def __post_init__(self) -> None:
+        if self.dataset not in DATASETS:
+            raise ConfigError(f"--dataset must be one of {', '.join(DATASETS)}, got '{self.dataset}'.")
+        if self.data_root is None:
+            where = {"imagenet": "the folder holding val/", "stanford_cars": "the folder holding stanford_cars/",
+                     "folder": "the image folder"}[self.dataset]
+            raise ConfigError(f"--dataset {self.dataset} needs --data-root ({where}).")
+        if self.split not in STANFORD_CARS_IMAGES:
+            raise ConfigError(f"--split must be train or test, got '{self.split}'.")
+        if self.colours is not None and self.dataset != "stanford_cars":
+            raise ConfigError("--colours applies to --dataset stanford_cars only.")
+
+    def read(self) -> ImageSet:
+        """Read and validate the dataset (:func:`read_dataset`)."""
+        return read_dataset(self.dataset, self.data_root, split=self.split, class_names=self.class_names,
+                            colours=self.colours)
