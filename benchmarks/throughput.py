@@ -16,6 +16,7 @@ stated for CPU); the GPU rows are printed too.
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -66,7 +67,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=48, help="images per pass (CPU); GPU passes use 8x.")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the 'with workers' rows.")
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice).")
     args = parser.parse_args()
     if args.threads:
@@ -79,7 +80,7 @@ def main() -> None:
     settings = [("cpu", torch.float32)]
     if torch.cuda.is_available():
         settings += [("cuda", torch.float32), ("cuda", torch.bfloat16)]
-    rows = []
+    rows, load_before = [], os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         count_for = {"cpu": args.images, "cuda": 8 * args.images}
         paths = make_images(Path(tmp), max(count_for[d] for d, _ in settings) + args.batch_size, 256)
@@ -98,7 +99,8 @@ def main() -> None:
                              best["no_registers"]))
                 del loader
     print(f"model: {args.model} ({args.pretrained}), batch {args.batch_size}, {args.images} timed images (CPU), "
-          f"torch threads {torch.get_num_threads()}")
+          f"torch threads {torch.get_num_threads()}, {os.cpu_count()} CPUs, load average {load_before:.1f} before "
+          f"and {os.getloadavg()[0]:.1f} after (other processes share the machine when it exceeds the CPU count)")
     print("| device | dtype | workers | encode_image img/s | statistics img/s | ratio | without registers img/s | ratio |")
     print("|---|---|---|---|---|---|---|---|")
     for device, dtype, workers, forward, statistics, plain in rows:

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from segclip.analysis.distributed import (ShardBatches, collect_statistics_distributed, rank_checkpoint,
-                                          run_distributed_pass)
+                                          remove_checkpoints, run_distributed_pass)
 from segclip.analysis.statistics import Statistics, collect_statistics
 from segclip.analysis.units import Embeddings
 from segclip.data.synthetic import classification_set
@@ -77,6 +77,8 @@ def test_resume_per_process(tmp_path):
     other = run_distributed_pass(model, paths, lambda m: Embeddings(10, m.info.embed_dim), key={"kind": "other"},
                                  batch_size=2, chunk_size=4, checkpoint=checkpoint)
     assert other.resumed_batches == 0  # another key: not resumed
+    remove_checkpoints(checkpoint, 1)
+    assert not rank_checkpoint(checkpoint, 0, 1).exists()
 
 
 def test_bad_process_options():

@@ -89,6 +89,12 @@ def rank_checkpoint(checkpoint: Path, rank: int, world_size: int) -> Path:
                                 ".safetensors")
 
 
+def remove_checkpoints(checkpoint: Path, world_size: int) -> None:
+    """Delete the per-process checkpoints of a finished pass (:func:`rank_checkpoint` for every rank)."""
+    for rank in range(world_size):
+        rank_checkpoint(checkpoint, rank, world_size).unlink(missing_ok=True)
+
+
 class AccumulatorTask(L.LightningModule):
     """Feed every batch's trace to an accumulator; checkpoint it every ``chunk_batches`` batches; merge on rank 0.
 
@@ -238,22 +244,27 @@ class PassResult:
     resumed_batches: int
 
 
-def make_pass_trainer(accelerator: str = "cpu", devices: int = 1, num_nodes: int = 1,
+def make_pass_trainer(device: torch.device, devices: int = 1, num_nodes: int = 1,
                       progress: bool = False) -> L.Trainer:
     """A Trainer for an analysis pass: DDP when ``devices * num_nodes > 1`` (gloo on CPU, nccl on GPUs).
 
+    Args:
+        device: where the model lives (its type picks the accelerator; one process on ``cuda:i`` uses GPU i).
+        devices: processes per node. num_nodes: nodes.
+        progress: show a progress bar on stderr.
+
     Raises:
-        ConfigError: ``devices`` or ``num_nodes`` below 1, or an unknown accelerator.
+        ConfigError: ``devices`` or ``num_nodes`` below 1.
     """
     if devices < 1 or num_nodes < 1:
         raise ConfigError(f"--devices and --num-nodes must be at least 1, got {devices} and {num_nodes}.")
-    if accelerator not in ("cpu", "gpu", "cuda"):
-        raise ConfigError(f"unknown accelerator '{accelerator}'; use cpu or gpu.")
+    accelerator = "gpu" if device.type == "cuda" else "cpu"
+    chosen: Any = devices if devices * num_nodes > 1 or device.type != "cuda" else [device.index or 0]
     from segclip.segment.lightning import StderrProgressBar
 
     for message in (r".*treespec, LeafSpec.*", r".*custom batch sampler `ShardBatches`.*", r".*predict returned None.*"):
         warnings.filterwarnings("ignore", message=message)  # Lightning's notices: nothing a user can act on
-    return L.Trainer(accelerator=accelerator, devices=devices, num_nodes=num_nodes,
+    return L.Trainer(accelerator=accelerator, devices=chosen, num_nodes=num_nodes,
                      strategy="ddp" if devices * num_nodes > 1 else "auto", logger=False,
                      enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=progress,
                      callbacks=[StderrProgressBar()] if progress else None, use_distributed_sampler=False,
@@ -303,8 +314,7 @@ def run_distributed_pass(model: CLIPResNet, paths: Sequence[Path], make_accumula
     if batch_size < 1 or num_workers < 0:
         raise ConfigError(f"--batch-size must be at least 1 and --num-workers at least 0, got {batch_size} and "
                           f"{num_workers}.")
-    accelerator = "gpu" if model.device.type == "cuda" else "cpu"
-    trainer = make_pass_trainer(accelerator, devices, num_nodes, progress)
+    trainer = make_pass_trainer(model.device, devices, num_nodes, progress)
     chunk_batches = max(1, -(-chunk_size // batch_size))
     task = AccumulatorTask(model, make_accumulator, key=key, paths=paths, batch_size=batch_size,
                            checkpoint=checkpoint, chunk_batches=chunk_batches, hooks=hooks)
