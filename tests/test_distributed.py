@@ -53,7 +53,7 @@ def test_one_process_and_workers_equal_run_pass(tmp_path):
     model = load_model()
     paths = write_set(tmp_path / "images", 10)
     reference = collect_statistics(model, paths, top_k=4, batch_size=3, progress=False)
-    for workers in (0, 2):
+    for workers in (2,):
         stats = collect_statistics_distributed(model, paths, top_k=4, batch_size=3, num_workers=workers)
         assert_same_statistics(reference, stats)
 
@@ -106,7 +106,7 @@ stats = collect_statistics_distributed(model, paths, top_k=4, batch_size=3, devi
 texts = encode_classes(model, list(SYNTHETIC_CLASSES), "single", cache=False)
 labels = torch.arange(len(paths)) % len(SYNTHETIC_CLASSES)
 result = run_distributed_pass(model, paths, lambda m: ConditionAccuracy({"plain": lambda t: t.output}, texts, labels),
-                              key={"kind": "accuracy"}, devices=devices, batch_size=3)
+                              key={"kind": "accuracy"}, devices=devices, batch_size=3, num_workers=1)
 if result.is_primary:
     stats.save(out / "statistics.safetensors")
     torch.save(result.accumulator.predictions, out / "predictions.pt")
