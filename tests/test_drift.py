@@ -120,3 +120,18 @@ def test_config_from_flags():
     assert [t.details.get("n_permutations") for t in report.tests] == [None, 199]
     with pytest.raises(ConfigError, match="--drift-threshold"):
         DriftConfig(drift_threshold=1.5)
+
+
+def test_drift_plot(tmp_path):
+    from PIL import Image
+
+    from segclip.viz.drift import drift_plot
+
+    rng = np.random.default_rng(10)
+    groups = ["2000"] * 20 + ["2012"] * 20
+    reports = {name: drift_report(np.r_[rng.normal(0, 1, 20), rng.normal(shift, 1, 20)], groups, "2000",
+                                  methods=("ks",)) for name, shift in (("convertible", 3.0), ("yellow", 0.0))}
+    drift_plot(tmp_path / "drift.png", reports, xlabel="model year")
+    assert Image.open(tmp_path / "drift.png").size[0] > 100
+    with pytest.raises(ValueError, match="no drift reports"):
+        drift_plot(tmp_path / "none.png", {})
