@@ -190,3 +190,25 @@ def test_dataset_config(tmp_path):
         DatasetConfig(dataset="stanford_cars")
     with pytest.raises(ConfigError, match="--colours applies"):
         DatasetConfig(dataset="imagenet", data_root=tmp_path, colours=tmp_path / "c.csv")
+
+
+def test_shift_on_fabricated_cars_end_to_end(tmp_path):
+    """Stanford Cars -> concept scores on the Lightning pass -> point-biserial and drift by model year."""
+    from segclip.analysis.distributed import run_distributed_pass
+    from segclip.analysis.drift import DriftConfig
+    from segclip.analysis.units import ConceptScores, concept_pairs, point_biserial
+    from segclip.models import load_model
+    from segclip.models.text import encode_classes
+
+    write_cars(tmp_path, n=12)
+    data = read_stanford_cars(tmp_path)
+    model = load_model()
+    pairs = concept_pairs(model.pool, encode_classes(model, ["convertible"], "single", cache=False), top=5)
+    result = run_distributed_pass(model, data.paths, lambda m: ConceptScores(m.pool, pairs, len(data)),
+                                  key={"kind": "shift"}, batch_size=4)
+    scores = result.accumulator.scores[:, 0]
+    assert not scores.isnan().any()
+    correlation = point_biserial(scores, data.concepts["convertible"])
+    assert -1 <= correlation <= 1
+    report = DriftConfig(drift_methods=("ks",)).report(scores.numpy(), data.groups("year"))
+    assert report.reference == "2000" and [t.group for t in report.tests] == ["2007", "2008", "2012"]
