@@ -9,7 +9,7 @@ import torch
 from segclip.analysis.evaluation import ConditionAccuracy
 from segclip.analysis.statistics import RunningStatistics
 from segclip.analysis.units import ConceptScores, Embeddings
-from segclip.decompose import trace_pool
+from segclip.core.trace import trace_pool
 from segclip.models import load_model
 
 BATCH, BATCHES = 3, 6

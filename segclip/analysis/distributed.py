@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -25,14 +26,17 @@ from typing import Any
 import lightning as L
 import torch
 import torch.distributed as dist
+from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from segclip.analysis.stream import Mergeable, atomic_save, images_digest, read_safetensors
+from segclip.analysis.stream import Mergeable, images_digest
 from segclip.data.images import read_image
 from segclip.data.preprocess import clip_batch
-from segclip.decompose.trace import Hook
+from segclip.core.trace import HookSpec
 from segclip.config import check_positive, option
 from segclip.errors import ConfigError
+from segclip.io import atomic_save_tensors, read_tensors
 from segclip.models.loading import CLIPResNet
 
 log = logging.getLogger(__name__)
@@ -116,7 +120,7 @@ class AccumulatorTask(L.LightningModule):
 
     def __init__(self, model: CLIPResNet, make_accumulator: AccumulatorFactory, *, key: dict[str, Any],
                  paths: Sequence[Path], batch_size: int, checkpoint: Path | None = None, chunk_batches: int = 8,
-                 hooks: dict[str, Hook] | None = None):
+                 hooks: HookSpec | None = None):
         super().__init__()
         self.model, self.make_accumulator, self.hooks = model, make_accumulator, hooks
         self.key, self.paths, self.batch_size = key, list(paths), batch_size
@@ -142,7 +146,7 @@ class AccumulatorTask(L.LightningModule):
         self.done_batches = 0
         path = self._path()
         if path is not None and path.is_file():
-            saved = read_safetensors(path)
+            saved = read_tensors(path)
             if saved is not None and saved[1].get("key") == self.full_key():
                 self.accumulator.load_state_dict(saved[0])
                 self.done_batches = int(saved[1]["done_batches"])
@@ -155,8 +159,8 @@ class AccumulatorTask(L.LightningModule):
     def _save(self) -> None:
         path = self._path()
         if path is not None:
-            atomic_save(self.accumulator.state_dict(), path,
-                        {"key": self.full_key(), "done_batches": str(self.done_batches)})
+            atomic_save_tensors(path, self.accumulator.state_dict(),
+                                {"key": self.full_key(), "done_batches": str(self.done_batches)})
 
     def predict_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         indices, images = batch
@@ -244,6 +248,14 @@ class PassResult:
     resumed_batches: int
 
 
+class PassProgressBar(TQDMProgressBar):
+    """Lightning's bar on stderr (its default is stdout), so that stdout holds only results."""
+
+    def init_predict_tqdm(self) -> Tqdm:
+        return Tqdm(desc="images", position=2 * self.process_position, disable=self.is_disabled, leave=False,
+                    dynamic_ncols=True, file=sys.stderr, smoothing=0, bar_format=self.BAR_FORMAT)
+
+
 def make_pass_trainer(device: torch.device, devices: int = 1, num_nodes: int = 1,
                       progress: bool = False) -> L.Trainer:
     """A Trainer for an analysis pass: DDP when ``devices * num_nodes > 1`` (gloo on CPU, nccl on GPUs).
@@ -260,21 +272,19 @@ def make_pass_trainer(device: torch.device, devices: int = 1, num_nodes: int = 1
         raise ConfigError(f"--devices and --num-nodes must be at least 1, got {devices} and {num_nodes}.")
     accelerator = "gpu" if device.type == "cuda" else "cpu"
     chosen: Any = devices if devices * num_nodes > 1 or device.type != "cuda" else [device.index or 0]
-    from segclip.segment.lightning import StderrProgressBar
-
     for message in (r".*treespec, LeafSpec.*", r".*custom batch sampler `ShardBatches`.*", r".*predict returned None.*"):
         warnings.filterwarnings("ignore", message=message)  # Lightning's notices: nothing a user can act on
     return L.Trainer(accelerator=accelerator, devices=chosen, num_nodes=num_nodes,
                      strategy="ddp" if devices * num_nodes > 1 else "auto", logger=False,
                      enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=progress,
-                     callbacks=[StderrProgressBar()] if progress else None, use_distributed_sampler=False,
+                     callbacks=[PassProgressBar()] if progress else None, use_distributed_sampler=False,
                      inference_mode=True)
 
 
 def run_distributed_pass(model: CLIPResNet, paths: Sequence[Path], make_accumulator: AccumulatorFactory, *,
                          key: dict[str, Any], devices: int = 1, num_nodes: int = 1, num_workers: int = 0,
                          batch_size: int = 8, chunk_size: int = 64, checkpoint: Path | None = None,
-                         hooks: dict[str, Hook] | None = None, progress: bool = False) -> PassResult:
+                         hooks: HookSpec | None = None, progress: bool = False) -> PassResult:
     """Run any mergeable accumulator over ``paths`` on ``devices x num_nodes`` processes; resumable per process.
 
     Under DDP (``devices * num_nodes > 1``) Lightning starts the other processes by running the calling script
@@ -324,9 +334,10 @@ def run_distributed_pass(model: CLIPResNet, paths: Sequence[Path], make_accumula
 
 
 def collect_statistics_distributed(model: CLIPResNet, paths: list[Path], *, top_k: int = 50, registers: bool = True,
-                                   top_fraction: float = 0.01, top_images: int = 10, batch_size: int = 8,
-                                   chunk_size: int = 64, checkpoint: Path | None = None, devices: int = 1,
-                                   num_nodes: int = 1, num_workers: int = 0, progress: bool = False):
+                                   register_variant: str = "activations", top_fraction: float = 0.01,
+                                   top_images: int = 10, batch_size: int = 8, chunk_size: int = 64,
+                                   checkpoint: Path | None = None, devices: int = 1, num_nodes: int = 1,
+                                   num_workers: int = 0, progress: bool = False):
     """:func:`~segclip.analysis.statistics.collect_statistics` on Lightning: same arguments plus ``devices``,
     ``num_nodes`` and ``num_workers``.
 
@@ -341,8 +352,10 @@ def collect_statistics_distributed(model: CLIPResNet, paths: list[Path], *, top_
     from segclip.analysis.statistics import STATISTICS_VERSION, RunningStatistics
 
     result = run_distributed_pass(
-        model, paths, lambda m: RunningStatistics(m.pool, top_k=top_k, registers=registers),
-        key={"kind": "statistics", "version": STATISTICS_VERSION, "top_k": top_k, "registers": registers},
+        model, paths,
+        lambda m: RunningStatistics(m.pool, top_k=top_k, registers=registers, register_variant=register_variant),
+        key={"kind": "statistics", "version": STATISTICS_VERSION, "top_k": top_k, "registers": registers,
+             "register_variant": register_variant},
         devices=devices, num_nodes=num_nodes, num_workers=num_workers, batch_size=batch_size,
         chunk_size=chunk_size, checkpoint=checkpoint, progress=progress)
     if not result.is_primary:
@@ -350,5 +363,5 @@ def collect_statistics_distributed(model: CLIPResNet, paths: list[Path], *, top_
     stats = result.accumulator.finalise(top_fraction=top_fraction, top_images=top_images)
     stats.metadata = {"model": model.info.name, "weights_hash": model.info.weights_hash,
                       "image_folder": str(Path(paths[0]).parent.resolve()) if paths else "",
-                      "images": [Path(p).name for p in paths]}
+                      "images": [Path(p).name for p in paths], "register_variant": register_variant}
     return stats

@@ -4,19 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
-from segclip.analysis.drift import DriftReport
 from segclip.viz.plots import _save, plt
 
 
-def drift_plot(path: Path, reports: Mapping[str, DriftReport], *, method: str = "ks", xlabel: str = "group",
+def drift_plot(path: Path, reports: Mapping[str, Any], *, method: str = "ks", xlabel: str = "group",
                title: str = "concept score by group") -> None:
     """Mean score per group with its interval, one line per concept; a filled marker where ``method`` detects
     drift against the reference group (hollow: no drift; a square: the reference).
 
     Args:
         path: the PNG to write (atomically).
-        reports: concept -> its :class:`~segclip.analysis.drift.DriftReport`.
+        reports: concept -> its :class:`~segclip.analysis.drift.DriftReport` (read through its ``reference``,
+            ``means`` and ``tests``; viz sits below analysis and does not import it).
         method: which test's ``drift_detected`` marks the groups (``ks``, ``mmd`` or ``classifier``).
         xlabel, title: axis label and title.
 
