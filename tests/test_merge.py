@@ -8,7 +8,7 @@ import torch
 
 from segclip.analysis.evaluation import ConditionAccuracy
 from segclip.analysis.statistics import RunningStatistics
-from segclip.analysis.units import ConceptScores, Embeddings
+from segclip.analysis.units import ConceptScores, ConceptVectors, Embeddings
 from segclip.core.trace import trace_pool
 from segclip.models import load_model
 
@@ -102,7 +102,7 @@ def _per_image(model, traces, make, batches):
     return acc
 
 
-@pytest.mark.parametrize("kind", ["accuracy", "embeddings", "concepts"])
+@pytest.mark.parametrize("kind", ["accuracy", "embeddings", "concepts", "vectors"])
 def test_per_image_merge_equals_one_pass(model, traces, kind):
     n, pool = BATCH * BATCHES, model.pool
     generator = torch.Generator().manual_seed(1)
@@ -111,7 +111,8 @@ def test_per_image_merge_equals_one_pass(model, traces, kind):
                          torch.randint(0, pool.num_heads, (3, 4), generator=generator)], dim=-1)
     make = {"accuracy": lambda: ConditionAccuracy({"plain": lambda t: t.output}, texts, torch.arange(n) % 5),
             "embeddings": lambda: Embeddings(n, model.info.embed_dim),
-            "concepts": lambda: ConceptScores(pool, pairs, n)}[kind]
+            "concepts": lambda: ConceptScores(pool, pairs, n),
+            "vectors": lambda: ConceptVectors(pool, pairs, n)}[kind]
     whole = _per_image(model, traces, make, range(BATCHES))
     left, right = (_per_image(model, traces, make, batches) for batches in shards(2))
     left.merge(right)
@@ -121,3 +122,23 @@ def test_per_image_merge_equals_one_pass(model, traces, kind):
         left.merge(_per_image(model, traces, make, [0]))
     if kind == "accuracy":
         assert left.accuracies() == whole.accuracies()
+
+
+def test_concept_vectors_norm_is_the_score_numerator(model, traces):
+    """|sum_p r[n_p, h_p]| / |output| of ConceptVectors is ConceptScores' score; each vector against the explicit
+    sum of alpha w + c over the pairs."""
+    from segclip.core.pairs import PairDirections
+
+    pairs = torch.tensor([[[0, 0], [5, 1], [7, 3]], [[2, 2], [3, 0], [9, 7]]])
+    vectors, scores = ConceptVectors(model.pool, pairs, BATCH), ConceptScores(model.pool, pairs, BATCH)
+    vectors.update(traces[0], 0)
+    scores.update(traces[0], 0)
+    norms = vectors.vectors_per_image.double().norm(dim=-1) / traces[0].output.double().norm(dim=-1, keepdim=True)
+    assert torch.allclose(norms, scores.scores, rtol=1e-5)
+    directions = PairDirections(model.pool)
+    w = directions.vectors(pairs[0, :, 0], pairs[0, :, 1]).double()  # (P, d)
+    shares = (directions.head_biases() / model.pool.neurons
+              + directions.output_bias() / (model.pool.neurons * model.pool.num_heads)).double()
+    alpha = traces[0].pair_scalars.double()[1, pairs[0, :, 0], pairs[0, :, 1]]
+    explicit = (alpha[:, None] * w + shares[pairs[0, :, 1]]).sum(0)
+    assert torch.allclose(vectors.vectors_per_image[1, 0].double(), explicit, rtol=1e-4, atol=1e-5)
