@@ -15,6 +15,7 @@ import torch
 
 from segclip.analysis.components import principal_components
 from segclip.analysis.statistics import Statistics, pair_constants
+from segclip.analysis.stream import merge_rows
 from segclip.core.attnpool import AttentionPool
 from segclip.core.trace import Trace, trace_pool
 from segclip.data.images import list_images
@@ -97,6 +98,11 @@ class ConditionAccuracy:
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.predictions = state["predictions"].clone()
+
+    def merge(self, other: ConditionAccuracy) -> None:
+        """Take the predictions ``other`` made (images of the same list; a row is done when it is >= 0)."""
+        self.predictions = merge_rows(self.predictions, other.predictions, self.predictions[:, 0] >= 0,
+                                      other.predictions[:, 0] >= 0, "condition accuracy")
 
     def accuracies(self) -> dict[str, float]:
         """Accuracy in percent per condition (over the images done)."""

@@ -50,16 +50,32 @@ def _merge_top(values: torch.Tensor, carried: list[torch.Tensor], new_values: to
                new_carried: list[torch.Tensor], k: int, largest: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Merge two top-k lists along dim 0: (k1, ...) + (k2, ...) -> (min(k, k1+k2), ...), sorted.
 
-    ``carried`` tensors (image indices, per-image coordinates (k, ..., q)) start with the dims of ``values`` and
-    are reordered with them.
+    ``carried`` tensors (image indices first, then per-image coordinates (k, ..., q)) start with the dims of
+    ``values`` and are reordered with them. Ties are broken by image index (the lower index first), so the list is
+    the same whatever the order in which images and shards were merged: every list is kept sorted by (value,
+    image index), and when the new images do not all come after the listed ones (merged shards), the candidates
+    are ordered by image index before the stable sort by value.
     """
+    sequential = carried[0].numel() == 0 or new_carried[0].numel() == 0 or (
+        bool((new_carried[0].amin(0) > carried[0].amax(0)).all())
+        and bool((new_carried[0][1:] >= new_carried[0][:-1]).all()))
     values = torch.cat([values, new_values])
     carried = [torch.cat([old, new]) for old, new in zip(carried, new_carried)]
-    k = min(k, values.shape[0])  # sorted also while fewer than k values have been seen
-    top = values.topk(k, dim=0, largest=largest)
-    values = top.values
-    carried = [c.gather(0, top.indices.view(*top.indices.shape, *[1] * (c.dim() - values.dim()))
-                        .expand(k, *c.shape[1:])) for c in carried]
+
+    def take(order: torch.Tensor) -> None:
+        nonlocal values, carried
+        values = values.gather(0, order)
+        carried = [c.gather(0, order.view(*order.shape, *[1] * (c.dim() - order.dim())).expand(order.shape[0],
+                                                                                                *c.shape[1:]))
+                   for c in carried]
+
+    def order_of(keys: torch.Tensor, descending: bool) -> torch.Tensor:
+        # sorted along a contiguous last dim (about 2x faster than along dim 0)
+        return keys.movedim(0, -1).contiguous().sort(dim=-1, descending=descending, stable=True).indices.movedim(-1, 0)
+
+    if not sequential:
+        take(order_of(carried[0], False))
+    take(order_of(values, largest)[:min(k, values.shape[0])])
     return values, carried
 
 

@@ -41,6 +41,44 @@ class Accumulator(Protocol):
         """Restore the state saved by :meth:`state_dict`."""
 
 
+class Mergeable(Accumulator, Protocol):
+    """An accumulator whose states over disjoint image subsets combine into the state of their union."""
+
+    def merge(self, other: Mergeable) -> None:
+        """Add ``other``'s images (same image list, other indices) into this state, in place."""
+
+
+def merge_rows(mine: torch.Tensor, other: torch.Tensor, done_mine: torch.Tensor, done_other: torch.Tensor,
+               what: str) -> torch.Tensor:
+    """Merge two per-image states of one image list: the rows ``other`` has done replace this state's rows.
+
+    Args:
+        mine, other: (n, ...) per-image values.
+        done_mine, done_other: (n,) bool, the rows each state has computed.
+        what: the accumulator's name, for the error.
+
+    Returns:
+        (n, ...) the merged rows (a new tensor; exact: values are copied, nothing is summed).
+
+    Raises:
+        ValueError: the states differ in shape, or an image was done in both (the subsets were not disjoint).
+
+    Example:
+        >>> left, right = torch.tensor([1., -1.]), torch.tensor([-1., 2.])
+        >>> merge_rows(left, right, left >= 0, right >= 0, "demo")
+        tensor([1., 2.])
+    """
+    if mine.shape != other.shape:
+        raise ValueError(f"cannot merge {what} states of shapes {tuple(mine.shape)} and {tuple(other.shape)}")
+    both = done_mine & done_other
+    if both.any():
+        raise ValueError(f"cannot merge {what} states: images {both.nonzero().flatten()[:5].tolist()} were done "
+                         "in both (the image subsets must be disjoint)")
+    merged = mine.clone()
+    merged[done_other] = other[done_other]
+    return merged
+
+
 def images_digest(paths: Sequence[Path]) -> str:
     """sha256 over the image names, in order: a checkpoint is only resumed on the same image list (a file
     repaired in place after an unreadable-image error keeps its place)."""

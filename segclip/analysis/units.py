@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from segclip.analysis.stream import merge_rows
 from segclip.core.attnpool import AttentionPool
 from segclip.core.pairs import PairDirections
 from segclip.core.trace import Trace
@@ -29,6 +30,11 @@ class Embeddings:
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.values = state["values"].clone()
+
+    def merge(self, other: Embeddings) -> None:
+        """Take the rows ``other`` computed (a row is done when it is nonzero: embeddings have norm one)."""
+        self.values = merge_rows(self.values, other.values, self.values.abs().sum(-1) > 0,
+                                 other.values.abs().sum(-1) > 0, "embeddings")
 
 
 def inertia(embeddings: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
@@ -88,6 +94,50 @@ class ConceptScores:
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.scores = state["scores"].clone()
+
+    def merge(self, other: ConceptScores) -> None:
+        """Take the rows ``other`` computed (a row is done when it is not NaN)."""
+        self.scores = merge_rows(self.scores, other.scores, ~self.scores.isnan().all(-1),
+                                 ~other.scores.isnan().all(-1), "concept scores")
+
+
+class ConceptVectors(ConceptScores):
+    """Per image and concept, the summed contribution vector of the concept's pairs, sum_p r[n_p, h_p] (the
+    numerator of :class:`ConceptScores` before its norm), for the MMD and domain-classifier drift tests
+    (:mod:`segclip.analysis.drift`): ``vectors_per_image`` (n, C, d) float32, NaN until computed.
+
+    Example:
+        >>> from segclip.models import load_model
+        >>> model = load_model()
+        >>> acc = ConceptVectors(model.pool, torch.tensor([[[0, 0], [1, 2]]]), count=2)
+        >>> acc.update(model.trace(torch.randn(2, 3, 192, 192)), 0)
+        >>> acc.vectors_per_image.shape, bool(acc.vectors_per_image.isnan().any())
+        (torch.Size([2, 1, 64]), False)
+    """
+
+    def __init__(self, pool: AttentionPool, pairs: torch.Tensor, count: int):
+        super().__init__(pool, pairs, count)
+        self.scores = torch.zeros(0)
+        self.vectors_per_image = torch.full((count, pairs.shape[0], pool.embed_dim), float("nan"))
+
+    @torch.inference_mode()
+    def update(self, trace: Trace, first: int) -> None:
+        alpha = trace.pair_scalars[:, self.pairs[..., 0], self.pairs[..., 1]]  # (B, C, P)
+        summed = torch.einsum("bcp,cpd->bcd", alpha, self.vectors.to(alpha)) + self.shared.to(alpha)
+        self.vectors_per_image[first:first + len(trace)] = summed.float().cpu()
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"vectors": self.vectors_per_image}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.vectors_per_image = state["vectors"].clone()
+
+    def merge(self, other: ConceptVectors) -> None:
+        """Take the rows ``other`` computed (a row is done when it is not NaN)."""
+        done = lambda v: ~v.isnan().flatten(1).all(-1)  # noqa: E731
+        self.vectors_per_image = merge_rows(self.vectors_per_image, other.vectors_per_image,
+                                            done(self.vectors_per_image), done(other.vectors_per_image),
+                                            "concept vectors")
 
 
 def read_groups(path: str | Path, folder: str | Path, concepts: list[str]

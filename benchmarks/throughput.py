@@ -1,0 +1,114 @@
+"""Images per second of the statistics pass against open_clip's plain ``encode_image``, same images, same batches.
+
+Both passes read the same image files through the same DataLoader (:class:`segclip.analysis.distributed.ImageList`:
+decode, CLIP resize + centre crop, normalise; ``--workers`` worker processes or none); the baseline calls
+``clip.encode_image`` on each batch, the statistics pass calls ``model.trace`` and
+:meth:`RunningStatistics.update` (float64 sums, top-k lists, register scores: what ``calibrate`` runs). Rows: CPU
+fp32 and, when CUDA is present, GPU fp32 and bf16, each with and without DataLoader workers; the statistics pass
+is also timed without register scores (``RunningStatistics(registers=False)``). Each timing is the
+best of ``--repeats`` runs, the two passes alternating, after one warm-up batch.
+
+    python benchmarks/throughput.py            # last line: statistics_over_forward: <ratio> (goal: >= 0.9)
+
+The last line is the worst ratio over the CPU rows with register scores on (``calibrate``'s default; the goal is
+stated for CPU); the GPU rows are printed too.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+
+def make_images(folder: Path, count: int, size: int) -> list[Path]:
+    from segclip.data.synthetic import classification_set
+
+    images, _ = classification_set(count, seed=0, size=size)
+    paths = []
+    for i, image in enumerate(images):
+        paths.append(folder / f"img{i:04d}.jpg")
+        Image.fromarray(image).save(paths[-1], quality=92)
+    return paths
+
+
+def timed_pass(model, loader: DataLoader, kind: str, dtype: torch.dtype) -> float:
+    from segclip.analysis.statistics import RunningStatistics
+
+    device = model.device
+    running = None if kind == "forward" else RunningStatistics(model.pool, registers=kind == "statistics")
+    synchronise = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    start, count = None, 0
+    with torch.inference_mode():
+        for step, (indices, images) in enumerate(loader):
+            images = images.to(device, dtype, non_blocking=True)
+            if kind == "forward":
+                model.clip.encode_image(images)
+            else:
+                running.update(model.trace(images), int(indices[0]))
+            if step == 0:  # warm-up batch: not timed
+                synchronise()
+                start = time.perf_counter()
+            else:
+                count += len(indices)
+    synchronise()
+    return count / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="RN50", help="model name (random weights unless --pretrained).")
+    parser.add_argument("--pretrained", default="none")
+    parser.add_argument("--images", type=int, default=48, help="images per pass (CPU); GPU passes use 8x.")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the 'with workers' rows.")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice).")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    from segclip.analysis.distributed import ImageList, collate_images
+    from segclip.models import load_model
+
+    model = load_model(args.model, args.pretrained, device="cpu") if args.model != "segclip-tiny" else load_model()
+    settings = [("cpu", torch.float32)]
+    if torch.cuda.is_available():
+        settings += [("cuda", torch.float32), ("cuda", torch.bfloat16)]
+    rows, load_before = [], os.getloadavg()[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        count_for = {"cpu": args.images, "cuda": 8 * args.images}
+        paths = make_images(Path(tmp), max(count_for[d] for d, _ in settings) + args.batch_size, 256)
+        for device, dtype in settings:
+            model = model.to(device=device, dtype=dtype)
+            for workers in (0, args.workers):
+                n = count_for[device] + args.batch_size  # plus the warm-up batch
+                loader = DataLoader(ImageList(paths[:n], model.info.image_size), batch_size=args.batch_size,
+                                    collate_fn=collate_images, num_workers=workers, pin_memory=device == "cuda",
+                                    persistent_workers=workers > 0)
+                best = {"forward": 0.0, "statistics": 0.0, "no_registers": 0.0}
+                for _ in range(args.repeats):
+                    for kind in best:
+                        best[kind] = max(best[kind], timed_pass(model, loader, kind, dtype))
+                rows.append((device, str(dtype).removeprefix("torch."), workers, best["forward"], best["statistics"],
+                             best["no_registers"]))
+                del loader
+    print(f"model: {args.model} ({args.pretrained}), batch {args.batch_size}, {args.images} timed images (CPU), "
+          f"torch threads {torch.get_num_threads()}, {os.cpu_count()} CPUs, load average {load_before:.1f} before "
+          f"and {os.getloadavg()[0]:.1f} after (other processes share the machine when it exceeds the CPU count)")
+    print("| device | dtype | workers | encode_image img/s | statistics img/s | ratio | without registers img/s | ratio |")
+    print("|---|---|---|---|---|---|---|---|")
+    for device, dtype, workers, forward, statistics, plain in rows:
+        print(f"| {device} | {dtype} | {workers} | {forward:.2f} | {statistics:.2f} | {statistics / forward:.3f} | "
+              f"{plain:.2f} | {plain / forward:.3f} |")
+    worst_cpu = min(s / f for d, _, _, f, s, _ in rows if d == "cpu")
+    print(f"statistics_over_forward: {worst_cpu:.3f} (goal: >= 0.9)")
+
+
+if __name__ == "__main__":
+    main()

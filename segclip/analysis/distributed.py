@@ -1,0 +1,367 @@
+"""The analyses' pass over an image list on Lightning: several processes (DDP over devices and nodes), DataLoader
+workers, one resumable checkpoint per process, and an exact merge of the accumulators on rank 0.
+
+Sharding is by whole batches, strided: the image list is cut into batches of ``batch_size`` consecutive images
+(as :func:`~segclip.analysis.stream.run_pass` cuts it) and process ``r`` of ``W`` takes batches ``r, r + W,
+r + 2W, ...``. Every batch therefore holds the same images as in a one-process run, so every trace is the same
+and the merged state equals the one-process state: per-image rows and top-k lists (ties by image index)
+bit for bit, float64 sums to round-off (the partial sums are added in another order).
+
+DataLoader workers read, resize (CLIP's short side + centre crop) and normalise the images; the module only
+moves the batch to the device and feeds the trace to the accumulator. After the loop every process sends its
+state to rank 0 (``torch.distributed.gather_object``), which merges them in rank order with the accumulator's
+``merge``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import torch.distributed as dist
+from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from segclip.analysis.stream import Mergeable, images_digest
+from segclip.data.images import read_image
+from segclip.data.preprocess import clip_batch
+from segclip.core.trace import HookSpec
+from segclip.config import check_positive, option
+from segclip.errors import ConfigError
+from segclip.io import atomic_save_tensors, read_tensors
+from segclip.models.loading import CLIPResNet
+
+log = logging.getLogger(__name__)
+
+AccumulatorFactory = Callable[[CLIPResNet], Mergeable]
+
+
+class ImageList(Dataset):
+    """Images of a list, read and preprocessed as CLIP does: item ``i`` is ``(i, (3, S, S) float32)``."""
+
+    def __init__(self, paths: Sequence[Path], image_size: int):
+        self.paths, self.image_size = [Path(p) for p in paths], image_size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor]:
+        return index, clip_batch([read_image(self.paths[index])], self.image_size)[0]
+
+
+def collate_images(items: list[tuple[int, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """[(index, (3, S, S))] -> (B,) long indices, (B, 3, S, S) images."""
+    return torch.tensor([i for i, _ in items]), torch.stack([image for _, image in items])
+
+
+class ShardBatches(Sampler[list[int]]):
+    """The batches of one process: batch ``b`` holds images ``b * batch_size ..`` and goes to process
+    ``b % world_size``; the first ``skip`` batches of this process are left out (resumed from a checkpoint).
+
+    Example:
+        >>> list(ShardBatches(7, batch_size=2, rank=1, world_size=2))
+        [[2, 3], [6]]
+    """
+
+    def __init__(self, count: int, batch_size: int, rank: int = 0, world_size: int = 1, skip: int = 0):
+        self.count, self.batch_size, self.rank, self.world_size, self.skip = count, batch_size, rank, world_size, skip
+
+    def batches(self) -> list[int]:
+        """Indices of this process's batches, all of them (skipped ones included)."""
+        return list(range(self.rank, -(-self.count // self.batch_size), self.world_size))
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for b in self.batches()[self.skip:]:
+            yield list(range(b * self.batch_size, min((b + 1) * self.batch_size, self.count)))
+
+    def __len__(self) -> int:
+        return max(0, len(self.batches()) - self.skip)
+
+
+def rank_checkpoint(checkpoint: Path, rank: int, world_size: int) -> Path:
+    """``run.partial.safetensors`` -> ``run.partial.rank1of2.safetensors``: one file per process."""
+    checkpoint = Path(checkpoint)
+    return checkpoint.with_name(f"{checkpoint.name.removesuffix('.safetensors')}.rank{rank}of{world_size}"
+                                ".safetensors")
+
+
+def remove_checkpoints(checkpoint: Path, world_size: int) -> None:
+    """Delete the per-process checkpoints of a finished pass (:func:`rank_checkpoint` for every rank)."""
+    for rank in range(world_size):
+        rank_checkpoint(checkpoint, rank, world_size).unlink(missing_ok=True)
+
+
+class AccumulatorTask(L.LightningModule):
+    """Feed every batch's trace to an accumulator; checkpoint it every ``chunk_batches`` batches; merge on rank 0.
+
+    Args:
+        model: the CLIP-ResNet (Lightning moves it to the process's device).
+        make_accumulator: builds an empty accumulator for the model (called on each process once the model is on
+            its device, and on rank 0 once per other process's state).
+        key: what the pass computes (with model, images, batch size, rank and world size it keys the checkpoint).
+        paths: the image list (for the checkpoint key).
+        batch_size: images per batch.
+        checkpoint: the checkpoint path of a one-process run; each process writes :func:`rank_checkpoint`.
+        chunk_batches: batches between checkpoints.
+        hooks: forwarded to :meth:`CLIPResNet.trace`.
+
+    Attributes:
+        accumulator: this process's state; after the pass, on rank 0, the merged state of all processes.
+        resumed_batches: batches of this process restored from its checkpoint.
+    """
+
+    def __init__(self, model: CLIPResNet, make_accumulator: AccumulatorFactory, *, key: dict[str, Any],
+                 paths: Sequence[Path], batch_size: int, checkpoint: Path | None = None, chunk_batches: int = 8,
+                 hooks: HookSpec | None = None):
+        super().__init__()
+        self.model, self.make_accumulator, self.hooks = model, make_accumulator, hooks
+        self.key, self.paths, self.batch_size = key, list(paths), batch_size
+        self.checkpoint, self.chunk_batches = checkpoint, chunk_batches
+        self.accumulator: Mergeable | None = None
+        self.resumed_batches = self.done_batches = 0
+
+    def full_key(self) -> str:
+        info = self.model.info
+        return json.dumps({**self.key, "model": info.name, "weights": info.weights_hash,
+                           "images": images_digest(self.paths), "count": len(self.paths),
+                           "batch_size": self.batch_size, "rank": self.global_rank,
+                           "world_size": self.trainer.world_size}, sort_keys=True, default=str)
+
+    def _path(self) -> Path | None:
+        if self.checkpoint is None:
+            return None
+        return rank_checkpoint(self.checkpoint, self.global_rank, self.trainer.world_size)
+
+    def prepare(self) -> int:
+        """Build the accumulator and restore this process's checkpoint; returns the batches already done."""
+        self.accumulator = self.make_accumulator(self.model)
+        self.done_batches = 0
+        path = self._path()
+        if path is not None and path.is_file():
+            saved = read_tensors(path)
+            if saved is not None and saved[1].get("key") == self.full_key():
+                self.accumulator.load_state_dict(saved[0])
+                self.done_batches = int(saved[1]["done_batches"])
+                log.info("rank %d resumes from %s: %d batches done", self.global_rank, path, self.done_batches)
+            elif saved is not None:
+                log.warning("checkpoint %s belongs to another run; rank %d starts over", path, self.global_rank)
+        self.resumed_batches = self.done_batches
+        return self.done_batches
+
+    def _save(self) -> None:
+        path = self._path()
+        if path is not None:
+            atomic_save_tensors(path, self.accumulator.state_dict(),
+                                {"key": self.full_key(), "done_batches": str(self.done_batches)})
+
+    def predict_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        indices, images = batch
+        trace = self.model.trace(images.to(self.model.device, self.model.dtype), hooks=self.hooks)
+        self.accumulator.update(trace, int(indices[0]))
+        self.done_batches += 1
+        if self.done_batches % self.chunk_batches == 0:
+            self._save()
+
+    def on_predict_epoch_end(self) -> None:
+        self._save()
+        world = self.trainer.world_size
+        if world == 1 or not dist.is_available() or not dist.is_initialized():
+            return
+        state = {k: v.detach().cpu() for k, v in self.accumulator.state_dict().items()}
+        gathered: list[dict[str, torch.Tensor]] | None = [None] * world if self.global_rank == 0 else None
+        dist.gather_object(state, gathered, dst=0)
+        if self.global_rank == 0:
+            for other_state in gathered[1:]:
+                other = self.make_accumulator(self.model)
+                other.load_state_dict(other_state)
+                self.accumulator.merge(other)
+
+
+class ImageListData(L.LightningDataModule):
+    """This process's batches of an image list (:class:`ShardBatches`), decoded by ``num_workers`` workers."""
+
+    def __init__(self, task: AccumulatorTask, num_workers: int = 0):
+        super().__init__()
+        self.task, self.num_workers = task, num_workers
+
+    def predict_dataloader(self) -> DataLoader:
+        task = self.task
+        skip = task.prepare()
+        sampler = ShardBatches(len(task.paths), task.batch_size, task.global_rank, self.trainer.world_size, skip)
+        return DataLoader(ImageList(task.paths, task.model.info.image_size), batch_sampler=sampler,
+                          collate_fn=collate_images, num_workers=self.num_workers,
+                          persistent_workers=False, pin_memory=False)
+
+
+@dataclass(frozen=True)
+class ProcessConfig:
+    """How many processes run an analysis pass, and how many workers feed each (the ``--devices``,
+    ``--num-nodes`` and ``--num-workers`` flags of ``calibrate`` and ``analyze``).
+
+    Example:
+        >>> ProcessConfig(devices=2).world_size
+        2
+        >>> ProcessConfig(num_workers=-1)
+        Traceback (most recent call last):
+        ...
+        segclip.errors.ConfigError: --num-workers must be at least 0, got -1.
+    """
+
+    devices: int = option(1, help="processes (devices) per node; DDP when devices x num_nodes > 1 (gloo on CPU, "
+                                  "one GPU per process on CUDA)")
+    num_nodes: int = option(1, help="nodes; launch the same command on every node with Lightning's environment "
+                                    "(MASTER_ADDR, MASTER_PORT, NODE_RANK)")
+    num_workers: int = option(0, help="DataLoader workers per process that read and resize images (0: in the "
+                                      "process)")
+
+    def __post_init__(self) -> None:
+        check_positive(self, "devices", "num_nodes")
+        check_positive(self, "num_workers", allow_zero=True)
+
+    @property
+    def world_size(self) -> int:
+        return self.devices * self.num_nodes
+
+
+@dataclass(frozen=True)
+class PassResult:
+    """What :func:`run_distributed_pass` returns on every process.
+
+    Attributes:
+        accumulator: on rank 0 the merged state of all processes; elsewhere this process's own shard.
+        is_primary: True on rank 0 (the process that writes results).
+        world_size: number of processes.
+        resumed_batches: batches this process restored from its checkpoint.
+    """
+
+    accumulator: Mergeable
+    is_primary: bool
+    world_size: int
+    resumed_batches: int
+
+
+class PassProgressBar(TQDMProgressBar):
+    """Lightning's bar on stderr (its default is stdout), so that stdout holds only results."""
+
+    def init_predict_tqdm(self) -> Tqdm:
+        return Tqdm(desc="images", position=2 * self.process_position, disable=self.is_disabled, leave=False,
+                    dynamic_ncols=True, file=sys.stderr, smoothing=0, bar_format=self.BAR_FORMAT)
+
+
+def make_pass_trainer(device: torch.device, devices: int = 1, num_nodes: int = 1,
+                      progress: bool = False) -> L.Trainer:
+    """A Trainer for an analysis pass: DDP when ``devices * num_nodes > 1`` (gloo on CPU, nccl on GPUs).
+
+    Args:
+        device: where the model lives (its type picks the accelerator; one process on ``cuda:i`` uses GPU i).
+        devices: processes per node. num_nodes: nodes.
+        progress: show a progress bar on stderr.
+
+    Raises:
+        ConfigError: ``devices`` or ``num_nodes`` below 1.
+    """
+    if devices < 1 or num_nodes < 1:
+        raise ConfigError(f"--devices and --num-nodes must be at least 1, got {devices} and {num_nodes}.")
+    accelerator = "gpu" if device.type == "cuda" else "cpu"
+    chosen: Any = devices if devices * num_nodes > 1 or device.type != "cuda" else [device.index or 0]
+    for message in (r".*treespec, LeafSpec.*", r".*custom batch sampler `ShardBatches`.*", r".*predict returned None.*"):
+        warnings.filterwarnings("ignore", message=message)  # Lightning's notices: nothing a user can act on
+    return L.Trainer(accelerator=accelerator, devices=chosen, num_nodes=num_nodes,
+                     strategy="ddp" if devices * num_nodes > 1 else "auto", logger=False,
+                     enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=progress,
+                     callbacks=[PassProgressBar()] if progress else None, use_distributed_sampler=False,
+                     inference_mode=True)
+
+
+def run_distributed_pass(model: CLIPResNet, paths: Sequence[Path], make_accumulator: AccumulatorFactory, *,
+                         key: dict[str, Any], devices: int = 1, num_nodes: int = 1, num_workers: int = 0,
+                         batch_size: int = 8, chunk_size: int = 64, checkpoint: Path | None = None,
+                         hooks: HookSpec | None = None, progress: bool = False) -> PassResult:
+    """Run any mergeable accumulator over ``paths`` on ``devices x num_nodes`` processes; resumable per process.
+
+    Under DDP (``devices * num_nodes > 1``) Lightning starts the other processes by running the calling script
+    again; every process returns from this call, and only rank 0 (``is_primary``) should write results.
+
+    Args:
+        model: the loaded model; its device type picks the accelerator (CUDA -> one GPU per process).
+        paths: the image list (index ``i`` is ``paths[i]``).
+        make_accumulator: builds an empty accumulator for the model (e.g. ``lambda m: RunningStatistics(m.pool)``).
+        key: what the pass computes (checkpoints of another key are ignored, with a warning).
+        devices: processes per node. num_nodes: nodes.
+        num_workers: DataLoader workers per process reading and resizing images (0: in the process).
+        batch_size: images per batch (the unit of sharding; keep it to compare with a one-process run).
+        chunk_size: images between checkpoints, rounded up to whole batches.
+        checkpoint: checkpoint path; each process keeps ``*.rank<r>of<W>.safetensors`` next to it.
+        hooks: forwarded to :meth:`CLIPResNet.trace`.
+        progress: show a progress bar on stderr.
+
+    Returns:
+        The :class:`PassResult`.
+
+    Raises:
+        ConfigError: bad ``devices``, ``num_nodes``, ``num_workers`` or ``batch_size``.
+        ImageError: an image is unreadable (each process keeps its checkpoint up to its last chunk).
+
+    Example:
+        >>> from segclip.models import load_model
+        >>> from segclip.analysis.units import Embeddings
+        >>> from segclip.models.loading import bundled_dir
+        >>> model = load_model()
+        >>> paths = [Path(bundled_dir()).parent / "example.jpg"] * 3
+        >>> result = run_distributed_pass(model, paths, lambda m: Embeddings(3, m.info.embed_dim),
+        ...                               key={"kind": "embeddings"}, batch_size=2)
+        >>> result.accumulator.values.shape, result.is_primary
+        (torch.Size([3, 64]), True)
+    """
+    if batch_size < 1 or num_workers < 0:
+        raise ConfigError(f"--batch-size must be at least 1 and --num-workers at least 0, got {batch_size} and "
+                          f"{num_workers}.")
+    trainer = make_pass_trainer(model.device, devices, num_nodes, progress)
+    chunk_batches = max(1, -(-chunk_size // batch_size))
+    task = AccumulatorTask(model, make_accumulator, key=key, paths=paths, batch_size=batch_size,
+                           checkpoint=checkpoint, chunk_batches=chunk_batches, hooks=hooks)
+    trainer.predict(task, datamodule=ImageListData(task, num_workers), return_predictions=False)
+    return PassResult(accumulator=task.accumulator, is_primary=trainer.global_rank == 0,
+                      world_size=trainer.world_size, resumed_batches=task.resumed_batches)
+
+
+def collect_statistics_distributed(model: CLIPResNet, paths: list[Path], *, top_k: int = 50, registers: bool = True,
+                                   register_variant: str = "activations", top_fraction: float = 0.01,
+                                   top_images: int = 10, batch_size: int = 8, chunk_size: int = 64,
+                                   checkpoint: Path | None = None, devices: int = 1, num_nodes: int = 1,
+                                   num_workers: int = 0, progress: bool = False):
+    """:func:`~segclip.analysis.statistics.collect_statistics` on Lightning: same arguments plus ``devices``,
+    ``num_nodes`` and ``num_workers``.
+
+    Returns:
+        On rank 0 the :class:`~segclip.analysis.statistics.Statistics` of all images (equal to the one-process
+        ones: image lists and signs exactly, means and covariances to float64 round-off); None on other ranks.
+
+    Raises:
+        ImageError: an image is unreadable.
+        ConfigError: bad process or batch options.
+    """
+    from segclip.analysis.statistics import STATISTICS_VERSION, RunningStatistics
+
+    result = run_distributed_pass(
+        model, paths,
+        lambda m: RunningStatistics(m.pool, top_k=top_k, registers=registers, register_variant=register_variant),
+        key={"kind": "statistics", "version": STATISTICS_VERSION, "top_k": top_k, "registers": registers,
+             "register_variant": register_variant},
+        devices=devices, num_nodes=num_nodes, num_workers=num_workers, batch_size=batch_size,
+        chunk_size=chunk_size, checkpoint=checkpoint, progress=progress)
+    if not result.is_primary:
+        return None
+    stats = result.accumulator.finalise(top_fraction=top_fraction, top_images=top_images)
+    stats.metadata = {"model": model.info.name, "weights_hash": model.info.weights_hash,
+                      "image_folder": str(Path(paths[0]).parent.resolve()) if paths else "",
+                      "images": [Path(p).name for p in paths], "register_variant": register_variant}
+    return stats

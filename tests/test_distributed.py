@@ -1,0 +1,153 @@
+"""The Lightning pass of the analyses: one process and DataLoader workers equal ``run_pass``; per-process resume;
+2-process CPU DDP (gloo) equals one process for the calibration statistics and a zero-shot accuracy pass."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from segclip.analysis.distributed import (ShardBatches, collect_statistics_distributed, rank_checkpoint,
+                                          remove_checkpoints, run_distributed_pass)
+from segclip.analysis.statistics import Statistics, collect_statistics
+from segclip.analysis.units import Embeddings
+from segclip.data.synthetic import classification_set
+from segclip.errors import ConfigError, ImageError
+from segclip.models import load_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_set(folder: Path, count: int = 16) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    images, _ = classification_set(count, seed=3, size=64)
+    paths = []
+    for i, image in enumerate(images):
+        paths.append(folder / f"img{i:03d}.png")
+        Image.fromarray(image).save(paths[-1])
+    return paths
+
+
+def assert_same_statistics(a: Statistics, b: Statistics) -> None:
+    for name, value in a.tensors().items():
+        other = b.tensors()[name]
+        if value.dtype in (torch.long, torch.int8, torch.int16, torch.int32):
+            assert torch.equal(value, other), name
+        else:
+            assert torch.allclose(value, other, rtol=1e-6, atol=1e-7), name
+    assert a.count == b.count and a.metadata == b.metadata
+
+
+def test_shards_cover_every_batch_once():
+    seen = sorted(i for rank in range(3) for batch in ShardBatches(11, 2, rank, 3) for i in batch)
+    assert seen == list(range(11))
+    assert list(ShardBatches(11, 2, 1, 3, skip=1)) == [[8, 9]]
+
+
+def test_one_process_and_workers_equal_run_pass(tmp_path):
+    model = load_model()
+    paths = write_set(tmp_path / "images", 10)
+    reference = collect_statistics(model, paths, top_k=4, batch_size=3, progress=False)
+    for workers in (2,):
+        stats = collect_statistics_distributed(model, paths, top_k=4, batch_size=3, num_workers=workers)
+        assert_same_statistics(reference, stats)
+
+
+def test_resume_per_process(tmp_path):
+    model = load_model()
+    paths = write_set(tmp_path / "images", 10)
+    reference = run_distributed_pass(model, paths, lambda m: Embeddings(10, m.info.embed_dim), key={"kind": "e"},
+                                     batch_size=2).accumulator.values
+    checkpoint = tmp_path / "run.partial.safetensors"
+    good = paths[6].read_bytes()
+    paths[6].write_bytes(b"broken")
+    with pytest.raises(ImageError, match="img006"):
+        run_distributed_pass(model, paths, lambda m: Embeddings(10, m.info.embed_dim), key={"kind": "e"},
+                             batch_size=2, chunk_size=4, checkpoint=checkpoint)
+    assert rank_checkpoint(checkpoint, 0, 1).is_file()
+    paths[6].write_bytes(good)
+    result = run_distributed_pass(model, paths, lambda m: Embeddings(10, m.info.embed_dim), key={"kind": "e"},
+                                  batch_size=2, chunk_size=4, checkpoint=checkpoint)
+    assert result.resumed_batches == 2 and torch.equal(result.accumulator.values, reference)
+    other = run_distributed_pass(model, paths, lambda m: Embeddings(10, m.info.embed_dim), key={"kind": "other"},
+                                 batch_size=2, chunk_size=4, checkpoint=checkpoint)
+    assert other.resumed_batches == 0  # another key: not resumed
+    remove_checkpoints(checkpoint, 1)
+    assert not rank_checkpoint(checkpoint, 0, 1).exists()
+
+
+def test_bad_process_options():
+    with pytest.raises(ConfigError, match="--num-nodes"):
+        run_distributed_pass(load_model(), [], lambda m: Embeddings(0, 64), key={}, num_nodes=0)
+
+
+SCRIPT = """
+import sys
+from pathlib import Path
+
+import torch
+from segclip.analysis.distributed import collect_statistics_distributed, run_distributed_pass
+from segclip.analysis.evaluation import ConditionAccuracy
+from segclip.data.synthetic import SYNTHETIC_CLASSES
+from segclip.models import load_model
+from segclip.models.text import encode_classes
+
+devices, out, folder = int(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
+torch.set_num_threads(1)
+paths = sorted(folder.glob("*.png"))
+model = load_model()
+stats = collect_statistics_distributed(model, paths, top_k=4, batch_size=3, devices=devices,
+                                       checkpoint=out / "statistics.partial.safetensors")
+texts = encode_classes(model, list(SYNTHETIC_CLASSES), "single", cache=False)
+labels = torch.arange(len(paths)) % len(SYNTHETIC_CLASSES)
+result = run_distributed_pass(model, paths, lambda m: ConditionAccuracy({"plain": lambda t: t.output}, texts, labels),
+                              key={"kind": "accuracy"}, devices=devices, batch_size=3, num_workers=1)
+if result.is_primary:
+    stats.save(out / "statistics.safetensors")
+    torch.save(result.accumulator.predictions, out / "predictions.pt")
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one(tmp_path):
+    """collect_statistics and a zero-shot accuracy pass: 2 CPU processes (DDP, gloo) == the one-process run_pass."""
+    from segclip.analysis.evaluation import ConditionAccuracy
+    from segclip.analysis.stream import run_pass
+    from segclip.data.synthetic import SYNTHETIC_CLASSES
+    from segclip.models.text import encode_classes
+
+    paths = write_set(tmp_path / "images", 16)
+    script = tmp_path / "run.py"
+    script.write_text(textwrap.dedent(SCRIPT))
+    out = tmp_path / "out"
+    out.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "SEGCLIP_CACHE": str(tmp_path / "cache")}
+    done = subprocess.run([sys.executable, str(script), "2", str(out), str(tmp_path / "images")],
+                          capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert rank_checkpoint(out / "statistics.partial.safetensors", 1, 2).is_file()
+
+    model = load_model()
+    reference = collect_statistics(model, paths, top_k=4, batch_size=3, progress=False)
+    reference.save(tmp_path / "reference.safetensors")
+    assert_same_statistics(Statistics.load(tmp_path / "reference.safetensors"),
+                           Statistics.load(out / "statistics.safetensors"))
+    texts = encode_classes(model, list(SYNTHETIC_CLASSES), "single", cache=False)
+    accuracy = ConditionAccuracy({"plain": lambda t: t.output}, texts, torch.arange(16) % len(SYNTHETIC_CLASSES))
+    run_pass(model, paths, accuracy, key={}, batch_size=3, progress=False)
+    assert torch.equal(torch.load(out / "predictions.pt"), accuracy.predictions)
+    assert (accuracy.predictions >= 0).all()
+
+
+def test_process_config():
+    from segclip.analysis.distributed import ProcessConfig
+    from segclip.config import build_config
+
+    assert build_config(ProcessConfig, {"devices": "2", "num-nodes": "3"}).world_size == 6
+    with pytest.raises(ConfigError, match="--devices"):
+        ProcessConfig(devices=0)
