@@ -1,6 +1,7 @@
 """The eight benchmark readers, class files, the synonym-max rule and the protocols."""
 from __future__ import annotations
 
+import doctest
 import logging
 import math
 import shutil
@@ -11,6 +12,7 @@ import torch
 from PIL import Image
 
 from fake_benchmarks import make_fake_benchmarks
+from segclip.data import benchmarks, prepare, protocols, queries
 from segclip.data.benchmarks import BENCHMARKS, BenchmarkDataset, benchmark_dataset, find_datasets, label_names
 from segclip.data.protocols import PROTOCOLS, benchmark_protocol
 from segclip.data.queries import (assign_query_labels, benchmark_class_file, query_class_probabilities,
@@ -313,3 +315,9 @@ def test_protocols_scale_with_the_crop():
             assert at["stride"] * 2 == crop and at["stride"] <= at["crop"]
     with pytest.raises(ConfigError, match="No protocol 'paper' for dataset 'voc21'"):
         benchmark_protocol("voc21", "paper")
+
+
+@pytest.mark.parametrize("module", [benchmarks, queries, protocols, prepare], ids=lambda m: m.__name__)
+def test_docstring_examples_run(module):
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0

@@ -59,7 +59,7 @@ def _decode_rle(rle):
 
 
 class _ReferenceDetail:
-    """The parts of detail-api's ``Detail(json, img_dir, phase)`` the converter uses: __createIndex, getImgs, getMask."""
+    """What the converter uses of detail-api's ``Detail(json, img_dir, phase)``: __createIndex, getImgs, getMask."""
 
     def __init__(self, data, phase):
         data = copy.deepcopy(data)
@@ -259,7 +259,8 @@ def test_coco_converters_match_reference(tmp_path, which):
     assert result.written == {"val2017": 2}
     assert sorted(result.unmapped.values())[0] == [11, 25, 28, 29, 44, 65, 67, 68, 70, 82, 90]
     for name in ("000000000139", "000000000285"):
-        _same_png(ours / "annotations/val2017" / f"{name}{suffix}", reference / "annotations/val2017" / f"{name}{suffix}")
+        _same_png(ours / "annotations/val2017" / f"{name}{suffix}",
+                  reference / "annotations/val2017" / f"{name}{suffix}")
     converted = np.array(Image.open(ours / "annotations/val2017" / f"000000000139{suffix}"))
     raw = np.array(Image.open(ours / "annotations/val2017/000000000139.png"))
     assert converted[raw == 11].tolist() == [11] * int((raw == 11).sum())  # unused ids are left as they were
@@ -334,7 +335,8 @@ def test_cityscapes_matches_json2labelimg(tmp_path):
                   reference / f"{stem}_gtFine_labelTrainIds.png")
     with pytest.raises(OutputError, match="already exist"):
         run_prepare_cityscapes(PrepareCityscapesConfig(root=root, splits=("val",)))
-    Image.fromarray(np.full((4, 4), 34, np.uint8)).save(root / "gtFine/val/lindau/lindau_000002_000019_gtFine_labelIds.png")
+    Image.fromarray(np.full((4, 4), 34, np.uint8)).save(
+        root / "gtFine/val/lindau/lindau_000002_000019_gtFine_labelIds.png")
     with pytest.raises(DataError, match=r"ids above 33 \(\[34\]\)"):
         run_prepare_cityscapes(PrepareCityscapesConfig(root=root, splits=("val",), overwrite=True))
     with pytest.raises(ConfigError, match="gtFine/train does not exist"):

@@ -8,8 +8,10 @@ folder (the one named in the second column)::
     voc20        VOCdevkit/VOC2012            same, ids from ImageSets/Segmentation/val.txt             1449
     context60    VOCdevkit/VOC2010            JPEGImages/<id>.jpg, SegmentationClassContext/<id>.png    5104
     context59    VOCdevkit/VOC2010            same, ids from ImageSets/SegmentationContext/val.txt      5104
-    coco_object  coco_stuff164k               images/val2017/<id>.jpg, annotations/val2017/<id>_instanceTrainIds.png  5000
-    coco_stuff   coco_stuff164k               images/val2017/<id>.jpg, annotations/val2017/<id>_labelTrainIds.png     5000
+    coco_object  coco_stuff164k               images/val2017/<id>.jpg,
+                                              annotations/val2017/<id>_instanceTrainIds.png              5000
+    coco_stuff   coco_stuff164k               images/val2017/<id>.jpg,
+                                              annotations/val2017/<id>_labelTrainIds.png                 5000
     cityscapes   cityscapes                   leftImg8bit/val/<city>/<id>_leftImg8bit.png,
                                               gtFine/val/<city>/<id>_gtFine_labelTrainIds.png           500
     ade20k       ade/ADEChallengeData2016     images/validation/<id>.jpg, annotations/validation/<id>.png  2000
@@ -100,7 +102,8 @@ SPECS: dict[str, BenchmarkSpec] = {s.name: s for s in (
                   "0..59 as written by the converter (0 = background, a class)", _CONTEXT),
     BenchmarkSpec("coco_object", "coco_stuff164k", "images/{split}", "annotations/{split}", ".jpg",
                   "_instanceTrainIds.png", None, 81, False, 5000,
-                  "instanceTrainIds: 0 = background (stuff and unlabelled), 1..80 = things", _COCO.format("coco_object"),
+                  "instanceTrainIds: 0 = background (stuff and unlabelled), 1..80 = things",
+                  _COCO.format("coco_object"),
                   (("val", "val2017"), ("train", "train2017"))),
     BenchmarkSpec("voc20", "VOCdevkit/VOC2012", "JPEGImages", "SegmentationClass", ".jpg", ".png",
                   "ImageSets/Segmentation/{split}.txt", 20, True, 1449,
