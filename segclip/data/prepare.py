@@ -99,7 +99,7 @@ class PreparePascalContextConfig:
     devkit: Path = option(help="the VOCdevkit folder (from VOCtrainval_03-May-2010.tar), holding VOC2010")
     json: Path = option(help="trainval_merged.json (PASCAL in Detail's PASCAL Context annotations)")
     out: Path | None = option(None, help="write SegmentationClassContext/ and ImageSets/SegmentationContext/ here "
-                                         "instead of DEVKIT/VOC2010")
+                                         "instead of DEVKIT/VOC2010 (to read them there, put JPEGImages/ beside)")
     overwrite: bool = option(False, help="replace label PNGs and split files that already exist")
 
     def __post_init__(self) -> None:
@@ -304,8 +304,7 @@ class PrepareCocoConfig:
     """Options of ``segclip prepare coco_stuff`` and ``segclip prepare coco_object``."""
 
     root: Path = option(help="the coco_stuff164k folder, holding annotations/<split>/*.png (the stuffthingmaps)")
-    splits: tuple[str, ...] = option(("val2017",), help="annotation folders to convert (train2017 for training)")
-    out: Path | None = option(None, help="write annotations/<split>/ here instead of ROOT")
+    splits: tuple[str, ...] = option(("val2017",), help="annotation folders to convert (add train2017 for training)")
     overwrite: bool = option(False, help="replace label PNGs that already exist")
 
     def __post_init__(self) -> None:
@@ -348,7 +347,6 @@ def _read_index_png(path: Path) -> np.ndarray:
 
 def _convert_coco(config: PrepareCocoConfig, lut: np.ndarray, suffix: str) -> PrepareLabelsResult:
     root = Path(config.root)
-    out_root = Path(config.out) if config.out is not None else root
     jobs = []
     for split in config.splits:
         sources = sorted(p for p in (root / "annotations" / split).glob("*.png") if "TrainIds" not in p.name)
@@ -358,7 +356,7 @@ def _convert_coco(config: PrepareCocoConfig, lut: np.ndarray, suffix: str) -> Pr
         if split in _COCO_SIZES and len(sources) != _COCO_SIZES[split]:
             logger.warning("%s: %d stuffthingmaps; the full split has %d", root / "annotations" / split,
                            len(sources), _COCO_SIZES[split])
-        jobs += [(split, src, out_root / "annotations" / split / (src.name.split(".")[0] + suffix)) for src in sources]
+        jobs += [(split, src, src.with_name(src.name.split(".")[0] + suffix)) for src in sources]
     _refuse_existing([target for _, _, target in jobs], config.overwrite, f"*{suffix} files")
     written: dict[str, int] = defaultdict(int)
     unmapped = {}
@@ -373,14 +371,14 @@ def _convert_coco(config: PrepareCocoConfig, lut: np.ndarray, suffix: str) -> Pr
                            "converter does", source, outside.tolist())
         atomic_write_bytes(target, png_bytes(lut[raw]))
         written[split] += 1
-    return PrepareLabelsResult(dict(written), {s: out_root / "annotations" / s for s in config.splits}, unmapped)
+    return PrepareLabelsResult(dict(written), {s: root / "annotations" / s for s in config.splits}, unmapped)
 
 
 def run_prepare_coco_stuff(config: PrepareCocoConfig) -> PrepareLabelsResult:
     """Write ``<stem>_labelTrainIds.png`` (0..170, 255) for every stuffthingmap of the chosen splits.
 
     Args:
-        config: the coco_stuff164k root, splits, destination and ``overwrite``.
+        config: the coco_stuff164k root, splits and ``overwrite``; the PNGs go next to the stuffthingmaps.
 
     Returns:
         What was written.
