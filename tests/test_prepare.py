@@ -18,7 +18,7 @@ from pycocotools import mask as mask_utils
 
 from fake_benchmarks import make_fake_benchmarks
 from segclip.data.benchmarks import BENCHMARKS, benchmark_dataset
-from segclip.data.prepare import (CheckConfig, PrepareCityscapesConfig, PrepareCocoConfig, PreparePascalContextConfig,
+from segclip.data.prepare import (CheckConfig, check, PrepareCityscapesConfig, PrepareCocoConfig, PreparePascalContextConfig,
                                   format_check, run_check, run_prepare_cityscapes, run_prepare_coco_object,
                                   run_prepare_coco_stuff, run_prepare_pascal_context)
 from segclip.errors import ConfigError, DataError, OutputError
@@ -355,3 +355,4 @@ def test_check_reports_every_benchmark(tmp_path):
     assert table[2].startswith("| voc21 | ok | 3 / 1449 |")
     assert any(line.startswith("| cityscapes | missing | - / 500 |") and "segclip prepare cityscapes" in line
                for line in table)
+    assert check(tmp_path, roots={"cityscapes": tmp_path / "nowhere"}).valid == result.valid

@@ -223,7 +223,11 @@ class BenchmarkDataset(Dataset):
             if not self.source.is_file():
                 raise DataError(f"{spec.name} is incomplete: the split file {self.source} does not exist. "
                                 f"{spec.prepare}")
-            lines = self.source.read_text(encoding="utf-8").splitlines()
+            try:
+                lines = self.source.read_text(encoding="utf-8").splitlines()
+            except (OSError, UnicodeDecodeError) as err:
+                raise DataError(f"{spec.name}: cannot read the split file {self.source} ({err}). {spec.prepare}") \
+                    from None
             relative = [line.strip() + spec.image_suffix for line in lines if line.strip()]
         else:
             self.source = self.image_dir

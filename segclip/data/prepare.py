@@ -520,6 +520,11 @@ def run_check(config: CheckConfig, roots: Mapping[str, Path] | None = None) -> C
     return CheckResult(find_datasets(config.data_root, roots, config.datasets, samples=config.samples))
 
 
+def check(data_root: str | Path, roots: Mapping[str, Path] | None = None) -> CheckResult:
+    """:func:`run_check` of all eight benchmarks under ``data_root`` with the default options."""
+    return run_check(CheckConfig(data_root=Path(data_root)), roots)
+
+
 def format_check(result: CheckResult) -> str:
     """A markdown table of a check: dataset, state, images / standard, and what to do.
 
