@@ -178,7 +178,7 @@ def test_pascal_context_matches_detail_and_mmseg(tmp_path):
     assert (ours / "VOC2010/ImageSets/SegmentationContext/val.txt").read_text() == (
         "2008_000002\n2008_000007\n2008_000009\n2010_000100\n")
     assert result.ids == {"train": 1, "val": 4} and result.duplicate_annotation_ids == 1
-    assert result.images_without_annotations == 1
+    assert result.all_background == 1
     labels = np.array(Image.open(result.label_dir / "2010_000100.png"))
     assert labels.shape == (7, 8) and (labels == 47).any()  # 360 (the repeated id's later annotation) -> rank 47
     assert (np.array(Image.open(result.label_dir / "2008_000009.png")).shape == (6, 5))

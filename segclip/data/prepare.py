@@ -120,7 +120,7 @@ class PreparePascalContextResult:
         split_files: ``{"train": path, "val": path}``.
         ids: ``{"train": n, "val": n}`` ids listed per split.
         labels_written: label PNGs written (fewer than the ids when file names repeat).
-        images_without_annotations: images whose mask is all background (no annotation).
+        all_background: images whose label is all background (no annotation, or only category 0).
         duplicate_annotation_ids: annotations replaced by a later one with the same ``id`` (the Detail API keeps
             the last).
     """
@@ -129,7 +129,7 @@ class PreparePascalContextResult:
     split_files: dict[str, Path]
     ids: dict[str, int]
     labels_written: int
-    images_without_annotations: int
+    all_background: int
     duplicate_annotation_ids: int
 
 
