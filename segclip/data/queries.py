@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from segclip.data.textfiles import read_lines
+from segclip.io import read_lines
 from segclip.errors import ConfigError, DataError
 
 BENCHMARK_CLASS_FILES = ("voc21", "voc20", "context60", "context59", "coco_object", "coco_stuff", "cityscapes",
