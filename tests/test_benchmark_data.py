@@ -18,6 +18,7 @@ from segclip.data.protocols import PROTOCOLS, benchmark_protocol
 from segclip.data.queries import (assign_query_labels, benchmark_class_file, query_class_probabilities,
                                   read_query_file)
 from segclip.errors import ConfigError, DataError
+from segclip.segment.benchmark import window_protocol
 
 # mmsegmentation's label semantics per benchmark, written out independently of the readers:
 # (number of classes, reduce_zero_label, label file for image id i relative to the dataset folder)
@@ -304,7 +305,7 @@ def test_protocols_scale_with_the_crop():
     assert benchmark_protocol("cityscapes").for_crop(288)["short_side"] == 720
     assert benchmark_protocol("coco_stuff").for_crop(448)["short_side"] == 896
     paper = benchmark_protocol("context59", "paper")
-    window = paper.window_protocol(384)
+    window = window_protocol(paper, 384)
     assert (window.short_side, window.crop, window.stride, window.long_side, window.temperature) == (
         512, 384, 192, 2048, 40.0)
     assert paper.for_crop(384)["prob_threshold"] == 0.0 and paper.for_crop(384)["area_threshold"] is None

@@ -75,7 +75,8 @@ class BenchmarkProtocol:
 
         Returns:
             ``{"short_side", "long_side", "crop", "stride", "temperature"}`` (the fields of
-            :class:`segclip.segment.windows.SlidingWindowProtocol`) plus ``"prob_threshold"`` and
+            :class:`segclip.segment.windows.SlidingWindowProtocol`; :func:`segclip.segment.benchmark.window_protocol`
+            builds it) plus ``"prob_threshold"`` and
             ``"area_threshold"``.
 
         Raises:
@@ -93,14 +94,6 @@ class BenchmarkProtocol:
                 "crop": crop, "stride": _scaled(self.stride, crop, self.reference_crop),
                 "temperature": float(self.logit_scale), "prob_threshold": float(self.prob_threshold),
                 "area_threshold": self.area_threshold}
-
-    def window_protocol(self, crop: int) -> Any:
-        """:meth:`for_crop` as a :class:`segclip.segment.windows.SlidingWindowProtocol`."""
-        from segclip.segment.windows import SlidingWindowProtocol
-
-        values = self.for_crop(crop)
-        return SlidingWindowProtocol(**{k: values[k] for k in ("short_side", "long_side", "crop", "stride",
-                                                               "temperature")})
 
     def to_dict(self, crop: int | None = None) -> dict[str, Any]:
         """The protocol as a plain dict for result files; with ``crop``, also the lengths used at that crop."""
