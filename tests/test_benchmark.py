@@ -318,7 +318,7 @@ def test_query_rule_through_the_pipeline_against_brute_force():
     methods = build_methods(model, names, ["neuron-head", "maskclip"], k=40, templates="single")
     assert methods[0].pair_index.shape == (len(names), 40)  # top-k pairs per query
     rng = np.random.default_rng(0)
-    images = [rng.integers(0, 256, (23, 31, 3), dtype=np.uint8), rng.integers(0, 256, (30, 19, 3), dtype=np.uint8)]
+    images = [rng.integers(0, 256, (14, 19, 3), dtype=np.uint8), rng.integers(0, 256, (17, 12, 3), dtype=np.uint8)]
     protocol = SlidingWindowProtocol(short_side=160, crop=128, stride=64, temperature=40.0)
     plain = segment_images(model, images, methods, protocol)
     for image, result in zip(images, plain):  # the default path is the temperature rule, unchanged
@@ -451,3 +451,27 @@ def test_acceptance_rn50_all_eight(fake, tmp_path):
     record = results["datasets"]["voc21"]["protocol"]
     assert record["model"]["name"] == "RN50" and record["window"]["crop"] == 224
     assert record["window"]["short_side"] == 336 and record["window"]["stride"] == 112
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_equal_one(fake, tmp_path):
+    """`segclip benchmark --devices 2` (Lightning DDP, gloo, 2 CPU processes, one trainer over several datasets)
+    gives the single-process confusion matrices."""
+    import subprocess
+    import sys
+
+    env = {"SEGCLIP_CACHE": str(tmp_path / "cache"), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
+    matrices = []
+    for devices in (1, 2):
+        out = tmp_path / f"out{devices}"
+        command = [sys.executable, "-m", "segclip.cli", "benchmark", "--data-root", str(fake[0]), "--datasets",
+                   "voc21,cityscapes", "--model", "RN50", "--pretrained", "none", "--templates", "single",
+                   "--methods", "maskclip,neuron-head", "--devices", str(devices), "--out", str(out),
+                   "--no-progress", "--device", "cpu"]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=900, env=env,
+                              cwd=Path(__file__).resolve().parents[1])
+        assert done.returncode == 0, done.stderr[-3000:]
+        matrices.append({name: [e["confusion_matrix"] for e in json.loads((out / name / "results.json").read_text())]
+                         for name in ("voc21", "cityscapes")})
+        assert len(list((out / "cityscapes" / "partial").glob("*.npy"))) == 3
+    assert matrices[0] == matrices[1] and sum(map(sum, matrices[0]["voc21"][0])) > 0
