@@ -27,7 +27,7 @@ from segclip.data.benchmarks import BENCHMARKS
 from segclip.data.protocols import benchmark_protocol
 from segclip.data.queries import parse_query_lines
 from segclip.io import to_jsonable
-from segclip.segment.methods import build_methods
+from segclip.segment.methods import SegmentationMethod, TextRecipe, build_methods
 from segclip.segment.pipeline import QueryLabelRule, distinct_queries, segment_images
 from segclip.segment.results import ResultStore
 from segclip.segment.windows import SlidingWindowProtocol, logits_to_labels
@@ -309,15 +309,34 @@ def brute_force_labels(logits: torch.Tensor, size: tuple[int, int], rows: list[i
     return labels
 
 
-def test_query_rule_through_the_pipeline_against_brute_force():
-    model = tiny_model(torch.float64)
+class Planted(SegmentationMethod):
+    """Window logits that vary strongly over the image (a random model's maps are nearly constant, under which the
+    scale, the area rule and the resizing would go untested): standardised layer4 neurons through a fixed random
+    projection, one row per distinct query."""
+
+    name = "planted"
+
+    def __init__(self, model, names):
+        super().__init__(model, names, TextRecipe("single", "none"), texts=torch.ones(len(names), 32))
+        generator = torch.Generator().manual_seed(3)
+        self.projection = torch.randn(model.info.neurons, len(names), generator=generator).to(model.dtype)
+
+    def window_logits(self, trace):
+        neurons = trace.neurons.flatten(2)  # (B, N, h, w) -> (B, N, K)
+        neurons = neurons - neurons.mean(-1, keepdim=True)
+        out = torch.einsum("bnk,nr->brk", neurons, self.projection)
+        return (out / out.std() * 0.05).float().unflatten(-1, trace.grid)  # (B, R, h, w)
+
+
+def test_query_rule_through_the_pipeline_against_brute_force(model):
     # synonyms, a name on two lines (as SCLIP's coco_object 'bed') and one differing only in case
     queries, query_to_class, _ = parse_query_lines(["wall, bed, sky", "cat, kitty", "dog, Puppy", "bed", "puppy"],
                                                    allow_duplicates=True)
     names, rows = distinct_queries(queries)
     assert names == ["wall", "bed", "sky", "cat", "kitty", "dog", "Puppy"] and rows == [0, 1, 2, 3, 4, 5, 6, 1, 6]
-    methods = build_methods(model, names, ["neuron-head", "maskclip"], k=40, templates="single")
-    assert methods[0].pair_index.shape == (len(names), 40)  # top-k pairs per query
+    methods = [Planted(model, names), *build_methods(model, names, ["neuron-head", "maskclip"], k=40,
+                                                     templates="single")]
+    assert methods[1].pair_index.shape == (len(names), 40)  # top-k pairs per query
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, (14, 19, 3), dtype=np.uint8), rng.integers(0, 256, (17, 12, 3), dtype=np.uint8)]
     protocol = SlidingWindowProtocol(short_side=160, crop=128, stride=64, temperature=40.0)
@@ -327,32 +346,35 @@ def test_query_rule_through_the_pipeline_against_brute_force():
             expected, _ = logits_to_labels(result[method.name].logits, image.shape[:2], 40.0)
             assert torch.equal(result[method.name].labels, expected)
     scale = 50.0
-    for area_threshold in (None, 0.3):
-        tops = []
-        for image, result in zip(images, plain):
-            for method in methods:
-                full = F.interpolate(result[method.name].logits[None], size=image.shape[:2], mode="bilinear",
-                                     align_corners=False)[0]
-                tops.append((full[rows] * scale).softmax(0).amax(0).flatten())
-        ordered = torch.cat(tops).sort().values
-        middle = len(ordered) // 2  # a threshold between two probabilities near the median, far from both
-        gaps = ordered[middle - 20: middle + 20].diff()
-        at = middle - 20 + int(gaps.argmax())
-        threshold = float(ordered[at] + ordered[at + 1]) / 2
-        assert float(gaps.max()) > 1e-5
+    tops = []
+    for image, result in zip(images, plain):
+        full = F.interpolate(result["planted"].logits[None], size=image.shape[:2], mode="bilinear",
+                             align_corners=False)[0]
+        tops.append((full[rows] * scale).softmax(0).amax(0).flatten())
+    ordered = torch.cat(tops).sort().values
+    middle = len(ordered) // 2  # a threshold between two probabilities near the median, far from both
+    gaps = ordered[middle - 20: middle + 20].diff()
+    at = middle - 20 + int(gaps.argmax())
+    threshold = float(ordered[at] + ordered[at + 1]) / 2
+    assert float(gaps.max()) > 1e-5
+    planted = {}
+    for area_threshold in (None, 0.4):
         rule = QueryLabelRule(tuple(rows), tuple(query_to_class), scale, threshold, area_threshold)
         ruled = segment_images(model, images, methods, protocol, label_rule=rule)
-        changed_by_threshold = 0
         for image, result, base in zip(images, ruled, plain):
             for method in methods:
                 assert torch.equal(result[method.name].logits, base[method.name].logits)
                 expected = brute_force_labels(base[method.name].logits, image.shape[:2], rows, query_to_class,
                                               scale, threshold, area_threshold)
                 np.testing.assert_array_equal(result[method.name].labels.numpy(), expected)
-                unthresholded = brute_force_labels(base[method.name].logits, image.shape[:2], rows,
-                                                   query_to_class, scale, 0.0, area_threshold)
-                changed_by_threshold += int((unthresholded != expected).sum())
-        assert changed_by_threshold > 0  # the threshold moved pixels to class 0
+        planted[area_threshold] = [brute_force_labels(base["planted"].logits, image.shape[:2], rows,
+                                                      query_to_class, scale, t, area_threshold)
+                                   for image, base in zip(images, plain) for t in (threshold, 0.0)]
+    # every step mattered: several classes, pixels moved to 0 by the threshold, classes dropped by the area rule
+    with_threshold, without = planted[None][0::2], planted[None][1::2]
+    assert all(len(np.unique(labels)) >= 3 for labels in without)
+    assert sum(int((a != b).sum()) for a, b in zip(with_threshold, without)) > 0
+    assert sum(int((a != b).sum()) for a, b in zip(planted[None], planted[0.4])) > 0
 
 
 def test_query_rule_refuses_a_second_background_rule(model):
