@@ -101,7 +101,8 @@ def main() -> None:
     print(f"model: {args.model} ({args.pretrained}), batch {args.batch_size}, {args.images} timed images (CPU), "
           f"torch threads {torch.get_num_threads()}, {os.cpu_count()} CPUs, load average {load_before:.1f} before "
           f"and {os.getloadavg()[0]:.1f} after (other processes share the machine when it exceeds the CPU count)")
-    print("| device | dtype | workers | encode_image img/s | statistics img/s | ratio | without registers img/s | ratio |")
+    print("| device | dtype | workers | encode_image img/s | statistics img/s | ratio | without registers img/s "
+          "| ratio |")
     print("|---|---|---|---|---|---|---|---|")
     for device, dtype, workers, forward, statistics, plain in rows:
         print(f"| {device} | {dtype} | {workers} | {forward:.2f} | {statistics:.2f} | {statistics / forward:.3f} | "

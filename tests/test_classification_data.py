@@ -11,13 +11,22 @@ import scipy.io
 import torch
 from PIL import Image
 
-from segclip.analysis.evaluation import ConditionAccuracy
 from segclip.analysis.datasets import read_dataset
-from segclip.data.classification import (imagenet_class_names, imagenet_wnids, parse_car_name, read_imagenet,
-                                         read_stanford_cars)
+from segclip.analysis.evaluation import ConditionAccuracy
+from segclip.data.classification import (
+    imagenet_class_names,
+    imagenet_wnids,
+    parse_car_name,
+    read_imagenet,
+    read_stanford_cars,
+)
 from segclip.errors import ConfigError, DataError
 from segclip.models.text import check_class_names
-from segclip.models.zero_shot import encode_classification_names, unique_names, zero_shot_predict
+from segclip.models.zero_shot import (
+    encode_classification_names,
+    unique_names,
+    zero_shot_predict,
+)
 
 
 def image(path, seed=0):
@@ -181,8 +190,8 @@ def test_duplicate_names_for_classification_only():
 
 
 def test_dataset_config(tmp_path):
-    from segclip.config import build_config
     from segclip.analysis.datasets import DatasetConfig
+    from segclip.config import build_config
 
     write_cars(tmp_path)
     data = build_config(DatasetConfig, {"dataset": "stanford_cars", "data-root": str(tmp_path)}).read()

@@ -12,8 +12,13 @@ import pytest
 import torch
 from PIL import Image
 
-from segclip.analysis.distributed import (ShardBatches, collect_statistics_distributed, rank_checkpoint,
-                                          remove_checkpoints, run_distributed_pass)
+from segclip.analysis.distributed import (
+    ShardBatches,
+    collect_statistics_distributed,
+    rank_checkpoint,
+    remove_checkpoints,
+    run_distributed_pass,
+)
 from segclip.analysis.statistics import Statistics, collect_statistics
 from segclip.analysis.units import Embeddings
 from segclip.data.synthetic import classification_set

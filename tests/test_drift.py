@@ -8,8 +8,17 @@ from scipy.spatial.distance import pdist
 from sklearn.metrics import roc_auc_score
 from sklearn.metrics.pairwise import rbf_kernel
 
-from segclip.analysis.drift import (auroc, classifier_drift, drift_report, group_means, ks_drift, ks_statistic,
-                                    mmd2_unbiased, mmd_drift, rbf_bandwidth)
+from segclip.analysis.drift import (
+    auroc,
+    classifier_drift,
+    drift_report,
+    group_means,
+    ks_drift,
+    ks_statistic,
+    mmd2_unbiased,
+    mmd_drift,
+    rbf_bandwidth,
+)
 
 
 def test_group_means_against_scipy():

@@ -6,12 +6,18 @@ import math
 import numpy as np
 import pytest
 import torch
-from explore_data import PLANTED_WORD, read_shard, statistics, write_images, write_labels
+from explore_data import (
+    PLANTED_WORD,
+    read_shard,
+    statistics,
+    write_images,
+    write_labels,
+)
 
 from segclip.analysis.statistics import Statistics
+from segclip.core.pairs import PairDirections
 from segclip.data.images import read_image
 from segclip.data.preprocess import clip_batch
-from segclip.core.pairs import PairDirections
 from segclip.errors import ConfigError, OutputError
 from segclip.explore import ExploreConfig, run_explore
 from segclip.explore.site import decode_map, read_labels

@@ -13,7 +13,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from explore_data import PLANTED_WORD, read_shard, statistics, write_images, write_labels
+from explore_data import (
+    PLANTED_WORD,
+    read_shard,
+    statistics,
+    write_images,
+    write_labels,
+)
 
 from segclip.core.pairs import PairDirections
 from segclip.explore import ExploreConfig, run_explore

@@ -6,7 +6,14 @@ import pytest
 import torch
 from PIL import Image
 
-from segclip.data.images import CLIP_MEAN, CLIP_STD, list_images, normalise, read_image, read_label
+from segclip.data.images import (
+    CLIP_MEAN,
+    CLIP_STD,
+    list_images,
+    normalise,
+    read_image,
+    read_label,
+)
 from segclip.errors import DataError, ImageError, SegclipError
 
 

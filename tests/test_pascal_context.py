@@ -6,7 +6,12 @@ from fake_data import make_fake_pascal_context
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from segclip.data.pascal_context import ImageFolderDataset, PascalContext, class_names, collate_samples
+from segclip.data.pascal_context import (
+    ImageFolderDataset,
+    PascalContext,
+    class_names,
+    collate_samples,
+)
 from segclip.errors import ConfigError, DataError, ImageError
 
 

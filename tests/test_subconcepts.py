@@ -17,7 +17,11 @@ from explore_data import statistics, write_images
 
 from segclip.analysis.omp import omp
 from segclip.analysis.statistics import Statistics
-from segclip.analysis.subconcepts import SubconceptsConfig, run_subconcepts, score_subconcepts
+from segclip.analysis.subconcepts import (
+    SubconceptsConfig,
+    run_subconcepts,
+    score_subconcepts,
+)
 from segclip.errors import ConfigError, OutputError
 from segclip.models import load_model
 

@@ -19,7 +19,12 @@ import torch
 
 from segclip.analysis.statistics import Statistics, collect_statistics
 from segclip.config import check_positive, option
-from segclip.core.calibration import CALIBRATION_VERSION, Calibration, calibration_path, statistics_path
+from segclip.core.calibration import (
+    CALIBRATION_VERSION,
+    Calibration,
+    calibration_path,
+    statistics_path,
+)
 from segclip.core.registers import REGISTER_RANKINGS, rank_registers
 from segclip.data.images import list_images
 from segclip.errors import ConfigError, DataError, OutputError

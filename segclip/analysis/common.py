@@ -15,7 +15,11 @@ from typing import Any
 
 import torch
 
-from segclip.analysis.evaluation import Condition, ConditionAccuracy, read_labelled_folder
+from segclip.analysis.evaluation import (
+    Condition,
+    ConditionAccuracy,
+    read_labelled_folder,
+)
 from segclip.analysis.statistics import Statistics, collect_statistics
 from segclip.analysis.stream import run_pass
 from segclip.config import check_positive, option

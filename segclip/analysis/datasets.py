@@ -8,7 +8,12 @@ from pathlib import Path
 
 from segclip.analysis.evaluation import read_labelled_folder
 from segclip.config import option
-from segclip.data.classification import STANFORD_CARS_IMAGES, ImageSet, read_imagenet, read_stanford_cars
+from segclip.data.classification import (
+    STANFORD_CARS_IMAGES,
+    ImageSet,
+    read_imagenet,
+    read_stanford_cars,
+)
 from segclip.data.images import list_images
 from segclip.errors import ConfigError, DataError
 

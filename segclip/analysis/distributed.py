@@ -31,10 +31,10 @@ from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from segclip.analysis.stream import Mergeable, images_digest
+from segclip.config import check_positive, option
+from segclip.core.trace import HookSpec
 from segclip.data.images import read_image
 from segclip.data.preprocess import clip_batch
-from segclip.core.trace import HookSpec
-from segclip.config import check_positive, option
 from segclip.errors import ConfigError
 from segclip.io import atomic_save_tensors, read_tensors
 from segclip.models.loading import CLIPResNet
@@ -272,7 +272,8 @@ def make_pass_trainer(device: torch.device, devices: int = 1, num_nodes: int = 1
         raise ConfigError(f"--devices and --num-nodes must be at least 1, got {devices} and {num_nodes}.")
     accelerator = "gpu" if device.type == "cuda" else "cpu"
     chosen: Any = devices if devices * num_nodes > 1 or device.type != "cuda" else [device.index or 0]
-    for message in (r".*treespec, LeafSpec.*", r".*custom batch sampler `ShardBatches`.*", r".*predict returned None.*"):
+    for message in (r".*treespec, LeafSpec.*", r".*custom batch sampler `ShardBatches`.*",
+                    r".*predict returned None.*"):
         warnings.filterwarnings("ignore", message=message)  # Lightning's notices: nothing a user can act on
     return L.Trainer(accelerator=accelerator, devices=chosen, num_nodes=num_nodes,
                      strategy="ddp" if devices * num_nodes > 1 else "auto", logger=False,

@@ -30,7 +30,8 @@ from segclip.config import option
 from segclip.errors import ConfigError
 
 METHODS = ("ks", "mmd", "classifier")
-STATTEST_NAMES = {"ks": "K-S p_value", "mmd": "MMD permutation p_value", "classifier": "domain classifier AUROC p_value"}
+STATTEST_NAMES = {"ks": "K-S p_value", "mmd": "MMD permutation p_value",
+                  "classifier": "domain classifier AUROC p_value"}
 
 
 @dataclass(frozen=True)

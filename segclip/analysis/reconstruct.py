@@ -22,7 +22,11 @@ from segclip.analysis.common import (
     statistics_for,
 )
 from segclip.analysis.components import PC_SAMPLES
-from segclip.analysis.evaluation import ablation_condition, neuron_pca_condition, rank_one_condition
+from segclip.analysis.evaluation import (
+    ablation_condition,
+    neuron_pca_condition,
+    rank_one_condition,
+)
 from segclip.config import option
 from segclip.errors import ConfigError
 from segclip.models.loading import ModelSource, resolve_model

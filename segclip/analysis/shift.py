@@ -12,9 +12,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from segclip.analysis.common import AnalysisConfig, AnalysisResult, Timer, analysis_protocol, check_out
+from segclip.analysis.common import (
+    AnalysisConfig,
+    AnalysisResult,
+    Timer,
+    analysis_protocol,
+    check_out,
+)
 from segclip.analysis.stream import run_pass
-from segclip.analysis.units import ConceptScores, concept_pairs, point_biserial, read_groups
+from segclip.analysis.units import (
+    ConceptScores,
+    concept_pairs,
+    point_biserial,
+    read_groups,
+)
 from segclip.config import option
 from segclip.errors import ConfigError
 from segclip.models.loading import ModelSource, resolve_model

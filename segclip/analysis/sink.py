@@ -7,7 +7,14 @@ from pathlib import Path
 
 import numpy as np
 
-from segclip.analysis.common import AnalysisConfig, AnalysisResult, Timer, analysis_protocol, check_out, statistics_for
+from segclip.analysis.common import (
+    AnalysisConfig,
+    AnalysisResult,
+    Timer,
+    analysis_protocol,
+    check_out,
+    statistics_for,
+)
 from segclip.config import option
 from segclip.core.registers import rank_registers
 from segclip.data.images import list_images

@@ -5,7 +5,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from segclip.analysis.common import AnalysisConfig, AnalysisResult, Timer, analysis_protocol, check_out, statistics_for
+from segclip.analysis.common import (
+    AnalysisConfig,
+    AnalysisResult,
+    Timer,
+    analysis_protocol,
+    check_out,
+    statistics_for,
+)
 from segclip.analysis.stream import run_pass
 from segclip.analysis.units import Embeddings, inertia
 from segclip.config import option

@@ -52,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
         if command.group:
             if command.group not in groups:
                 grouped = subparsers.add_parser(command.group, help=command.group_help)
-                groups[command.group] = grouped.add_subparsers(dest="subcommand", metavar="ANALYSIS", required=True)
+                groups[command.group] = grouped.add_subparsers(dest="subcommand", metavar=command.group_metavar,
+                                                                required=True)
             target = groups[command.group]
         sub = target.add_parser(command.name, help=command.help, description=command.description)
         _common(sub, command)

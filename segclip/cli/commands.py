@@ -10,12 +10,37 @@ from segclip.analysis.calibration import CalibrateConfig, run_calibrate
 from segclip.analysis.common import AnalysisResult
 from segclip.analysis.decompose import DecomposeConfig, run_decompose
 from segclip.analysis.label import LabelConfig, run_label
-from segclip.analysis.reconstruct import AblateConfig, ReconstructConfig, run_ablate, run_reconstruct
+from segclip.analysis.reconstruct import (
+    AblateConfig,
+    ReconstructConfig,
+    run_ablate,
+    run_reconstruct,
+)
 from segclip.analysis.shift import ShiftConfig, run_shift
 from segclip.analysis.sink import SinkConfig, run_sink
-from segclip.analysis.subconcepts import SubconceptsConfig, SubconceptsResult, run_subconcepts
+from segclip.analysis.subconcepts import (
+    SubconceptsConfig,
+    SubconceptsResult,
+    run_subconcepts,
+)
 from segclip.analysis.top_images import TopImagesConfig, run_top_images
+from segclip.data.prepare import (
+    CheckConfig,
+    CheckResult,
+    PrepareCityscapesConfig,
+    PrepareCocoConfig,
+    PrepareLabelsResult,
+    PreparePascalContextConfig,
+    PreparePascalContextResult,
+    format_check,
+    run_check,
+    run_prepare_cityscapes,
+    run_prepare_coco_object,
+    run_prepare_coco_stuff,
+    run_prepare_pascal_context,
+)
 from segclip.explore.site import ExploreConfig, ExploreResult, run_explore
+from segclip.segment.benchmark import BenchmarkConfig, BenchmarkResult, run_benchmark
 from segclip.segment.run import (
     CompareConfig,
     EvalConfig,
@@ -48,6 +73,41 @@ def write_scores(result: EvalResult, config: Any) -> int:
     if config.out is not None:
         written = result.write(config.out)
         print(f"wrote {' and '.join(str(p) for p in written)}", file=sys.stderr)
+    return 0
+
+
+def write_benchmark(result: BenchmarkResult, config: BenchmarkConfig) -> int:
+    if not result.datasets:  # a DDP process other than the first
+        return 0
+    sys.stdout.write(result.table())
+    written = result.write(config.out)
+    for name, why in result.skipped.items():
+        print(f"skipped {name} ({why['state']}): {why['reason']}", file=sys.stderr)
+    print(f"wrote {' and '.join(str(p) for p in written)} (and one folder per dataset)", file=sys.stderr)
+    return 0
+
+
+def write_pascal_context(result: PreparePascalContextResult, config: PreparePascalContextConfig) -> int:
+    print(f"PASCAL Context: {result.ids['train']} train and {result.ids['val']} val ids, {result.labels_written} "
+          f"label maps in {result.label_dir} ({result.all_background} all background); split files "
+          f"{result.split_files['train']} and {result.split_files['val']}")
+    if result.duplicate_annotation_ids:
+        print(f"{result.duplicate_annotation_ids} annotations repeated an earlier id; the later one was kept, as "
+              "the Detail API does", file=sys.stderr)
+    return 0
+
+
+def write_labels(result: PrepareLabelsResult, config: Any) -> int:
+    for split, count in result.written.items():
+        print(f"{split}: {count} label maps written in {result.out_dirs[split]}")
+    for path, values in result.unmapped.items():
+        print(f"{path}: values {values} outside the table were left unchanged", file=sys.stderr)
+    return 0
+
+
+def print_check(result: CheckResult, config: CheckConfig) -> int:
+    print(format_check(result))
+    print(f"{len(result.valid)} of {len(result.statuses)} ready: {', '.join(result.valid) or 'none'}")
     return 0
 
 
@@ -86,6 +146,7 @@ class Command:
     needs_model: bool = True
     group: str | None = None
     group_help: str | None = None
+    group_metavar: str = "COMMAND"
 
 
 ANALYZE = "the paper's analyses (reconstruct, ablate, label, top-images, shift, sink)"
@@ -94,7 +155,17 @@ ANALYZE = "the paper's analyses (reconstruct, ablate, label, top-images, shift, 
 def _analysis(name: str, help: str, config: type, run: Callable) -> Command:
     return Command(name, help, help[0].upper() + help[1:] + ". Writes NAME.json (numbers and protocol), .csv and "
                    ".png into --out; long passes checkpoint there and resume when rerun.", config,
-                   lambda c, m, v: run(c, m), write_analysis, group="analyze", group_help=ANALYZE)
+                   lambda c, m, v: run(c, m), write_analysis, group="analyze", group_help=ANALYZE,
+                   group_metavar="ANALYSIS")
+
+
+PREPARE = ("convert the benchmark datasets to the layouts mmsegmentation's converters write (no mmcv needed), or "
+           "check a data root")
+
+
+def _prepare(name: str, help: str, description: str, config: type, run: Callable, emit: Callable) -> Command:
+    return Command(name, help, description, config, lambda c, m, v: run(c), emit, needs_model=False,
+                   group="prepare", group_help=PREPARE, group_metavar="DATASET")
 
 
 COMMANDS: tuple[Command, ...] = (
@@ -141,6 +212,32 @@ COMMANDS: tuple[Command, ...] = (
             "neuron-head pair (top images with the pair's spatial map, words, statistics, siblings), neuron and head, "
             "search by word, and the units with the largest contributions on the landing page.",
             ExploreConfig, lambda c, m, v: run_explore(c, m), print_site),
+    Command("benchmark", "the field's eight benchmarks with every method: one table of mIoU",
+            "Run every requested benchmark found under --data-root (voc21, context60, coco_object, voc20, "
+            "context59, coco_stuff, cityscapes, ade20k) with every method from one backbone pass per window, each "
+            "with its protocol and its class file's queries (synonyms as their own queries, the max over them). "
+            "Prints a markdown table (mIoU per dataset and the average) and writes OUT/results.json and .csv; "
+            "missing or invalid datasets are skipped and reported. Interrupted runs resume when run again.",
+            BenchmarkConfig, lambda c, m, v: run_benchmark(c, m, verbose=v), write_benchmark),
+    _prepare("pascal_context", "PASCAL Context 59/60 label maps and split files from trainval_merged.json",
+             "Write VOC2010/SegmentationClassContext/*.png and ImageSets/SegmentationContext/{train,val}.txt as "
+             "mmsegmentation's converter writes them with the Detail API (byte-identical), from "
+             "trainval_merged.json and the VOC2010 devkit.", PreparePascalContextConfig, run_prepare_pascal_context,
+             write_pascal_context),
+    _prepare("coco_stuff", "COCO-Stuff 164k labelTrainIds (0..170) from the stuffthingmaps",
+             "Write annotations/<split>/<id>_labelTrainIds.png next to each stuffthingmap (mmsegmentation's "
+             "mapping).", PrepareCocoConfig, run_prepare_coco_stuff, write_labels),
+    _prepare("coco_object", "COCO-Object instanceTrainIds (0 background, 1..80) from the stuffthingmaps",
+             "Write annotations/<split>/<id>_instanceTrainIds.png next to each stuffthingmap (things to 1..80, "
+             "stuff and unlabelled to 0, as the SCLIP family's converter).", PrepareCocoConfig,
+             run_prepare_coco_object, write_labels),
+    _prepare("cityscapes", "Cityscapes gtFine labelTrainIds (0..18, 255) from the labelIds",
+             "Write *_gtFine_labelTrainIds.png next to each *_gtFine_labelIds.png (cityscapesscripts' id -> "
+             "trainId table).", PrepareCityscapesConfig, run_prepare_cityscapes, write_labels),
+    _prepare("check", "report which of the eight benchmarks are present and valid under a data root",
+             "Look for each benchmark under --data-root (mmsegmentation's data/ layout), check its files and the "
+             "first labels, and print a table: state, images against the standard val size, what to do.",
+             CheckConfig, run_check, print_check),
 )
 
 __all__ = ["COMMANDS", "Command", "is_primary"]

@@ -4,7 +4,13 @@ from segclip.core.attnpool import AttentionPool, HeadWeights
 from segclip.core.calibration import Calibration, load_calibration
 from segclip.core.info import ModelInfo
 from segclip.core.pairs import PairDirections
-from segclip.core.trace import HOOK_POINTS, RegisterIntervention, Trace, token_head_contributions, trace_pool
+from segclip.core.trace import (
+           HOOK_POINTS,
+           RegisterIntervention,
+           Trace,
+           token_head_contributions,
+           trace_pool,
+)
 
 __all__ = ["HOOK_POINTS", "AttentionPool", "Calibration", "HeadWeights", "ModelInfo", "PairDirections",
            "RegisterIntervention", "Trace", "load_calibration", "token_head_contributions", "trace_pool"]

@@ -53,7 +53,14 @@ from PIL import Image
 
 from segclip.config import check_positive, option
 from segclip.errors import ConfigError, DataError, OutputError
-from segclip.io import atomic_write_bytes, atomic_write_text, git_revision, package_versions, read_lines, to_jsonable
+from segclip.io import (
+    atomic_write_bytes,
+    atomic_write_text,
+    git_revision,
+    package_versions,
+    read_lines,
+    to_jsonable,
+)
 from segclip.models.loading import ModelSource, resolve_model
 
 log = logging.getLogger(__name__)

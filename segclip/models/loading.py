@@ -30,7 +30,15 @@ from segclip.config import option, progress_enabled
 from segclip.core.attnpool import AttentionPool
 from segclip.core.info import ModelInfo
 from segclip.core.pairs import PairDirections
-from segclip.core.trace import HOOK_POINTS, HookSpec, Trace, backbone_neurons, check_images, merge_hooks, trace_pool
+from segclip.core.trace import (
+    HOOK_POINTS,
+    HookSpec,
+    Trace,
+    backbone_neurons,
+    check_images,
+    merge_hooks,
+    trace_pool,
+)
 from segclip.errors import ConfigError, ModelError
 from segclip.paths import bundled_dir, cache_dir
 

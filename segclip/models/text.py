@@ -171,9 +171,9 @@ def encode_classes(model: CLIPResNet, names: list[str], templates: str | tuple[s
             atomic_save_tensors(path, {"embeddings": embeddings}, {"key": meta, "sha256": checksum(embeddings)})
         except OutputError as err:
             raise OutputError(
-                f"Cannot write the text-embedding cache in {folder} ({err.__cause__.strerror if err.__cause__ else err})"
-                ". Point SEGCLIP_CACHE at a writable folder (the cache can be cleared at any time by deleting it).") \
-                from err
+                f"Cannot write the text-embedding cache in {folder} "
+                f"({err.__cause__.strerror if err.__cause__ else err}). Point SEGCLIP_CACHE at a writable folder (the "
+                "cache can be cleared at any time by deleting it).") from err
     return embeddings
 
 

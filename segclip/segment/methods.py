@@ -57,7 +57,12 @@ from segclip.core.trace import Trace
 from segclip.data.pascal_context import class_names as dataset_class_names
 from segclip.errors import ConfigError
 from segclip.models.loading import CLIPResNet
-from segclip.models.text import centre, check_class_names, encode_classes, resolve_templates
+from segclip.models.text import (
+    centre,
+    check_class_names,
+    encode_classes,
+    resolve_templates,
+)
 
 log = logging.getLogger(__name__)
 

@@ -7,17 +7,23 @@ gives the same labels as N batches of one (tested).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from segclip.core.trace import RegisterIntervention
+from segclip.data.queries import assign_query_labels
 from segclip.errors import ConfigError
 from segclip.models.loading import CLIPResNet
 from segclip.segment.methods import SegmentationMethod
-from segclip.segment.windows import SlidingWindowProtocol, logits_to_labels, prepare_windows
+from segclip.segment.windows import (
+    SlidingWindowProtocol,
+    logits_to_labels,
+    prepare_windows,
+)
 
 log = logging.getLogger(__name__)
 
@@ -27,13 +33,96 @@ class Segmentation:
     """One method's result on one image.
 
     Attributes:
-        logits: ``(C, h, w)`` float32 stitched window logits on the resized image (before the temperature).
+        logits: ``(C, h, w)`` float32 stitched window logits on the resized image (before the temperature); with a
+            :class:`QueryLabelRule`, one row per distinct query name.
         labels: ``(H, W)`` int64 labels at the original size, ``0..C-1`` (``C`` = background when a background
-            threshold was given).
+            threshold was given; with a label rule, the rule's classes).
     """
 
     logits: torch.Tensor
     labels: torch.Tensor
+
+
+LabelRule = Callable[[torch.Tensor, tuple[int, int]], torch.Tensor]  # ((R, h, w) logits, (H, W)) -> (H, W) labels
+
+
+def distinct_queries(queries: Sequence[str]) -> tuple[list[str], list[int]]:
+    """The distinct query names (first spelling kept, compared without case) and the row of each query among them.
+
+    Text embeddings and methods are built once per distinct name (:func:`~segclip.models.text.check_class_names`
+    refuses repeats); a name listed twice (SCLIP's COCO-Object file has ``bed`` twice) still counts twice in the
+    softmax over queries, by reading its row twice.
+
+    Example:
+        >>> distinct_queries(["sky", "bed", "cat", "Bed"])
+        (['sky', 'bed', 'cat'], [0, 1, 2, 1])
+    """
+    names: list[str] = []
+    first: dict[str, int] = {}
+    rows = []
+    for query in queries:
+        key = str(query).strip().lower()
+        if key not in first:
+            first[key] = len(names)
+            names.append(str(query).strip())
+        rows.append(first[key])
+    return names, rows
+
+
+@dataclass(frozen=True)
+class QueryLabelRule:
+    """Labels from query logits by the benchmark suite's rule (:func:`~segclip.data.queries.assign_query_labels`).
+
+    Stitched logits ``(R, h, w)`` (one row per distinct query name) are resized bilinearly to the original image
+    (``align_corners=False``, as :func:`~segclip.segment.windows.logits_to_labels`), expanded to the Q queries by
+    ``query_rows``, and labelled: one softmax of ``scale`` x logits over all queries, a class's probability the max
+    over its synonyms, the area rule, then pixels below ``prob_threshold`` to class 0.
+
+    Args:
+        query_rows: ``(Q,)`` row of the logits each query reads (:func:`distinct_queries`).
+        query_to_class: ``(Q,)`` class of each query.
+        scale: logit scale before the softmax (the dataset protocol's, replacing the temperature).
+        prob_threshold: top class probability below which a pixel becomes class 0 (0: off).
+        area_threshold: VOC21's area rule, or None.
+
+    Raises:
+        ValueError: ``query_rows`` and ``query_to_class`` differ in length.
+
+    Example:
+        >>> rule = QueryLabelRule((0, 1, 1), (0, 1, 1), scale=10.0)
+        >>> rule(torch.tensor([[[0.0, 0.0]], [[1.0, -1.0]]]), (1, 2))
+        tensor([[1, 0]])
+    """
+
+    query_rows: tuple[int, ...]
+    query_to_class: tuple[int, ...]
+    scale: float
+    prob_threshold: float = 0.0
+    area_threshold: float | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.query_rows) != len(self.query_to_class):
+            raise ValueError(f"{len(self.query_rows)} query rows for {len(self.query_to_class)} query classes")
+
+    @property
+    def num_classes(self) -> int:
+        return max(self.query_to_class) + 1
+
+    def __call__(self, logits: torch.Tensor, out_size: tuple[int, int]) -> torch.Tensor:
+        """``(R, h, w)`` stitched logits -> ``(H, W)`` int64 labels at ``out_size``."""
+        logits = logits.float()
+        if tuple(logits.shape[-2:]) != tuple(out_size):
+            logits = F.interpolate(logits[None], size=tuple(out_size), mode="bilinear", align_corners=False)[0]
+        rows = torch.as_tensor(self.query_rows, dtype=torch.long, device=logits.device)
+        return assign_query_labels(logits[rows], list(self.query_to_class), self.scale, self.prob_threshold,
+                                   self.area_threshold)
+
+    def to_dict(self) -> dict[str, object]:
+        """The rule for result files."""
+        return {"rule": "softmax of scale x logits over every query, class = max over its synonyms, area rule, "
+                        "top probability below prob_threshold -> class 0",
+                "scale": self.scale, "prob_threshold": self.prob_threshold, "area_threshold": self.area_threshold,
+                "queries": len(self.query_rows), "distinct_query_rows": len(set(self.query_rows))}
 
 
 def protocol_for(model: CLIPResNet, short_side: int | None = None, stride: int | None = None) -> SlidingWindowProtocol:
@@ -81,8 +170,8 @@ def window_logits(model: CLIPResNet, crops: torch.Tensor, methods: Sequence[Segm
 
 def segment_images(model: CLIPResNet, images: Sequence[np.ndarray], methods: Sequence[SegmentationMethod],
                    protocol: SlidingWindowProtocol, batch_size: int = 8, *,
-                   intervention: RegisterIntervention | None = None, background_threshold: float | None = None
-                   ) -> list[dict[str, Segmentation]]:
+                   intervention: RegisterIntervention | None = None, background_threshold: float | None = None,
+                   label_rule: LabelRule | None = None) -> list[dict[str, Segmentation]]:
     """Segment images with several methods from one batched backbone pass.
 
     Args:
@@ -93,12 +182,16 @@ def segment_images(model: CLIPResNet, images: Sequence[np.ndarray], methods: Seq
         batch_size: crops per backbone pass (memory bound; results do not depend on it).
         intervention: the register intervention, or None.
         background_threshold: pixels whose top probability is below it get label ``C``.
+        label_rule: how stitched logits become labels, e.g. a :class:`QueryLabelRule` (methods built on its
+            distinct query names); default: ``protocol.temperature``, softmax, arg-max
+            (:func:`~segclip.segment.windows.logits_to_labels`).
 
     Returns:
         Per image, ``{method name: Segmentation}``.
 
     Raises:
-        ConfigError: no methods, a batch size below 1, or a crop that is not the model's input size.
+        ConfigError: no methods, a batch size below 1, a crop that is not the model's input size, or both a
+            background threshold and a label rule.
 
     Example:
         >>> from segclip.models import load_model
@@ -113,6 +206,8 @@ def segment_images(model: CLIPResNet, images: Sequence[np.ndarray], methods: Seq
         raise ConfigError("No segmentation method given.")
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {batch_size}.")
+    if label_rule is not None and background_threshold is not None:
+        raise ConfigError("A background threshold and a label rule exclude each other (the rule has its own).")
     if protocol.crop != model.info.image_size:
         raise ConfigError(
             f"The crop ({protocol.crop}) must be the model's input size ({model.info.image_size}): the positional "
@@ -123,6 +218,9 @@ def segment_images(model: CLIPResNet, images: Sequence[np.ndarray], methods: Seq
     results: list[dict[str, Segmentation]] = [{} for _ in images]
     for method, logits in zip(methods, per_method):
         for result, stitched, size in zip(results, windows.stitch(logits), windows.original_sizes):
-            labels, _ = logits_to_labels(stitched, size, protocol.temperature, background_threshold)
+            if label_rule is None:
+                labels, _ = logits_to_labels(stitched, size, protocol.temperature, background_threshold)
+            else:
+                labels = label_rule(stitched, size)
             result[method.name] = Segmentation(stitched.cpu(), labels.cpu())
     return results

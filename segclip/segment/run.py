@@ -30,10 +30,22 @@ from segclip.models.loading import CLIPResNet, ModelSource, resolve_model
 from segclip.models.text import check_class_names
 from segclip.segment.datasets import open_dataset
 from segclip.segment.lightning import SegmentationData, SegmentationTask, make_trainer
-from segclip.segment.methods import CENTRING_CHOICES, DEFAULT_K, METHODS, SegmentationMethod, build_methods
+from segclip.segment.methods import (
+    CENTRING_CHOICES,
+    DEFAULT_K,
+    METHODS,
+    SegmentationMethod,
+    build_methods,
+)
 from segclip.segment.metric import segmentation_scores
 from segclip.segment.pipeline import protocol_for
-from segclip.segment.results import ResultStore, check_outputs, check_writable, png_bytes, write_results
+from segclip.segment.results import (
+    ResultStore,
+    check_outputs,
+    check_writable,
+    png_bytes,
+    write_results,
+)
 from segclip.segment.windows import SlidingWindowProtocol, logits_to_labels
 from segclip.viz.overlay import heatmap, overlay
 

@@ -1,0 +1,409 @@
+"""The eight benchmarks of training-free semantic segmentation, in the layouts mmsegmentation's converters write.
+
+All are found under one data root laid out as mmsegmentation's ``data/`` folder; each can also be given its own
+folder (the one named in the second column)::
+
+    name         folder under the data root   images / labels (val)                                      val
+    voc21        VOCdevkit/VOC2012            JPEGImages/<id>.jpg, SegmentationClass/<id>.png           1449
+    voc20        VOCdevkit/VOC2012            same, ids from ImageSets/Segmentation/val.txt             1449
+    context60    VOCdevkit/VOC2010            JPEGImages/<id>.jpg, SegmentationClassContext/<id>.png    5104
+    context59    VOCdevkit/VOC2010            same, ids from ImageSets/SegmentationContext/val.txt      5104
+    coco_object  coco_stuff164k               images/val2017/<id>.jpg,
+                                              annotations/val2017/<id>_instanceTrainIds.png              5000
+    coco_stuff   coco_stuff164k               images/val2017/<id>.jpg,
+                                              annotations/val2017/<id>_labelTrainIds.png                 5000
+    cityscapes   cityscapes                   leftImg8bit/val/<city>/<id>_leftImg8bit.png,
+                                              gtFine/val/<city>/<id>_gtFine_labelTrainIds.png           500
+    ade20k       ade/ADEChallengeData2016     images/validation/<id>.jpg, annotations/validation/<id>.png  2000
+
+Label encodings are mmsegmentation's (255 is always ignored): voc21 keeps the palette indices (0 background is a
+class, 255 the boundary); voc20, context59 and ade20k reduce the zero label (0 -> 255, c -> c - 1); context60 keeps
+0 as background; coco_object holds 0 background and 1..80 (``instanceTrainIds``), coco_stuff 0..170
+(``labelTrainIds``), cityscapes 0..18 (``labelTrainIds``). Datasets without a split file list their image folder
+recursively, sorted by path, as mmsegmentation does. :data:`BENCHMARKS` is in the column order of the field's
+tables (SCLIP, ClearCLIP): with background first, then without.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from torch.utils.data import Dataset
+
+from segclip.data.images import IGNORE_INDEX, read_image, read_label
+from segclip.data.queries import benchmark_class_file, read_query_file
+from segclip.errors import ConfigError, DataError, SegclipError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BenchmarkSpec:
+    """Where a benchmark's files are and how its labels are encoded.
+
+    Attributes:
+        name: the benchmark's name.
+        folder: its folder under the data root (mmsegmentation's ``data/`` layout).
+        image_dir: image folder inside ``folder``; ``{split}`` is replaced by the split's folder name.
+        label_dir: label folder, likewise.
+        image_suffix: what every image file name ends with.
+        label_suffix: what replaces ``image_suffix`` in the label file name.
+        split_file: the id list inside ``folder`` (``{split}`` replaced by the split), or None to list ``image_dir``.
+        split_dirs: ``(split, folder name)`` pairs for ``{split}``; other splits are used as written.
+        num_classes: classes after the label mapping.
+        reduce_zero_label: raw 0 -> 255 and ``c`` -> ``c - 1`` (mmsegmentation's ``reduce_zero_label``).
+        val_size: the standard number of validation images.
+        label_mapping: the encoding in words, for result files.
+        prepare: how to make the files, for messages.
+    """
+
+    name: str
+    folder: str
+    image_dir: str
+    label_dir: str
+    image_suffix: str
+    label_suffix: str
+    split_file: str | None
+    num_classes: int
+    reduce_zero_label: bool
+    val_size: int
+    label_mapping: str
+    prepare: str
+    split_dirs: tuple[tuple[str, str], ...] = field(default=())
+
+    def split_dir(self, split: str) -> str:
+        """The folder name standing for ``split`` in ``image_dir`` / ``label_dir``."""
+        return dict(self.split_dirs).get(split, split)
+
+
+_VOC12 = ("Download VOCtrainval_11-May-2012.tar from the PASCAL VOC site and extract it into the data root so that "
+          "VOCdevkit/VOC2012 holds JPEGImages, SegmentationClass and ImageSets/Segmentation (no conversion needed).")
+_CONTEXT = ("Download VOCtrainval_03-May-2010.tar (extract it into the data root: VOCdevkit/VOC2010) and "
+            "trainval_merged.json, then run `segclip prepare pascal_context --devkit DATA_ROOT/VOCdevkit --json "
+            "trainval_merged.json`.")
+_COCO = ("Download COCO val2017 images into coco_stuff164k/images/val2017 and stuffthingmaps_trainval2017.zip into "
+         "coco_stuff164k/annotations, then run `segclip prepare {} --root DATA_ROOT/coco_stuff164k`.")
+_CITY = ("Download leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip into the data root's cityscapes folder, "
+         "then run `segclip prepare cityscapes --root DATA_ROOT/cityscapes`.")
+_ADE = ("Download ADEChallengeData2016.zip and extract it into the data root's ade folder so that "
+        "ade/ADEChallengeData2016 holds images and annotations (no conversion needed).")
+
+SPECS: dict[str, BenchmarkSpec] = {s.name: s for s in (
+    BenchmarkSpec("voc21", "VOCdevkit/VOC2012", "JPEGImages", "SegmentationClass", ".jpg", ".png",
+                  "ImageSets/Segmentation/{split}.txt", 21, False, 1449,
+                  "palette indices 0..20 (0 = background, a class), 255 = boundary (ignored)", _VOC12),
+    BenchmarkSpec("context60", "VOCdevkit/VOC2010", "JPEGImages", "SegmentationClassContext", ".jpg", ".png",
+                  "ImageSets/SegmentationContext/{split}.txt", 60, False, 5104,
+                  "0..59 as written by the converter (0 = background, a class)", _CONTEXT),
+    BenchmarkSpec("coco_object", "coco_stuff164k", "images/{split}", "annotations/{split}", ".jpg",
+                  "_instanceTrainIds.png", None, 81, False, 5000,
+                  "instanceTrainIds: 0 = background (stuff and unlabelled), 1..80 = things",
+                  _COCO.format("coco_object"),
+                  (("val", "val2017"), ("train", "train2017"))),
+    BenchmarkSpec("voc20", "VOCdevkit/VOC2012", "JPEGImages", "SegmentationClass", ".jpg", ".png",
+                  "ImageSets/Segmentation/{split}.txt", 20, True, 1449,
+                  "reduce_zero_label: background 0 -> 255, c -> c - 1; 255 = boundary (ignored)", _VOC12),
+    BenchmarkSpec("context59", "VOCdevkit/VOC2010", "JPEGImages", "SegmentationClassContext", ".jpg", ".png",
+                  "ImageSets/SegmentationContext/{split}.txt", 59, True, 5104,
+                  "reduce_zero_label: background 0 -> 255, c -> c - 1", _CONTEXT),
+    BenchmarkSpec("coco_stuff", "coco_stuff164k", "images/{split}", "annotations/{split}", ".jpg",
+                  "_labelTrainIds.png", None, 171, False, 5000,
+                  "labelTrainIds 0..170 (things then stuff), 255 = unlabelled (ignored)", _COCO.format("coco_stuff"),
+                  (("val", "val2017"), ("train", "train2017"))),
+    BenchmarkSpec("cityscapes", "cityscapes", "leftImg8bit/{split}", "gtFine/{split}", "_leftImg8bit.png",
+                  "_gtFine_labelTrainIds.png", None, 19, False, 500,
+                  "labelTrainIds 0..18, 255 = void (ignored)", _CITY),
+    BenchmarkSpec("ade20k", "ade/ADEChallengeData2016", "images/{split}", "annotations/{split}", ".jpg", ".png",
+                  None, 150, True, 2000, "reduce_zero_label: 0 (other) -> 255, c -> c - 1", _ADE,
+                  (("val", "validation"), ("train", "training"))),
+)}
+BENCHMARKS: tuple[str, ...] = tuple(SPECS)
+ALIASES = {"coco_stuff164k": "coco_stuff", "city_scapes": "cityscapes", "ade": "ade20k"}
+
+
+def canonical_name(name: str) -> str:
+    """The benchmark name for ``name`` or one of its aliases (``coco_stuff164k``, ``city_scapes``, ``ade``).
+
+    Raises:
+        ConfigError: unknown name (the message lists the known ones).
+
+    Example:
+        >>> canonical_name("coco_stuff164k")
+        'coco_stuff'
+    """
+    name = ALIASES.get(name, name)
+    if name not in SPECS:
+        raise ConfigError(f"Unknown dataset {name!r}; choose from {', '.join(BENCHMARKS)}.")
+    return name
+
+
+def label_names(name: str) -> list[str]:
+    """The dataset's own class names in label order (mmsegmentation's names), for tables.
+
+    Example:
+        >>> label_names("voc21")[:2], len(label_names("coco_stuff"))
+        (['background', 'aeroplane'], 171)
+    """
+    text = resources.files("segclip.data").joinpath("classnames", f"{canonical_name(name)}_labels.txt")
+    return text.read_text(encoding="utf-8").splitlines()
+
+
+def _list_images(folder: Path, suffix: str) -> list[str]:
+    """Paths relative to ``folder`` of the files whose name ends with ``suffix``, recursively, sorted."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames.sort()
+        rel = Path(dirpath).relative_to(folder)
+        found.extend((rel / name).as_posix() for name in filenames if name.endswith(suffix))
+    return sorted(found)
+
+
+class BenchmarkDataset(Dataset):
+    """One benchmark in mmsegmentation's layout, checked when constructed (before any model work).
+
+    Files are checked to exist for every listed id; the image count is compared with the standard validation size
+    (a warning through ``logging`` when it differs); label values are checked when a label is read (every
+    ``__getitem__``; :meth:`validate` reads a few up front).
+
+    Args:
+        name: a benchmark name (:data:`BENCHMARKS`) or alias.
+        data_root: folder laid out as mmsegmentation's ``data/`` (holding ``VOCdevkit``, ``coco_stuff164k``, ...).
+        root: this dataset's own folder (e.g. ``.../VOCdevkit/VOC2012``); overrides ``data_root``.
+        split: ``"val"`` (default) or another split of the layout.
+        limit: keep only the first ``limit`` images (only those are checked).
+        class_file: a class file in the SCLIP format (:func:`~segclip.data.queries.read_query_file`) to use
+            instead of the shipped one; it must have one line per class.
+
+    Attributes:
+        ids: image ids in order (file names without the image suffix).
+        class_names: per class, its query line (names joined by ``", "``).
+        queries: every query name, and ``query_to_class`` the class of each.
+        label_names: the dataset's own class names.
+        num_classes: classes after the label mapping; labels use 255 for ignore.
+        description: a dict for result files (name, root, split, images, label mapping, class file, ...).
+
+    Raises:
+        ConfigError: unknown name, neither root given, or ``limit`` below 1.
+        DataError: the folder, a sub-folder, the split file or listed files are missing (the message names the
+            file and how to prepare it), no images, duplicate ids, or a class file with the wrong number of lines.
+
+    Example:
+        >>> data = BenchmarkDataset("voc21", data_root="data")  # doctest: +SKIP
+        >>> sample = data[0]  # doctest: +SKIP
+        >>> sample["image"].shape, sample["label"].dtype  # doctest: +SKIP
+        ((366, 500, 3), dtype('uint8'))
+    """
+
+    ignore_index = IGNORE_INDEX
+
+    def __init__(self, name: str, data_root: str | Path | None = None, root: str | Path | None = None,
+                 split: str = "val", limit: int | None = None, class_file: str | Path | None = None):
+        self.spec = spec = SPECS[canonical_name(name)]
+        self.name, self.split, self.num_classes = spec.name, split, spec.num_classes
+        if limit is not None and limit < 1:
+            raise ConfigError(f"limit must be at least 1, got {limit}")
+        if root is None and data_root is None:
+            raise ConfigError(f"{spec.name} needs a data root (holding {spec.folder}) or its own root folder.")
+        self.root = Path(root) if root is not None else Path(data_root) / spec.folder
+        if not self.root.is_dir():
+            raise DataError(f"{spec.name}: {self.root} does not exist. {spec.prepare}")
+        sub = spec.split_dir(split)
+        self.image_dir = self.root / spec.image_dir.format(split=sub)
+        self.label_dir = self.root / spec.label_dir.format(split=sub)
+        for required in (self.image_dir, self.label_dir):
+            if not required.is_dir():
+                raise DataError(f"{spec.name} is incomplete: {required} does not exist. {spec.prepare}")
+        if spec.split_file is not None:
+            self.source = self.root / spec.split_file.format(split=split)
+            if not self.source.is_file():
+                raise DataError(f"{spec.name} is incomplete: the split file {self.source} does not exist. "
+                                f"{spec.prepare}")
+            try:
+                lines = self.source.read_text(encoding="utf-8").splitlines()
+            except (OSError, UnicodeDecodeError) as err:
+                raise DataError(f"{spec.name}: cannot read the split file {self.source} ({err}). {spec.prepare}") \
+                    from None
+            relative = [line.strip() + spec.image_suffix for line in lines if line.strip()]
+        else:
+            self.source = self.image_dir
+            relative = _list_images(self.image_dir, spec.image_suffix)
+        if not relative:
+            raise DataError(f"{spec.name}: {self.source} lists no images (looked for *{spec.image_suffix}). "
+                            f"{spec.prepare}")
+        self.total = len(relative)
+        if split == "val" and self.total != spec.val_size:
+            logger.warning("%s: %s lists %d images; the standard val set has %d", spec.name, self.source,
+                           self.total, spec.val_size)
+        relative = relative[:limit] if limit is not None else relative
+        self._relative = relative
+        self.ids = [Path(r).name[: -len(spec.image_suffix)] for r in relative]
+        if len(set(self.ids)) != len(self.ids):
+            seen: set[str] = set()
+            duplicate = next(i for i in self.ids if i in seen or seen.add(i))
+            raise DataError(f"{spec.name}: image id {duplicate!r} occurs twice in {self.source}; ids must be unique.")
+        for kind, paths in (("images", self.image_paths), ("label maps", self.label_paths)):
+            missing = [p for p in paths if not p.is_file()]
+            if missing:
+                shown = ", ".join(str(p) for p in missing[:3]) + (", ..." if len(missing) > 3 else "")
+                raise DataError(f"{spec.name}: {len(missing)} of {len(paths)} {kind} listed in {self.source} are "
+                                f"missing (first: {shown}). {spec.prepare}")
+        self.class_file = Path(class_file) if class_file is not None else benchmark_class_file(spec.name)
+        self.queries, self.query_to_class, self.class_names = read_query_file(
+            self.class_file, allow_duplicates=class_file is None)  # the shipped COCO-Object file repeats 'bed'
+        if len(self.class_names) != spec.num_classes:
+            raise DataError(f"The class file {self.class_file} has {len(self.class_names)} lines but {spec.name} "
+                            f"has {spec.num_classes} classes; write one line per class, in label order.")
+        self.label_names = label_names(spec.name)
+
+    @property
+    def image_paths(self) -> list[Path]:
+        """Image files, in order."""
+        return [self.image_dir / r for r in self._relative]
+
+    @property
+    def label_paths(self) -> list[Path]:
+        """Label files, in order."""
+        suffix = len(self.spec.image_suffix)
+        return [self.label_dir / (r[:-suffix] + self.spec.label_suffix) for r in self._relative]
+
+    @property
+    def description(self) -> dict[str, Any]:
+        """What a result file records about the data."""
+        spec = self.spec
+        return {"name": spec.name, "root": str(self.root), "split": self.split, "images": len(self.ids),
+                "images_listed": self.total, "standard_val_images": spec.val_size, "source": str(self.source),
+                "image_dir": str(self.image_dir), "label_dir": str(self.label_dir),
+                "label_suffix": spec.label_suffix, "num_classes": spec.num_classes, "ignore_index": IGNORE_INDEX,
+                "reduce_zero_label": spec.reduce_zero_label, "label_mapping": spec.label_mapping,
+                "class_file": str(self.class_file), "class_names": list(self.class_names),
+                "label_names": list(self.label_names)}
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def read_label(self, index: int) -> Any:
+        """The ``(H, W)`` uint8 label of image ``index`` in the dataset's train-id encoding (255 = ignore).
+
+        Raises:
+            DataError: unreadable, several channels, or values outside the dataset's range (the message names the
+                file and the values).
+        """
+        path = self.label_paths[index]
+        try:
+            return read_label(path, self.num_classes, self.spec.reduce_zero_label)
+        except DataError as error:
+            raise DataError(f"{self.name}: {error}. {self.spec.prepare}") from None
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        """``{"id": str, "image": (H, W, 3) uint8 RGB, "label": (H, W) uint8}``.
+
+        Raises:
+            ImageError: the image cannot be read.
+            DataError: the label cannot be read, is out of range, or its size differs from the image's.
+        """
+        image = read_image(self.image_paths[index])
+        label = self.read_label(index)
+        if label.shape != image.shape[:2]:
+            raise DataError(f"{self.name}: label map {self.label_paths[index]} is {label.shape[1]}x{label.shape[0]} "
+                            f"(WxH) but its image is {image.shape[1]}x{image.shape[0]}. {self.spec.prepare}")
+        return {"id": self.ids[index], "image": image, "label": label}
+
+    def validate(self, samples: int = 2) -> None:
+        """Read the first ``samples`` images and labels (values in range, sizes equal), failing early.
+
+        Raises:
+            ImageError, DataError: as :meth:`__getitem__`.
+        """
+        for index in range(min(samples, len(self))):
+            self[index]
+
+
+def benchmark_dataset(name: str, data_root: str | Path | None = None,
+                      roots: Mapping[str, str | Path] | None = None, **kwargs: Any) -> BenchmarkDataset:
+    """A benchmark from a data root, with ``roots[name]`` (any alias) overriding its folder.
+
+    Args:
+        name: benchmark name or alias.
+        data_root: the mmsegmentation-style ``data/`` folder.
+        roots: per-dataset folders, ``{name: folder}``.
+        kwargs: ``split``, ``limit``, ``class_file`` (see :class:`BenchmarkDataset`).
+
+    Returns:
+        The dataset.
+
+    Raises:
+        ConfigError, DataError: as :class:`BenchmarkDataset`.
+    """
+    name = canonical_name(name)
+    overrides = {canonical_name(k): v for k, v in (roots or {}).items()}
+    return BenchmarkDataset(name, data_root=data_root, root=overrides.get(name), **kwargs)
+
+
+@dataclass(frozen=True)
+class DatasetStatus:
+    """Whether a benchmark is present and readable.
+
+    Attributes:
+        name: the benchmark.
+        root: the folder looked at.
+        present: the folder exists.
+        valid: the layout is complete and the first labels read within range.
+        images: images listed (None when not valid).
+        expected: the standard validation size.
+        message: what is wrong and how to fix it, or a note (count differing from the standard).
+    """
+
+    name: str
+    root: str
+    present: bool
+    valid: bool
+    images: int | None
+    expected: int
+    message: str
+
+
+def find_datasets(data_root: str | Path | None, roots: Mapping[str, str | Path] | None = None,
+                  names: Sequence[str] = BENCHMARKS, split: str = "val", samples: int = 1) -> dict[str, DatasetStatus]:
+    """Which benchmarks are present under a data root and valid (used by ``prepare --check`` and ``benchmark``).
+
+    Args:
+        data_root: the mmsegmentation-style ``data/`` folder (None: only ``roots``).
+        roots: per-dataset folders overriding ``data_root``.
+        names: benchmarks to look for, in order.
+        split: the split to check.
+        samples: labels read per dataset to check their values.
+
+    Returns:
+        ``{name: DatasetStatus}`` in the order of ``names``.
+
+    Example:
+        >>> status = find_datasets("/nonexistent")["voc21"]
+        >>> status.present, status.valid
+        (False, False)
+    """
+    statuses = {}
+    overrides = {canonical_name(k): v for k, v in (roots or {}).items()}
+    for name in (canonical_name(n) for n in names):
+        spec = SPECS[name]
+        root = overrides.get(name)
+        folder = Path(root) if root is not None else (Path(data_root) / spec.folder if data_root is not None else None)
+        if folder is None or not folder.is_dir():
+            where = "no data root given" if folder is None else f"{folder} does not exist"
+            statuses[name] = DatasetStatus(name, str(folder or ""), False, False, None, spec.val_size,
+                                           f"{where}. {spec.prepare}")
+            continue
+        try:
+            dataset = BenchmarkDataset(name, root=folder, split=split)
+            dataset.validate(samples)
+        except SegclipError as error:
+            statuses[name] = DatasetStatus(name, str(folder), True, False, None, spec.val_size, str(error))
+            continue
+        note = "" if dataset.total == spec.val_size or split != "val" else (
+            f"{dataset.total} images listed; the standard val set has {spec.val_size}")
+        statuses[name] = DatasetStatus(name, str(folder), True, True, dataset.total, spec.val_size, note)
+    return statuses
