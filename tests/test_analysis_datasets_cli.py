@@ -176,6 +176,7 @@ def _calibrate(tmp_path: Path, images: Path, devices: int) -> Path:
                           capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("calibrated ") == 1  # rank 0 reports, once
+    assert ("MEMBER: 2/2" in done.stderr) == (devices == 2), done.stderr[-2000:]  # Lightning's DDP did run
     return out
 
 
@@ -195,3 +196,67 @@ def test_calibrate_two_processes_equal_one(tmp_path):
                            Statistics.load(two.with_name("calibration.statistics.safetensors")))
     assert not [p.name for p in two.parent.iterdir() if "partial" in p.name]  # per-rank checkpoints removed
     assert np.isfinite(b["mean_scalars"].numpy()).all()
+
+
+def test_repeated_text_names_of_a_folder_are_classified_with_the_tie_rule(model, tmp_path):
+    from segclip.analysis.common import labelled_set, read_labelled
+    from segclip.analysis.reconstruct import ReconstructConfig
+
+    for name in ("tabby", "tiger", "dog"):
+        write_set(tmp_path / "labelled" / name, 2)
+    (tmp_path / "classes.txt").write_text("tabby\tcat\ntiger\tcat\ndog\n")
+    config = ReconstructConfig(images=tmp_path / "labelled", class_names=tmp_path / "classes.txt",
+                               out=tmp_path / "o", templates="single")
+    labelled = labelled_set(config, model, read_labelled(config))
+    assert torch.equal(labelled.texts[0], labelled.texts[1]) and not torch.equal(labelled.texts[0], labelled.texts[2])
+    assert labelled.description["duplicate_text_names"] == {"cat": [0, 1]}
+    assert "lowest class index" in labelled.description["tie_rule"]
+
+
+def test_workers_take_the_lightning_pass_with_the_same_results(model, tmp_path):
+    """--num-workers 1 (one process on Lightning, DataLoader workers) == the default run_pass path, for the
+    statistics and the accuracy pass; the per-process checkpoints are removed."""
+    for i, name in enumerate(["red_car", "dog"]):
+        write_set(tmp_path / "labelled" / name, 3 + i)
+    runs = {}
+    for workers in ("0", "1"):
+        out = tmp_path / f"run{workers}"
+        assert cli.main(["analyze", "ablate", "--images", str(tmp_path / "labelled"), "--templates", "single",
+                         "--fractions", "0.1,1", "--top-k", "4", "--batch-size", "3", "--num-workers", workers,
+                         "--out", str(out), "--no-progress"]) == 0
+        runs[workers] = json.loads((out / "ablate.json").read_text())["results"]
+        assert not list(out.glob("*.partial*"))
+    assert runs["0"]["accuracy"] == runs["1"]["accuracy"]
+    assert Statistics.load(tmp_path / "run1" / "statistics.safetensors").count == 7
+    assert_same_statistics(Statistics.load(tmp_path / "run0" / "statistics.safetensors"),
+                           Statistics.load(tmp_path / "run1" / "statistics.safetensors"))
+
+
+def _run_cli(tmp_path: Path, argv: list[str]) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "SEGCLIP_CACHE": str(tmp_path / "cache")}
+    done = subprocess.run([sys.executable, "-m", "segclip.cli", *argv], capture_output=True, text=True, timeout=600,
+                          env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+@pytest.mark.slow
+def test_reconstruct_two_processes_equal_one(tmp_path):
+    """`segclip analyze reconstruct --devices 2` == `--devices 1` on the bundled model: the statistics pass and
+    the accuracy pass both on DDP (rank 1 evaluates with rank 0's merged statistics); rank 0 writes."""
+    from segclip.data.synthetic import write_labelled_folder
+
+    write_labelled_folder(tmp_path / "labelled", per_class=1, seed=5)
+    results = {}
+    for devices in ("1", "2"):
+        out = tmp_path / f"run{devices}"
+        done = _run_cli(tmp_path, ["analyze", "reconstruct", "--images", str(tmp_path / "labelled"), "--templates",
+                                   "single", "--top-k", "4", "--batch-size", "3", "--devices", devices, "--out",
+                                   str(out), "--no-progress"])
+        assert ("MEMBER: 2/2" in done.stderr) == (devices == "2")
+        assert done.stdout.count("baseline:") == 1
+        results[devices] = json.loads((out / "reconstruct.json").read_text())["results"]
+        assert not list(out.glob("*.partial*"))
+    assert results["1"]["accuracy"] == results["2"]["accuracy"]
+    assert_same_statistics(Statistics.load(tmp_path / "run1" / "statistics.safetensors"),
+                           Statistics.load(tmp_path / "run2" / "statistics.safetensors"))
