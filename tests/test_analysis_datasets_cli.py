@@ -260,3 +260,47 @@ def test_reconstruct_two_processes_equal_one(tmp_path):
     assert results["1"]["accuracy"] == results["2"]["accuracy"]
     assert_same_statistics(Statistics.load(tmp_path / "run1" / "statistics.safetensors"),
                            Statistics.load(tmp_path / "run2" / "statistics.safetensors"))
+
+
+SHARE_SCRIPT = """
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+import torch.distributed as dist
+from segclip.analysis.common import run_accumulator
+from segclip.analysis.units import Embeddings
+from segclip.models import load_model
+
+out, folder = Path(sys.argv[1]), Path(sys.argv[2])
+torch.set_num_threads(1)
+paths = sorted(folder.glob("*.png"))
+config = SimpleNamespace(devices=2, num_nodes=1, num_workers=0, batch_size=3, chunk_size=64, progress=False)
+embeddings = run_accumulator(config, load_model(), paths, lambda m: Embeddings(len(paths), m.info.embed_dim),
+                             key={"kind": "embeddings"}, checkpoint=out / "embeddings.partial.safetensors",
+                             description="embeddings")
+torch.save(embeddings.values, out / f"rank{dist.get_rank()}.pt")
+"""
+
+
+@pytest.mark.slow
+def test_every_process_gets_the_merged_state(tmp_path):
+    """Under DDP run_accumulator hands rank 0's merged state to every process (so that later passes, e.g. the
+    accuracy pass after the statistics, use the statistics of all images on every rank)."""
+    from segclip.analysis.stream import run_pass
+    from segclip.analysis.units import Embeddings
+    from segclip.models import load_model
+
+    paths = write_set(tmp_path / "images", 8)
+    (tmp_path / "share.py").write_text(SHARE_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "SEGCLIP_CACHE": str(tmp_path / "cache")}
+    done = subprocess.run([sys.executable, str(tmp_path / "share.py"), str(tmp_path), str(tmp_path / "images")],
+                          capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    model = load_model()
+    reference = Embeddings(len(paths), model.info.embed_dim)
+    run_pass(model, paths, reference, key={}, batch_size=3, progress=False)
+    for rank in (0, 1):
+        assert torch.equal(torch.load(tmp_path / f"rank{rank}.pt"), reference.values), rank
+    assert not list(tmp_path.glob("embeddings.partial*"))
