@@ -244,7 +244,8 @@ def collect_statistics_for(config: Any, model: CLIPResNet, paths: list[Path], ch
                                    progress=config.progress)
         return stats
     running = run_accumulator(
-        config, model, paths, lambda m: RunningStatistics(m.pool, top_k=config.top_k, register_variant=register_variant),
+        config, model, paths,
+        lambda m: RunningStatistics(m.pool, top_k=config.top_k, register_variant=register_variant),
         key={"kind": "statistics", "version": STATISTICS_VERSION, "top_k": config.top_k, "registers": True,
              "register_variant": register_variant}, checkpoint=checkpoint, description="statistics")
     stats = running.finalise()

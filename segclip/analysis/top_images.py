@@ -100,7 +100,8 @@ def run_top_images(config: TopImagesConfig, model: ModelSource) -> TopImagesResu
     model = resolve_model(model)
     stats = statistics_for(config, model, paths)
     if stats.metadata.get("images") != [p.name for p in paths]:
-        raise ConfigError(f"--statistics {config.statistics} was computed on other images than {config.images or config.data_root}; "
+        raise ConfigError(f"--statistics {config.statistics} was computed on other images than "
+                          f"{config.images or config.data_root}; "
                           "top images are indices into that image list: pass the same folder (and --limit), or "
                           "leave out --statistics.")
     embeddings = run_accumulator(config, model, paths, lambda m: Embeddings(len(paths), m.info.embed_dim),
