@@ -57,7 +57,10 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             handle.write(data)
         os.replace(tmp, path)
     except OSError as err:
-        tmp.unlink(missing_ok=True)
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:  # the folder itself is missing or not a folder
+            pass
         raise OutputError(f"Cannot write {path} ({err.strerror or err}); free some space or choose a writable "
                           "output location.") from err
     return path

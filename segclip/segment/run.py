@@ -445,7 +445,7 @@ def heatmap_file_name(index: int, name: str) -> str:
 
     Example:
         >>> heatmap_file_name(3, "traffic light / signal " * 10)
-        '03_traffic_light___signal_traffic_light___.png'
+        '03_traffic_light___signal_traffic_light___s.png'
     """
     safe = "".join(ch if ch.isascii() and (ch.isalnum() or ch in "-_") else "_" for ch in name)
     return f"{index:02d}_{safe[:40]}.png"
@@ -514,6 +514,7 @@ def run_segment(config: SegmentConfig, model: ModelSource) -> SegmentResult:
         >>> sorted(p.name for p in result.files["example"])
         ['example.png', 'example_overlay.png']
     """
+    _quiet_lightning(False)
     dataset = ImageFolderDataset(list(config.images))
     for path in dataset.paths:
         read_image(path)  # fail on a corrupt image before any model work

@@ -79,7 +79,7 @@ def heatmap(probability: np.ndarray, name: str | None = None) -> Image.Image:
 
     Example:
         >>> picture = heatmap(np.linspace(0, 1, 64 * 80).reshape(64, 80), "grass")
-        >>> picture.size[0] == 80 and picture.size[1] > 64
+        >>> picture.size[0] >= 80 and picture.size[1] > 64  # the map, then a strip with the colour bar and name
         True
     """
     from matplotlib import colormaps
