@@ -17,7 +17,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from segclip.analysis.statistics import Statistics, collect_statistics
+from segclip.analysis.common import (
+    DatasetOptions,
+    collect_statistics_for,
+    is_primary_process,
+    process_config,
+    read_image_set,
+)
+from segclip.analysis.statistics import Statistics
 from segclip.config import check_positive, option
 from segclip.core.calibration import (
     CALIBRATION_VERSION,
@@ -26,7 +33,6 @@ from segclip.core.calibration import (
     statistics_path,
 )
 from segclip.core.registers import REGISTER_RANKINGS, rank_registers
-from segclip.data.images import list_images
 from segclip.errors import ConfigError, DataError, OutputError
 from segclip.models.loading import CLIPResNet, ModelSource, resolve_model
 
@@ -70,8 +76,8 @@ def calibration_from_statistics(stats: Statistics, registers: int = 32, ranking:
                                  "thin_sign_share": round(thin_sign_share(stats.deviations), 6)})
 
 
-@dataclass(frozen=True)
-class CalibrateConfig:
+@dataclass(frozen=True, kw_only=True)
+class CalibrateConfig(DatasetOptions):
     """Options of ``segclip calibrate``."""
 
     images: Path | None = option(None, help="folder of calibration images (required unless --from-pcs).")
@@ -99,13 +105,19 @@ class CalibrateConfig:
     overwrite: bool = option(False, help="replace an existing calibration at the artifact path (every later command "
                                          "that uses the default cached calibration picks up the new one).")
     progress: bool = option(True, help="show a progress bar.")
+    devices: int = option(1, help="processes (devices) per node; DDP when devices x num_nodes > 1 (gloo on CPU, one "
+                                  "GPU per process on CUDA) (default: 1).")
+    num_nodes: int = option(1, help="nodes; launch the same command on every node with Lightning's environment "
+                                    "(MASTER_ADDR, MASTER_PORT, NODE_RANK) (default: 1).")
+    num_workers: int = option(0, help="DataLoader workers per process that read and resize images (default: 0).")
 
     def __post_init__(self) -> None:
         check_positive(self, "limit", "top_k", "batch_size", "chunk_size")
         check_positive(self, "registers", allow_zero=True)
-        if (self.images is None) == (self.from_pcs is None):
-            raise ConfigError("Give --images (a folder to calibrate on) or --from-pcs (the authors' pcs.npy), "
-                              "exactly one of them.")
+        process_config(self)
+        if (self.dataset_config() is None) == (self.from_pcs is None):
+            raise ConfigError("Give --images (a folder to calibrate on) or --dataset with --data-root, or --from-pcs "
+                              "(the authors' pcs.npy), exactly one of them.")
         if self.sink_diffs is not None and self.from_pcs is None:
             raise ConfigError("--sink-diffs goes with --from-pcs.")
 
@@ -257,18 +269,18 @@ def run_calibrate(config: CalibrateConfig, model: ModelSource) -> CalibrateResul
     start = time.perf_counter()
     if config.from_pcs is not None:
         return _import_pcs(config, resolve_model(model), start)
-    paths = list_images(config.images)[:config.limit]
+    paths = read_image_set(config, what="calibration images").paths[:config.limit]
     model = resolve_model(model)
     if config.registers > model.info.neurons:
         raise ConfigError(f"--registers {config.registers} is more than the model's {model.info.neurons} neurons; "
                           f"use at most {model.info.neurons}.")
     path = _artifact_path(config, model)
     checkpoint = path.with_name(path.name.removesuffix(".safetensors") + ".partial.safetensors")
-    stats = collect_statistics(model, paths, top_k=config.top_k, register_variant=config.register_variant,
-                               batch_size=config.batch_size, chunk_size=config.chunk_size, checkpoint=checkpoint,
-                               progress=config.progress)
-    stats.save(statistics_path(path))
+    stats = collect_statistics_for(config, model, paths, checkpoint, register_variant=config.register_variant)
     calibration = calibration_from_statistics(stats, config.registers, config.register_ranking)
+    if not is_primary_process():  # DDP: rank 0 writes the artifact
+        return CalibrateResult(calibration, stats, path, statistics_path(path), time.perf_counter() - start)
+    stats.save(statistics_path(path))
     thin = calibration.metadata["thin_sign_share"]
     if thin > THIN_SIGNS_WARNING:
         log.warning("%.1f%% of the pair signs are decided by a thin margin (the top-%d deviations split close to "

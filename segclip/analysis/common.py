@@ -9,25 +9,35 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from segclip.analysis.evaluation import (
-    Condition,
-    ConditionAccuracy,
-    read_labelled_folder,
+from segclip.analysis.datasets import DATASETS, DatasetConfig, read_folder
+from segclip.analysis.distributed import (
+    ProcessConfig,
+    remove_checkpoints,
+    run_distributed_pass,
 )
-from segclip.analysis.statistics import Statistics, collect_statistics
-from segclip.analysis.stream import run_pass
-from segclip.config import check_positive, option
+from segclip.analysis.evaluation import Condition, ConditionAccuracy
+from segclip.analysis.statistics import (
+    STATISTICS_VERSION,
+    RunningStatistics,
+    Statistics,
+    collect_statistics,
+)
+from segclip.analysis.stream import Mergeable, run_pass
+from segclip.config import check_positive, option, progress_enabled
+from segclip.core.trace import HookSpec
+from segclip.data.classification import ImageSet, duplicate_names
 from segclip.data.images import list_images
 from segclip.errors import ConfigError, OutputError
 from segclip.io import atomic_write_csv, atomic_write_json, provenance
 from segclip.models.loading import CLIPResNet
-from segclip.models.text import encode_classes
+from segclip.models.zero_shot import TIE_RULE, encode_classification_names
 
 log = logging.getLogger(__name__)
 
@@ -47,20 +57,108 @@ class AnalysisConfig:
     chunk_size: int = option(64, help="images between checkpoints (default: 64).")
     overwrite: bool = option(False, help="replace the results of an earlier run in --out.")
     progress: bool = option(True, help="show progress bars.")
+    devices: int = option(1, help="processes (devices) per node of every pass; DDP when devices x num_nodes > 1 "
+                                  "(gloo on CPU, one GPU per process on CUDA) (default: 1).")
+    num_nodes: int = option(1, help="nodes; launch the same command on every node with Lightning's environment "
+                                    "(MASTER_ADDR, MASTER_PORT, NODE_RANK) (default: 1).")
+    num_workers: int = option(0, help="DataLoader workers per process that read and resize images (default: 0, "
+                                      "in the process).")
 
     def __post_init__(self) -> None:
         check_positive(self, "limit", "top_k", "batch_size", "chunk_size")
+        process_config(self)
+
+
+def process_config(config: Any) -> ProcessConfig:
+    """The ``--devices`` / ``--num-nodes`` / ``--num-workers`` of a config, validated.
+
+    Raises:
+        ConfigError: devices or nodes below 1, workers below 0.
+    """
+    return ProcessConfig(config.devices, config.num_nodes, config.num_workers)
 
 
 @dataclass(frozen=True, kw_only=True)
-class LabelledConfig(AnalysisConfig):
-    """Options of the analyses that measure zero-shot accuracy on a labelled folder."""
+class DatasetOptions:
+    """The ``--dataset`` / ``--data-root`` / ``--split`` / ``--colours`` flags of a command that reads an image set.
 
-    images: Path = option(help="labelled folder: one subfolder per class.")
+    ``--dataset folder`` (the default) reads ``--images`` (or ``--data-root``) as today; ``imagenet`` and
+    ``stanford_cars`` read ``--data-root`` (:mod:`segclip.analysis.datasets`).
+    """
+
+    dataset: str = option("folder", choices=DATASETS,
+                          help="dataset layout: folder (--images: class subfolders or plain images; default), "
+                               "imagenet (--data-root holding val/<wnid>/ or the flat ILSVRC2012 files + devkit), "
+                               "stanford_cars (--data-root in torchvision's layout: devkit/, cars_train/).")
+    data_root: Path | None = option(None, help="the dataset folder of --dataset imagenet or stanford_cars.")
+    split: str = option("train", choices=("train", "test"),
+                        help="Stanford Cars split (default: train, as the paper).")
+    colours: Path | None = option(None, help="Stanford Cars colour labels: a CSV with columns image, colour "
+                                             "(adds the 'colour' group and one 0/1 concept per colour).")
+
+    def dataset_config(self) -> DatasetConfig | None:
+        """The dataset to read (None: a plain folder without --images or --data-root).
+
+        Raises:
+            ConfigError: ``--images`` with another dataset than folder, both ``--images`` and ``--data-root``,
+                a dataset without ``--data-root``, ``--colours`` without Stanford Cars.
+        """
+        images = getattr(self, "images", None)
+        if self.dataset != "folder" and images is not None:
+            raise ConfigError(f"--dataset {self.dataset} reads --data-root; --images is for --dataset folder.")
+        if images is not None and self.data_root is not None:
+            raise ConfigError("Give --images or --data-root for --dataset folder, not both.")
+        root = self.data_root if self.data_root is not None else images
+        if root is None and self.dataset == "folder":
+            if self.colours is not None:
+                raise ConfigError("--colours applies to --dataset stanford_cars only.")
+            return None
+        return DatasetConfig(dataset=self.dataset, data_root=root, split=self.split, colours=self.colours,
+                             class_names=getattr(self, "class_names", None))
+
+
+def read_image_set(config: DatasetOptions, labelled: bool = False, what: str = "images") -> ImageSet:
+    """The image set of a command, validated before any model work: a plain folder as today (``labelled``: class
+    subfolders, :func:`~segclip.analysis.evaluation.read_labelled_folder`; else the folder's images,
+    :func:`~segclip.data.images.list_images`), or the dataset of ``--dataset`` on ``--data-root``.
+
+    Raises:
+        ConfigError: no image set given. DataError: the reader's errors (missing folders, devkit files, images).
+    """
+    dataset = config.dataset_config()
+    if dataset is None:
+        raise ConfigError(f"Give --images (a folder of {what}) or --dataset with --data-root.")
+    if dataset.dataset == "folder":
+        return read_folder(dataset.data_root, dataset.class_names, labelled=labelled)
+    data = dataset.read()
+    if labelled and data.labels is None:
+        raise ConfigError(f"--dataset {dataset.dataset} has no class labels for zero-shot accuracy.")
+    return data
+
+
+def subset(data: ImageSet, keep: torch.Tensor) -> ImageSet:
+    """The images ``keep`` ((k,) long, sorted) of an image set, with their labels, attributes and concepts."""
+    index = keep.tolist()
+    return ImageSet([data.paths[i] for i in index], None if data.labels is None else data.labels[keep],
+                    data.class_names, {k: [v[i] for i in index] for k, v in data.attributes.items()},
+                    {k: v[keep] for k, v in data.concepts.items()}, {**data.description, "used_images": len(index)})
+
+
+@dataclass(frozen=True, kw_only=True)
+class LabelledConfig(DatasetOptions, AnalysisConfig):
+    """Options of the analyses that measure zero-shot accuracy on a labelled image set."""
+
+    images: Path | None = option(None, help="labelled folder: one subfolder per class (--dataset folder).")
     class_names: Path | None = option(None, help="file: one line per class, 'folder' or 'folder<TAB>text name'.")
     calibration_images: Path | None = option(None, help="folder for the statistics (default: the labelled images).")
     templates: str = option("openai", choices=("openai", "maskclip", "single"),
                             help="text templates of the class names (default: openai).")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.dataset_config() is None:
+            raise ConfigError("Give --images (a labelled folder: one subfolder per class) or --dataset with "
+                              "--data-root.")
 
 
 def parse_units(units: tuple[str, ...], allowed: tuple[str, ...] = UNITS, option_name: str = "--units"
@@ -95,9 +193,80 @@ def check_out(out: Path, name: str, overwrite: bool) -> None:
                           "them, or choose another --out.")
 
 
+def distributed(config: Any) -> bool:
+    """Whether the passes of ``config`` run on Lightning (several processes or DataLoader workers); otherwise
+    they take the one-process :func:`~segclip.analysis.stream.run_pass` path."""
+    options = process_config(config)
+    return options.world_size > 1 or options.num_workers > 0
+
+
+def from_primary(value: Any) -> Any:
+    """``value`` as rank 0 has it, on every process of a DDP run (unchanged in a one-process run)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return value
+    box = [value if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def run_accumulator(config: Any, model: CLIPResNet, paths: list[Path], make: Callable[[CLIPResNet], Mergeable], *,
+                    key: dict[str, Any], checkpoint: Path, description: str, hooks: HookSpec | None = None
+                    ) -> Mergeable:
+    """Feed every image of ``paths`` to an accumulator, resumably: :func:`~segclip.analysis.stream.run_pass` in
+    one process without workers (today's path, bit for bit), else
+    :func:`~segclip.analysis.distributed.run_distributed_pass` on ``--devices x --num-nodes`` processes with
+    ``--num-workers`` workers; its per-process checkpoints are removed at the end.
+
+    Returns:
+        The accumulator over all images; under DDP rank 0's merged state, sent to every process (so that every
+        process computes the same results; only rank 0 writes them).
+    """
+    if not distributed(config):
+        accumulator = make(model)
+        run_pass(model, paths, accumulator, key=key, checkpoint=checkpoint, batch_size=config.batch_size,
+                 chunk_size=config.chunk_size, hooks=hooks, description=description, progress=config.progress)
+        checkpoint.unlink(missing_ok=True)
+        return accumulator
+    options = process_config(config)
+    result = run_distributed_pass(model, paths, make, key=key, devices=options.devices,
+                                  num_nodes=options.num_nodes, num_workers=options.num_workers,
+                                  batch_size=config.batch_size, chunk_size=config.chunk_size, checkpoint=checkpoint,
+                                  hooks=hooks, progress=config.progress and progress_enabled())
+    state = from_primary({k: v.detach().cpu() for k, v in result.accumulator.state_dict().items()}
+                         if result.is_primary else None)
+    if not result.is_primary:
+        result.accumulator.load_state_dict(state)
+    remove_checkpoints(checkpoint, result.world_size)
+    return result.accumulator
+
+
+def collect_statistics_for(config: Any, model: CLIPResNet, paths: list[Path], checkpoint: Path, *,
+                           register_variant: str = "activations") -> Statistics:
+    """The statistics of ``paths`` over one pass (:func:`run_accumulator`): equal to
+    :func:`~segclip.analysis.statistics.collect_statistics` (one process: the same call, whose ``checkpoint`` the
+    caller removes once the result is saved; several: image lists and signs exactly, float64 sums to round-off)."""
+    if not distributed(config):
+        stats = collect_statistics(model, paths, top_k=config.top_k, register_variant=register_variant,
+                                   batch_size=config.batch_size, chunk_size=config.chunk_size, checkpoint=checkpoint,
+                                   progress=config.progress)
+        return stats
+    running = run_accumulator(
+        config, model, paths,
+        lambda m: RunningStatistics(m.pool, top_k=config.top_k, register_variant=register_variant),
+        key={"kind": "statistics", "version": STATISTICS_VERSION, "top_k": config.top_k, "registers": True,
+             "register_variant": register_variant}, checkpoint=checkpoint, description="statistics")
+    stats = running.finalise()
+    stats.metadata = {"model": model.info.name, "weights_hash": model.info.weights_hash,
+                      "image_folder": str(Path(paths[0]).parent.resolve()) if paths else "",
+                      "images": [Path(p).name for p in paths], "register_variant": register_variant}
+    return stats
+
+
 def statistics_for(config: AnalysisConfig, model: CLIPResNet, paths: list[Path]) -> Statistics:
     """The statistics of ``paths``: reused from ``config.statistics`` or ``OUT/statistics.safetensors``, else
-    computed resumably into the latter.
+    computed resumably into the latter (on ``--devices`` processes; rank 0 writes the file).
 
     Raises:
         ConfigError: ``config.statistics`` belongs to another model.
@@ -113,11 +282,18 @@ def statistics_for(config: AnalysisConfig, model: CLIPResNet, paths: list[Path])
                                   f"({stats.metadata.get('model')}); compute it for {model.info.name}.")
             return stats
     checkpoint = config.out / "statistics.partial.safetensors"
-    stats = collect_statistics(model, paths, top_k=config.top_k, batch_size=config.batch_size,
-                               chunk_size=config.chunk_size, checkpoint=checkpoint, progress=config.progress)
-    stats.save(path)
+    stats = collect_statistics_for(config, model, paths, checkpoint)
+    if is_primary_process():
+        stats.save(path)
     checkpoint.unlink(missing_ok=True)
     return stats
+
+
+def is_primary_process() -> bool:
+    """True outside DDP and on rank 0 (the process that writes results and artifacts)."""
+    import torch.distributed as dist
+
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 @dataclass
@@ -125,8 +301,10 @@ class LabelledSet:
     """Labelled images for zero-shot accuracy.
 
     Attributes:
-        paths: image files; labels: (I,) class indices; names: the classes' text names.
+        paths: image files; labels: (I,) class indices; names: the classes' text names (may repeat: identical
+            texts, an exact tie goes to the lowest class index).
         calibration: images for the statistics; texts: (C, d) float64 class embeddings on the model's device.
+        description: what was read (dataset, root, counts, duplicate text names, tie rule), for result files.
     """
 
     paths: list[Path]
@@ -134,28 +312,39 @@ class LabelledSet:
     names: list[str]
     calibration: list[Path]
     texts: torch.Tensor
+    description: dict[str, Any] = field(default_factory=dict)
 
 
-def labelled_set(config: LabelledConfig, model: CLIPResNet) -> LabelledSet:
-    """Read the labelled folder (a seeded random subset of ``limit`` images) and encode its class names."""
-    paths, labels, names = read_labelled_folder(config.images, config.class_names)
+def read_labelled(config: LabelledConfig) -> tuple[ImageSet, list[Path]]:
+    """The labelled images (a seeded random subset of ``limit``) and the statistics' images, read and validated
+    before any model work."""
+    data = read_image_set(config, labelled=True, what="labelled images")
     if config.limit is not None:
-        keep = torch.randperm(len(paths), generator=torch.Generator().manual_seed(0))[:config.limit].sort().values
-        paths, labels = [paths[i] for i in keep.tolist()], labels[keep]
-    calibration = list_images(config.calibration_images)[:config.limit] if config.calibration_images else paths
-    texts = encode_classes(model, names, config.templates).to(model.device, torch.float64)
-    return LabelledSet(paths, labels, names, calibration, texts)
+        keep = torch.randperm(len(data.paths), generator=torch.Generator().manual_seed(0))[:config.limit]
+        data = subset(data, keep.sort().values)
+    calibration = list_images(config.calibration_images)[:config.limit] if config.calibration_images else data.paths
+    return data, calibration
+
+
+def labelled_set(config: LabelledConfig, model: CLIPResNet, read: tuple[ImageSet, list[Path]] | None = None
+                 ) -> LabelledSet:
+    """The labelled images (:func:`read_labelled`, unless already ``read``) with their class embeddings
+    (:func:`~segclip.models.zero_shot.encode_classification_names`: repeated names share one text)."""
+    data, calibration = read if read is not None else read_labelled(config)
+    texts = encode_classification_names(model, data.class_names, config.templates).to(model.device, torch.float64)
+    duplicates = duplicate_names(data.class_names)
+    description = {**data.description, "duplicate_text_names": duplicates,
+                   **({"tie_rule": TIE_RULE} if duplicates else {})}
+    return LabelledSet(data.paths, data.labels, data.class_names, calibration, texts, description)
 
 
 def evaluate(config: AnalysisConfig, model: CLIPResNet, name: str, conditions: dict[str, Condition],
              labelled: LabelledSet) -> dict[str, float]:
     """Zero-shot accuracy (%) of every condition in one resumable pass over the labelled images."""
-    accumulator = ConditionAccuracy(conditions, labelled.texts, labelled.labels)
-    checkpoint = config.out / f"{name}.partial.safetensors"
-    run_pass(model, labelled.paths, accumulator, key={"kind": name, "conditions": list(conditions)},
-             checkpoint=checkpoint, batch_size=config.batch_size, chunk_size=config.chunk_size,
-             description=name, progress=config.progress)
-    checkpoint.unlink(missing_ok=True)
+    accumulator = run_accumulator(config, model, labelled.paths,
+                                  lambda m: ConditionAccuracy(conditions, labelled.texts, labelled.labels),
+                                  key={"kind": name, "conditions": list(conditions)},
+                                  checkpoint=config.out / f"{name}.partial.safetensors", description=name)
     return accumulator.accuracies()
 
 

@@ -19,6 +19,7 @@ from segclip.analysis.common import (
     UNITS,
     AnalysisConfig,
     AnalysisResult,
+    DatasetOptions,
     Timer,
     analysis_protocol,
     check_out,
@@ -26,6 +27,7 @@ from segclip.analysis.common import (
     labelled_set,
     parse_units,
     pc_source,
+    read_labelled,
     statistics_for,
 )
 from segclip.analysis.components import PC_SAMPLES, principal_components
@@ -46,7 +48,7 @@ from segclip.viz.plots import line_plot
 
 
 @dataclass(frozen=True, kw_only=True)
-class LabelConfig(AnalysisConfig):
+class LabelConfig(DatasetOptions, AnalysisConfig):
     """Options of ``segclip analyze label``."""
 
     units: tuple[str, ...] = option(UNITS, help="comma-separated units to label: pairs (directions w), neurons and "
@@ -79,10 +81,11 @@ class LabelConfig(AnalysisConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         units = parse_units(self.units)
-        if set(units) - {"pairs"} and self.images is None and self.calibration_images is None \
+        if set(units) - {"pairs"} and self.dataset_config() is None and self.calibration_images is None \
                 and self.statistics is None:
             raise ConfigError("--units neurons and heads are labelled from their covariances, which need statistics: "
-                              "give --images, --calibration-images or --statistics (or --units pairs).")
+                              "give --images (or --dataset with --data-root), --calibration-images or --statistics "
+                              "(or --units pairs).")
         if self.table_sparsity < 1:
             raise ConfigError("--table-sparsity must be at least 1.")
         if self.table < 1 or self.vocabulary_size < 1:
@@ -155,6 +158,7 @@ def run_label(config: LabelConfig, model: ModelSource) -> LabelResult:
     """
     timer = Timer()
     check_out(config.out, "label", config.overwrite)
+    read = read_labelled(config) if config.dataset_config() is not None else None
     model = resolve_model(model)
     info = model.info
     units = parse_units(config.units)
@@ -171,8 +175,8 @@ def run_label(config: LabelConfig, model: ModelSource) -> LabelResult:
     solved = sorted(set(record) | {table_sparsity})  # sparsities whose coefficients OMP returns
     words = encode_classes(model, vocabulary, "single").to(model.device, torch.float32)
     accuracy, stats, evaluation = {}, None, None
-    if config.images is not None:
-        evaluation = labelled_set(config, model)
+    if read is not None:
+        evaluation = labelled_set(config, model, read)
         stats = statistics_for(config, model, evaluation.calibration)
     elif config.calibration_images is not None or config.statistics is not None:
         stats = statistics_for(config, model, list_images(config.calibration_images)[:config.limit]
@@ -233,7 +237,8 @@ def run_label(config: LabelConfig, model: ModelSource) -> LabelResult:
                   for unit in units}
     results = {"accuracy": accuracy, "vocabulary": len(vocabulary), "words_per_unit": config.words,
                "table_sparsity": table_sparsity, "labelled": labelled, "omp_seconds": seconds,
-               "signs": "calibration" if stats is not None else "+1 (no statistics)"}
+               "signs": "calibration" if stats is not None else "+1 (no statistics)",
+               **({"dataset": evaluation.description} if evaluation is not None else {})}
     if stats is not None and set(units) - {"pairs"}:
         results["principal_components"] = {"per_unit": config.components,
                                            "neurons": pc_source(config.pc_samples, stats),

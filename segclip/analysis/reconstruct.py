@@ -19,6 +19,7 @@ from segclip.analysis.common import (
     labelled_set,
     parse_units,
     pc_source,
+    read_labelled,
     statistics_for,
 )
 from segclip.analysis.components import PC_SAMPLES
@@ -99,17 +100,18 @@ def run_reconstruct(config: ReconstructConfig, model: ModelSource) -> Reconstruc
     """
     timer = Timer()
     check_out(config.out, "reconstruct", config.overwrite)
+    read = read_labelled(config)
     model = resolve_model(model)
     if config.components > model.info.heads:
         raise ConfigError(f"--components must be at most H = {model.info.heads}, got {config.components}.")
-    labelled = labelled_set(config, model)
+    labelled = labelled_set(config, model, read)
     stats = statistics_for(config, model, labelled.calibration)
     conditions = {"baseline": lambda trace: trace.output, "pairs rank-1": rank_one_condition(model.pool, stats)}
     for p in range(1, config.components + 1):
         conditions[f"neurons {p} PC"] = neuron_pca_condition(model.pool, stats, p, config.pc_samples)
     accuracy = evaluate(config, model, "reconstruct", conditions, labelled)
     results = {"accuracy": accuracy, "images": len(labelled.paths), "statistics_images": stats.count,
-               "neuron_pcs_from": pc_source(config.pc_samples, stats)}
+               "neuron_pcs_from": pc_source(config.pc_samples, stats), "dataset": labelled.description}
     return ReconstructResult("reconstruct", results, [{"condition": k, "accuracy": v} for k, v in accuracy.items()],
                              analysis_protocol(model, config, timer(), "reconstruct"), accuracy=accuracy,
                              title=f"Reconstruction ({model.info.name}, {len(labelled.paths)} images)")
@@ -178,10 +180,11 @@ def run_ablate(config: AblateConfig, model: ModelSource) -> AblateResult:
     """
     timer = Timer()
     check_out(config.out, "ablate", config.overwrite)
-    model = resolve_model(model)
     units = parse_units(config.units, ABLATION_UNITS)
+    read = read_labelled(config)
+    model = resolve_model(model)
     fractions = list(config.fractions)
-    labelled = labelled_set(config, model)
+    labelled = labelled_set(config, model, read)
     stats = statistics_for(config, model, labelled.calibration)
     conditions = {"baseline": lambda trace: trace.output}
     for unit in units:
@@ -189,7 +192,8 @@ def run_ablate(config: AblateConfig, model: ModelSource) -> AblateResult:
             conditions[f"{unit} {fraction:g}"] = ablation_condition(model.pool, stats, unit, fraction)
     accuracy = evaluate(config, model, "ablate", conditions, labelled)
     rows = [{"unit": u, "kept_fraction": f, "accuracy": accuracy[f"{u} {f:g}"]} for u in units for f in fractions]
-    results = {"accuracy": accuracy, "images": len(labelled.paths), "ranking": f"mean of the top {stats.norm_k} norms"}
+    results = {"accuracy": accuracy, "images": len(labelled.paths), "ranking": f"mean of the top {stats.norm_k} norms",
+               "dataset": labelled.description}
     return AblateResult("ablate", results, rows, analysis_protocol(model, config, timer(), "ablate"),
                         accuracy=accuracy, units=units, fractions=fractions,
                         title=f"Mean-ablation ({model.info.name})")

@@ -10,28 +10,31 @@ import numpy as np
 from segclip.analysis.common import (
     AnalysisConfig,
     AnalysisResult,
+    DatasetOptions,
     Timer,
     analysis_protocol,
     check_out,
+    read_image_set,
     statistics_for,
 )
 from segclip.config import option
 from segclip.core.registers import rank_registers
-from segclip.data.images import list_images
 from segclip.errors import ConfigError
 from segclip.models.loading import ModelSource, resolve_model
 from segclip.viz.plots import bar_plot
 
 
 @dataclass(frozen=True, kw_only=True)
-class SinkConfig(AnalysisConfig):
+class SinkConfig(DatasetOptions, AnalysisConfig):
     """Options of ``segclip analyze sink``."""
 
-    images: Path = option(help="image folder.")
+    images: Path | None = option(None, help="image folder (or --dataset with --data-root).")
     registers: int = option(32, help="register neurons listed (default: 32).")
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.dataset_config() is None:
+            raise ConfigError("Give --images (an image folder) or --dataset with --data-root.")
         if self.registers < 1:
             raise ConfigError(f"--registers must be at least 1, got {self.registers}.")
 
@@ -81,7 +84,7 @@ def run_sink(config: SinkConfig, model: ModelSource) -> SinkResult:
     """
     timer = Timer()
     check_out(config.out, "sink", config.overwrite)
-    paths = list_images(config.images)[:config.limit]
+    paths = read_image_set(config).paths[:config.limit]
     model = resolve_model(model)
     if config.registers > model.info.neurons:
         raise ConfigError(f"--registers {config.registers} is more than the model's {model.info.neurons} neurons.")

@@ -8,15 +8,17 @@ from typing import Any
 from segclip.analysis.common import (
     AnalysisConfig,
     AnalysisResult,
+    DatasetOptions,
     Timer,
     analysis_protocol,
     check_out,
+    read_image_set,
+    run_accumulator,
     statistics_for,
 )
-from segclip.analysis.stream import run_pass
 from segclip.analysis.units import Embeddings, inertia
 from segclip.config import option
-from segclip.data.images import list_images, read_image
+from segclip.data.images import read_image
 from segclip.data.preprocess import centre_crop
 from segclip.errors import ConfigError
 from segclip.models.loading import ModelSource, resolve_model
@@ -26,15 +28,17 @@ THUMBNAIL = 96
 
 
 @dataclass(frozen=True, kw_only=True)
-class TopImagesConfig(AnalysisConfig):
+class TopImagesConfig(DatasetOptions, AnalysisConfig):
     """Options of ``segclip analyze top-images``."""
 
-    images: Path = option(help="image folder.")
+    images: Path | None = option(None, help="image folder (or --dataset with --data-root).")
     units: int = option(3, help="top units of each kind shown (default: 3).")
     count: int = option(10, help="images per unit (default: 10).")
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.dataset_config() is None:
+            raise ConfigError("Give --images (an image folder) or --dataset with --data-root.")
         if self.units < 1 or self.count < 1:
             raise ConfigError("--units and --count must be at least 1.")
 
@@ -92,18 +96,17 @@ def run_top_images(config: TopImagesConfig, model: ModelSource) -> TopImagesResu
     """
     timer = Timer()
     check_out(config.out, "top-images", config.overwrite)
-    paths = list_images(config.images)[:config.limit]
+    paths = read_image_set(config).paths[:config.limit]
     model = resolve_model(model)
     stats = statistics_for(config, model, paths)
     if stats.metadata.get("images") != [p.name for p in paths]:
-        raise ConfigError(f"--statistics {config.statistics} was computed on other images than {config.images}; "
+        raise ConfigError(f"--statistics {config.statistics} was computed on other images than "
+                          f"{config.images or config.data_root}; "
                           "top images are indices into that image list: pass the same folder (and --limit), or "
                           "leave out --statistics.")
-    embeddings = Embeddings(len(paths), model.info.embed_dim)
-    checkpoint = config.out / "embeddings.partial.safetensors"
-    run_pass(model, paths, embeddings, key={"kind": "embeddings"}, checkpoint=checkpoint,
-             batch_size=config.batch_size, chunk_size=config.chunk_size, description="embeddings",
-             progress=config.progress)
+    embeddings = run_accumulator(config, model, paths, lambda m: Embeddings(len(paths), m.info.embed_dim),
+                                 key={"kind": "embeddings"}, checkpoint=config.out / "embeddings.partial.safetensors",
+                                 description="embeddings")
     count = min(config.count, stats.pair_top_images.shape[0])
     pair_inertia = inertia(embeddings.values, stats.pair_top_images[:count])
     neuron_inertia = inertia(embeddings.values, stats.neuron_top_images[:count])
@@ -119,7 +122,6 @@ def run_top_images(config: TopImagesConfig, model: ModelSource) -> TopImagesResu
     shown = [(kind, index, [paths[i] for i in images.tolist()], value.item()) for kind, index, images, value in units]
     rows = [{"unit": kind, "index": index, "inertia": value, "images": " ".join(p.name for p in images)}
             for kind, index, images, value in shown]
-    checkpoint.unlink(missing_ok=True)
     results = {"mean_inertia": {"neurons": neuron_inertia.mean().item(), "pairs": pair_inertia.mean().item(),
                                 "heads": head_inertia.mean().item()}, "images_per_unit": count, "images": len(paths)}
     return TopImagesResult("top-images", results, rows, analysis_protocol(model, config, timer(), "top-images"),

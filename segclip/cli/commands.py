@@ -59,7 +59,13 @@ def print_summary(result: Any, config: Any) -> int:
     return 0
 
 
+def print_primary(result: Any, config: Any) -> int:
+    return print_summary(result, config) if is_primary() else 0  # DDP: rank 0 reports
+
+
 def write_analysis(result: AnalysisResult, config: Any) -> int:
+    if not is_primary():  # a DDP process other than the first: rank 0 writes the results
+        return 0
     written = result.write(config.out)
     sys.stderr.write(f"results: {', '.join(str(p) for p in written)}\n")
     sys.stdout.write(result.summary())
@@ -189,7 +195,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("calibrate", "compute pair signs, mean pair scalars and register neurons",
             "Stream an image folder once (resumable) and save the calibration artifact used by the neuron-head "
             "method: pair signs, mean pair scalars, register neurons, plus the full statistics.",
-            CalibrateConfig, lambda c, m, v: run_calibrate(c, m), print_summary),
+            CalibrateConfig, lambda c, m, v: run_calibrate(c, m), print_primary),
     _analysis("reconstruct", "zero-shot accuracy with rank-one pairs and 1..4 neuron PCs (Table 1)",
               ReconstructConfig, run_reconstruct),
     _analysis("ablate", "mean-ablation curves of pairs, neuron contributions and activations (Fig. 1)",
