@@ -164,7 +164,7 @@ def test_register_scores_match_a_loop_over_neurons(variant):
     trace = next(random_traces(model, batches=1, batch=3))
     activations = pool.activations(trace.neurons)
     removed = activations if variant == "activations" else None
-    changes = sink_changes(pool, trace.tokens, removed, chunk_elements=500)  # several neuron chunks
+    changes = sink_changes(pool, trace.tokens, removed, block_elements=500)  # several neuron and image blocks
     base = pool.class_attention(trace.tokens)[..., -1]
     for neuron in range(256):
         if variant == "activations":

@@ -7,9 +7,11 @@ import pytest
 import torch
 
 from segclip.analysis.evaluation import ConditionAccuracy
+from segclip.analysis import statistics
 from segclip.analysis.statistics import RunningStatistics
 from segclip.analysis.units import ConceptScores, ConceptVectors, Embeddings
 from segclip.core.trace import trace_pool
+from segclip.errors import CacheError
 from segclip.models import load_model
 
 BATCH, BATCHES = 3, 6
@@ -80,19 +82,36 @@ def test_top_lists_against_brute_force(model, traces):
         merged.merge(part)
     alpha = torch.cat([t.pair_scalars for t in traces]).double()
     maps = torch.cat([t.neurons for t in traces]).double().flatten(2).norm(dim=-1)
-    assert torch.equal(merged.state["high_images"], brute_top(alpha, 4))
-    assert torch.equal(merged.state["low_images"], brute_top(alpha, 4, largest=False))
-    assert torch.equal(merged.state["activation_images"], brute_top(maps, 4))
-    assert merged.state["activation_images"][:, 0].tolist() == [0, 1, 2, 3]  # the dead neuron: lowest indices
+    assert torch.equal(merged.state["high_images"].movedim(-1, 0), brute_top(alpha, 4))
+    assert torch.equal(merged.state["low_images"].movedim(-1, 0), brute_top(alpha, 4, largest=False))
+    assert torch.equal(merged.state["activation_images"].T, brute_top(maps, 4))
+    assert merged.state["activation_images"][0].tolist() == [0, 1, 2, 3]  # the dead neuron: lowest indices
 
 
-def test_one_pass_breaks_ties_by_image_index(model, traces):
-    """Sequential updates (the run_pass path) give the same tie order as the brute-force rule."""
+@pytest.mark.parametrize("pending", [64, 4])
+def test_one_pass_breaks_ties_by_image_index(model, traces, pending, monkeypatch):
+    """Sequential updates (the run_pass path) give the same tie order as the brute-force rule, whether the images
+    enter the lists at the end or in groups during the pass (the full lists' k-th value then filters them)."""
+    monkeypatch.setattr(statistics, "PENDING_IMAGES", pending)
     running = RunningStatistics(model.pool, top_k=5, registers=False)
     for b, trace in enumerate(traces):
         running.update(trace, b * BATCH)
+        assert len(running._pending) == (0 if pending == 4 and b % 2 else (b + 1 if pending == 64 else 1))
     maps = torch.cat([t.neurons for t in traces]).double().flatten(2).norm(dim=-1)
-    assert torch.equal(running.state["activation_images"], brute_top(maps, 5))
+    alpha = torch.cat([t.pair_scalars for t in traces]).double()
+    assert torch.equal(running.state["activation_images"].T, brute_top(maps, 5))
+    assert torch.equal(running.state["high_images"].movedim(-1, 0), brute_top(alpha, 5))
+    assert torch.equal(running.state["low_images"].movedim(-1, 0), brute_top(alpha, 5, largest=False))
+
+
+def test_checkpoint_of_another_layout_is_refused(model, traces):
+    """A state whose lists run along another dim (segclip before the k-last layout) is refused, not misread."""
+    running = RunningStatistics(model.pool, top_k=3, registers=False)
+    running.update(traces[0], 0)
+    state = {key: value.movedim(-1, 0) if key.endswith(("_values", "_images")) else value
+             for key, value in running.state_dict().items()}
+    with pytest.raises(CacheError, match="delete it and run again"):
+        RunningStatistics(model.pool, top_k=3, registers=False).load_state_dict(state)
 
 
 def _per_image(model, traces, make, batches):

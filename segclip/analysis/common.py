@@ -24,10 +24,10 @@ from segclip.analysis.distributed import (
 )
 from segclip.analysis.evaluation import Condition, ConditionAccuracy
 from segclip.analysis.statistics import (
-    STATISTICS_VERSION,
     RunningStatistics,
     Statistics,
     collect_statistics,
+    pass_key,
 )
 from segclip.analysis.stream import Mergeable, run_pass
 from segclip.config import check_positive, option, progress_enabled
@@ -255,8 +255,7 @@ def collect_statistics_for(config: Any, model: CLIPResNet, paths: list[Path], ch
     running = run_accumulator(
         config, model, paths,
         lambda m: RunningStatistics(m.pool, top_k=config.top_k, register_variant=register_variant),
-        key={"kind": "statistics", "version": STATISTICS_VERSION, "top_k": config.top_k, "registers": True,
-             "register_variant": register_variant}, checkpoint=checkpoint, description="statistics")
+        key=pass_key(config.top_k, True, register_variant), checkpoint=checkpoint, description="statistics")
     stats = running.finalise()
     stats.metadata = {"model": model.info.name, "weights_hash": model.info.weights_hash,
                       "image_folder": str(Path(paths[0]).parent.resolve()) if paths else "",

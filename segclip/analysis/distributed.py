@@ -350,13 +350,12 @@ def collect_statistics_distributed(model: CLIPResNet, paths: list[Path], *, top_
         ImageError: an image is unreadable.
         ConfigError: bad process or batch options.
     """
-    from segclip.analysis.statistics import STATISTICS_VERSION, RunningStatistics
+    from segclip.analysis.statistics import RunningStatistics, pass_key
 
     result = run_distributed_pass(
         model, paths,
         lambda m: RunningStatistics(m.pool, top_k=top_k, registers=registers, register_variant=register_variant),
-        key={"kind": "statistics", "version": STATISTICS_VERSION, "top_k": top_k, "registers": registers,
-             "register_variant": register_variant},
+        key=pass_key(top_k, registers, register_variant),
         devices=devices, num_nodes=num_nodes, num_workers=num_workers, batch_size=batch_size,
         chunk_size=chunk_size, checkpoint=checkpoint, progress=progress)
     if not result.is_primary:

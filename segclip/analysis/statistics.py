@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from segclip.analysis.stream import run_pass
-from segclip.core.attnpool import AttentionPool
+from segclip.core.attnpool import AttentionPool, HeadWeights
 from segclip.core.pairs import PairDirections
 from segclip.core.registers import sink_attention, sink_changes
 from segclip.core.trace import Trace
@@ -42,40 +42,57 @@ from segclip.io import atomic_save_tensors, read_tensors
 from segclip.models.loading import CLIPResNet
 
 STATISTICS_VERSION = 4  # 4: register search zeroes activations (before P) and keeps the signed mean too
+STATE_LAYOUT = 2  # of the running state in checkpoints; 2: top lists along the last dim
+PENDING_IMAGES = 64  # images whose alpha waits to enter the pair top lists together
 TOP_LISTS = ("high", "low", "neuron", "activation", "head")
 SAMPLES = {"neuron": "neuron_samples", "head": "head_samples"}  # per-image coordinates carried by top lists
 
 
+def pass_key(top_k: int, registers: bool, register_variant: str) -> dict[str, Any]:
+    """What a statistics checkpoint must match to be resumed (see :func:`segclip.analysis.stream.run_pass`)."""
+    return {"kind": "statistics", "version": STATISTICS_VERSION, "state": STATE_LAYOUT, "top_k": top_k,
+            "registers": registers, "register_variant": register_variant}
+
+
 def _merge_top(values: torch.Tensor, carried: list[torch.Tensor], new_values: torch.Tensor,
                new_carried: list[torch.Tensor], k: int, largest: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Merge two top-k lists along dim 0: (k1, ...) + (k2, ...) -> (min(k, k1+k2), ...), sorted.
+    """Merge two top-k lists along the last dim of ``values``: (..., k1) + (..., k2) -> (..., min(k, k1+k2)).
 
-    ``carried`` tensors (image indices first, then per-image coordinates (k, ..., q)) start with the dims of
-    ``values`` and are reordered with them. Ties are broken by image index (the lower index first), so the list is
-    the same whatever the order in which images and shards were merged: every list is kept sorted by (value,
-    image index), and when the new images do not all come after the listed ones (merged shards), the candidates
-    are ordered by image index before the stable sort by value.
+    The lists run along the last dim of ``values`` (contiguous, so sorting and gathering stay in cache); each
+    ``carried`` tensor (image indices first, then per-image coordinates (..., k, q)) has the list at the same dim
+    and is reordered with it. Every list is kept sorted by (value, image index): ties go to the lower image index,
+    so the result does not depend on the order in which images and shards were merged. When the new images all
+    come after the listed ones (one pass over the images), only the units where a new value beats the current
+    k-th one are touched, and the candidates need no ordering by index.
     """
-    sequential = carried[0].numel() == 0 or new_carried[0].numel() == 0 or (
-        bool((new_carried[0].amin(0) > carried[0].amax(0)).all())
-        and bool((new_carried[0][1:] >= new_carried[0][:-1]).all()))
-    values = torch.cat([values, new_values])
-    carried = [torch.cat([old, new]) for old, new in zip(carried, new_carried)]
+    dim = values.dim() - 1
+    old_images, new_images = carried[0], new_carried[0]
+    sequential = old_images.numel() == 0 or new_images.numel() == 0 or (
+        bool(new_images.amin() > old_images.amax()) and bool((new_images.diff(dim=dim) >= 0).all()))
+    if sequential and values.shape[dim] >= k and new_values.numel():
+        worst = values[..., k - 1:k]
+        enters = (new_values > worst if largest else new_values < worst).any(dim)  # ties lose: later images
+        if not bool(enters.all()):
+            rows = enters.nonzero(as_tuple=True)
+            merged, merged_carried = _merge_top(values[rows], [c[rows] for c in carried], new_values[rows],
+                                                [c[rows] for c in new_carried], k, largest)
+            values, carried = values.clone(), [c.clone() for c in carried]
+            values[rows] = merged
+            for c, m in zip(carried, merged_carried):
+                c[rows] = m
+            return values, carried
+    values = torch.cat([values, new_values], dim)
+    carried = [torch.cat([old, new], dim) for old, new in zip(carried, new_carried)]
 
     def take(order: torch.Tensor) -> None:
         nonlocal values, carried
-        values = values.gather(0, order)
-        carried = [c.gather(0, order.view(*order.shape, *[1] * (c.dim() - order.dim())).expand(order.shape[0],
-                                                                                                *c.shape[1:]))
-                   for c in carried]
-
-    def order_of(keys: torch.Tensor, descending: bool) -> torch.Tensor:
-        # sorted along a contiguous last dim (about 2x faster than along dim 0)
-        return keys.movedim(0, -1).contiguous().sort(dim=-1, descending=descending, stable=True).indices.movedim(-1, 0)
+        values = values.gather(dim, order)
+        carried = [c.gather(dim, order.view(*order.shape, *[1] * (c.dim() - order.dim())).expand(
+            *order.shape, *c.shape[order.dim():])) for c in carried]
 
     if not sequential:
-        take(order_of(carried[0], False))
-    take(order_of(values, largest)[:min(k, values.shape[0])])
+        take(carried[0].sort(dim=dim, stable=True).indices)
+    take(values.sort(dim=dim, descending=largest, stable=True).indices[..., :k])
     return values, carried
 
 
@@ -135,30 +152,51 @@ class RunningStatistics:
         self.pool, self.top_k, self.registers, self.dtype = pool, top_k, registers, dtype
         self.register_variant = register_variant
         self.constants = pair_constants(pool, dtype)
+        self.heads = pool.heads.to(dtype)
         n, h, k = pool.neurons, pool.num_heads, pool.grid ** 2
         device = pool.pool.c_proj.weight.device
         zeros = lambda *shape: torch.zeros(*shape, dtype=dtype, device=device)  # noqa: E731
-        self.state: dict[str, torch.Tensor] = {
+        self._state: dict[str, torch.Tensor] = {
             "count": torch.zeros(1, dtype=torch.long, device=device),
             "alpha_sum": zeros(n, h), "alpha_outer": zeros(n, h, h), "activation_sum": zeros(n, k),
             "value_sum": zeros(h, pool.head_dim), "value_outer": zeros(h, pool.head_dim, pool.head_dim),
             "sink_sum": zeros(h), "register_sum": zeros(n), "register_decrease_sum": zeros(n)}
-        for name, shape in zip(TOP_LISTS, [(n, h), (n, h), (n,), (n,), (h,)]):
-            self.state[f"{name}_values"] = zeros(0, *shape)
-            self.state[f"{name}_images"] = torch.zeros(0, *shape, dtype=torch.long, device=device)
-        self.state["neuron_samples"], self.state["head_samples"] = zeros(0, n, h), zeros(0, h, pool.head_dim)
+        for name, shape in zip(TOP_LISTS, [(n, h), (n, h), (n,), (n,), (h,)]):  # lists along the last dim
+            self._state[f"{name}_values"] = zeros(*shape, 0)
+            self._state[f"{name}_images"] = torch.zeros(*shape, 0, dtype=torch.long, device=device)
+        self._state["neuron_samples"], self._state["head_samples"] = zeros(n, 0, h), zeros(h, 0, pool.head_dim)
+        # per batch, what waits to enter the top lists: "index" (B,), each list's values (B, ...), their samples
+        self._pending: list[dict[str, torch.Tensor]] = []
+
+    @property
+    def state(self) -> dict[str, torch.Tensor]:
+        """The running state (top lists up to date)."""
+        self._flush()
+        return self._state
+
+    def _flush(self) -> None:
+        """Merge the pending images into the top lists: one sort per ``PENDING_IMAGES`` images instead of one per
+        batch (each list's k entries are re-sorted once for all of them)."""
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        index = torch.cat([entry["index"] for entry in pending])
+        for name in TOP_LISTS:
+            values = torch.cat([entry[name] for entry in pending], -1)  # (..., M): lists run along the last dim
+            samples = torch.cat([entry[SAMPLES[name]] for entry in pending], 1) if name in SAMPLES else None
+            self._push(name, values, index.expand_as(values), samples, largest=name != "low")
 
     @property
     def count(self) -> int:
-        return int(self.state["count"].item())
+        return int(self._state["count"].item())
 
     def _push(self, name: str, values: torch.Tensor, images: torch.Tensor, samples: torch.Tensor | None = None,
               largest: bool = True) -> None:
         keys = [f"{name}_images"] + ([SAMPLES[name]] if name in SAMPLES else [])
         new = [images] + ([samples] if name in SAMPLES else [])
-        self.state[f"{name}_values"], carried = _merge_top(
-            self.state[f"{name}_values"], [self.state[key] for key in keys], values, new, self.top_k, largest)
-        self.state.update(zip(keys, carried))
+        self._state[f"{name}_values"], carried = _merge_top(
+            self._state[f"{name}_values"], [self._state[key] for key in keys], values, new, self.top_k, largest)
+        self._state.update(zip(keys, carried))
 
     @torch.inference_mode()
     def update(self, trace: Trace, first: int) -> None:
@@ -166,28 +204,30 @@ class RunningStatistics:
         alpha = trace.pair_scalars.to(self.dtype)  # (B, N, H)
         batch = alpha.shape[0]
         index = torch.arange(first, first + batch, device=alpha.device)
-        c, s = self.constants, self.state
+        c, s = self.constants, self._state
         s["count"] += batch
         s["alpha_sum"] += alpha.sum(0)
         s["alpha_outer"] += torch.einsum("bnh,bnk->nhk", alpha, alpha)
-        self._push("high", alpha, index[:, None, None].expand_as(alpha))
-        self._push("low", alpha, index[:, None, None].expand_as(alpha), largest=False)
         neuron_norm2 = (torch.einsum("bnh,nhk,bnk->bn", alpha, c["gram"], alpha)
                         + 2 * torch.einsum("bnh,nh->bn", alpha, c["w_dot_total"]) + c["total_norm2"])
-        per_image = index[:, None].expand(batch, alpha.shape[1])
-        self._push("neuron", neuron_norm2.clamp_min(0).sqrt(), per_image, alpha)
         maps = trace.neurons.to(self.dtype).flatten(2)  # (B, N, K)
         s["activation_sum"] += maps.sum(0)
-        self._push("activation", maps.norm(dim=-1), per_image)
-        values = head_values(self.pool, alpha)  # (B, H, hd)
+        values = head_values(self.pool, alpha, self.heads)  # (B, H, hd)
         s["value_sum"] += values.sum(0)
         s["value_outer"] += torch.einsum("bhc,bhe->hce", values, values)
-        self._push("head", head_contributions(self.pool, alpha, values).norm(dim=-1),
-                   index[:, None].expand(batch, alpha.shape[2]), values)
+        listed = alpha.permute(1, 2, 0).contiguous()  # (B, N, H) -> (N, H, B): lists run along the last dim
+        self._pending.append({
+            "index": index, "high": listed, "low": listed, "neuron": neuron_norm2.clamp_min(0).sqrt().T,
+            "neuron_samples": alpha.transpose(0, 1), "activation": maps.norm(dim=-1).T,
+            "head": head_contributions(self.pool, alpha, values, self.heads).norm(dim=-1).T,
+            "head_samples": values.transpose(0, 1)})
+        if sum(len(entry["index"]) for entry in self._pending) >= PENDING_IMAGES:
+            self._flush()
         s["sink_sum"] += sink_attention(trace.attention).to(self.dtype).sum(0)
         if self.registers:
             removed = self.pool.activations(trace.neurons) if self.register_variant == "activations" else None
-            changes = sink_changes(self.pool, trace.tokens, removed).to(self.dtype)  # (B, N)
+            changes = sink_changes(self.pool, trace.tokens, removed, query=trace.query, keys=trace.keys)  # (B, N)
+            changes = changes.to(self.dtype)
             s["register_sum"] += changes.abs().sum(0)
             s["register_decrease_sum"] -= changes.sum(0)
 
@@ -195,9 +235,10 @@ class RunningStatistics:
     def merge(self, other: RunningStatistics) -> None:
         """Add another state computed on other images (with global image indices) into this one."""
         listed = {f"{name}_{part}" for name in TOP_LISTS for part in ("values", "images")} | set(SAMPLES.values())
+        self._flush()
         for key, value in other.state.items():
             if key not in listed:
-                self.state[key] = self.state[key] + value
+                self._state[key] = self._state[key] + value
         for name in TOP_LISTS:
             self._push(name, other.state[f"{name}_values"], other.state[f"{name}_images"],
                        other.state.get(SAMPLES.get(name, ""), None), largest=name != "low")
@@ -207,11 +248,22 @@ class RunningStatistics:
 
     @torch.inference_mode()
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        device = self.state["count"].device
-        missing = set(self.state) - set(state)
+        device = self._state["count"].device
+        missing = set(self._state) - set(state)
         if missing:
             raise CacheError(f"statistics checkpoint lacks {sorted(missing)}; delete it and run again")
-        self.state = {key: state[key].to(device) for key in self.state}
+
+        def fixed(key: str, shape: torch.Size) -> tuple[int, ...]:  # the shape without the list dim
+            at = 1 if key.endswith("_samples") else -1 if key.endswith(("_values", "_images")) else None
+            return tuple(shape) if at is None else tuple(d for i, d in enumerate(shape) if i != at % len(shape))
+
+        wrong = [key for key in self._state if fixed(key, state[key].shape) != fixed(key, self._state[key].shape)
+                 or state[key].dim() != self._state[key].dim()]
+        if wrong:
+            raise CacheError(f"statistics checkpoint has other shapes for {wrong[:3]} (another model or an older "
+                             "segclip); delete it and run again")
+        self._state = {key: state[key].to(device) for key in self._state}
+        self._pending = []
 
     @torch.inference_mode()
     def finalise(self, *, top_fraction: float = 0.01, top_images: int = 10) -> Statistics:
@@ -235,35 +287,39 @@ class RunningStatistics:
         norm_k = min(self.top_k, n, max(1, math.ceil(top_fraction * n)))
         image_k = min(self.top_k, n, max(norm_k, top_images))
         mean = s["alpha_sum"] / n
-        candidates = torch.cat([s["high_values"], s["low_values"]])  # (2k, N, H)
-        images = torch.cat([s["high_images"], s["low_images"]])
-        order = images.argsort(dim=0, stable=True)  # an image in both lists counts once
-        sorted_images = images.gather(0, order)
+        candidates = torch.cat([s["high_values"], s["low_values"]], -1)  # (N, H, 2k)
+        images = torch.cat([s["high_images"], s["low_images"]], -1)
+        order = images.argsort(dim=-1, stable=True)  # an image in both lists counts once
+        sorted_images = images.gather(-1, order)
         repeated = torch.zeros_like(images, dtype=torch.bool)
-        repeated.scatter_(0, order[1:], sorted_images[1:] == sorted_images[:-1])
-        deviation = candidates - mean
-        dev_top = deviation.abs().masked_fill(repeated, -1).topk(min(self.top_k, n), dim=0)
-        deviations = deviation.gather(0, dev_top.indices)
-        votes = torch.sign(deviations).sum(0)
-        norms = (candidates ** 2 * c["norms2"] + 2 * candidates * c["w_dot_c"] + c["c_norm2"]).clamp_min(0).sqrt()
-        norm_top = norms.masked_fill(repeated, -1).topk(image_k, dim=0)
+        repeated.scatter_(-1, order[..., 1:], sorted_images[..., 1:] == sorted_images[..., :-1])
+        deviation = candidates - mean[..., None]
+        dev_top = deviation.abs().masked_fill(repeated, -1).topk(min(self.top_k, n), dim=-1)
+        deviations = deviation.gather(-1, dev_top.indices)
+        votes = torch.sign(deviations).sum(-1)
+        norms = (candidates ** 2 * c["norms2"][..., None] + 2 * candidates * c["w_dot_c"][..., None]
+                 + c["c_norm2"][:, None]).clamp_min(0).sqrt()
+        norm_top = norms.masked_fill(repeated, -1).topk(image_k, dim=-1)
         covariance = s["alpha_outer"] / n - mean[:, :, None] * mean[:, None, :]
         value_mean = s["value_sum"] / n
         top_mean, top_covariance = _moments(s["neuron_samples"])
         head_top_mean, head_top_covariance = _moments(s["head_samples"])
+        first = lambda t: t.movedim(-1, 0).contiguous()  # noqa: E731  (..., k) -> (k, ...), best first
         return Statistics(
             count=n, top_k=self.top_k, norm_k=norm_k,
-            mean_scalars=mean, deviations=deviations, deviation_images=images.gather(0, dev_top.indices),
+            mean_scalars=mean, deviations=first(deviations), deviation_images=first(images.gather(-1, dev_top.indices)),
             signs=torch.where(votes >= 0, 1, -1).to(torch.int8),
-            pair_top_norm=norm_top.values[:norm_k].mean(0), pair_top_images=images.gather(0, norm_top.indices),
+            pair_top_norm=norm_top.values[..., :norm_k].mean(-1),
+            pair_top_images=first(images.gather(-1, norm_top.indices)),
             neuron_covariance=covariance, neuron_top_mean=top_mean, neuron_top_covariance=top_covariance,
-            neuron_top_norm=s["neuron_values"][:norm_k].mean(0), neuron_top_images=s["neuron_images"][:image_k],
+            neuron_top_norm=s["neuron_values"][:, :norm_k].mean(-1),
+            neuron_top_images=first(s["neuron_images"][:, :image_k]),
             activation_mean=s["activation_sum"] / n,
-            activation_top_norm=s["activation_values"][:norm_k].mean(0),
-            activation_top_images=s["activation_images"][:image_k],
+            activation_top_norm=s["activation_values"][:, :norm_k].mean(-1),
+            activation_top_images=first(s["activation_images"][:, :image_k]),
             head_covariance=s["value_outer"] / n - value_mean[:, :, None] * value_mean[:, None, :],
             head_top_mean=head_top_mean, head_top_covariance=head_top_covariance,
-            head_top_norm=s["head_values"][:norm_k].mean(0), head_top_images=s["head_images"][:image_k],
+            head_top_norm=s["head_values"][:, :norm_k].mean(-1), head_top_images=first(s["head_images"][:, :image_k]),
             sink_attention=s["sink_sum"] / n,
             register_scores=s["register_sum"] / n if self.registers else torch.zeros_like(s["register_sum"]),
             register_decrease=s["register_decrease_sum"] / n if self.registers
@@ -271,10 +327,10 @@ class RunningStatistics:
 
 
 def _moments(samples: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and covariance over dim 0: (k, U, q) -> (U, q), (U, q, q)."""
-    mean = samples.mean(0)
-    centred = samples - mean
-    return mean, torch.einsum("kuq,kup->uqp", centred, centred) / samples.shape[0]
+    """Mean and covariance over the list dim: (U, k, q) -> (U, q), (U, q, q)."""
+    mean = samples.mean(1)
+    centred = samples - mean[:, None]
+    return mean, torch.einsum("ukq,ukp->uqp", centred, centred) / samples.shape[1]
 
 
 def _pack(matrices: torch.Tensor) -> torch.Tensor:
@@ -293,20 +349,22 @@ def _unpack(packed: torch.Tensor, q: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def head_values(pool: AttentionPool, pair_scalars: torch.Tensor) -> torch.Tensor:
-    """v^h = W_v^h alpha[:, h] + b_v^h, the head's attention-weighted value: (B, N, H) -> (B, H, head_dim)."""
-    heads, dtype = pool.heads, pair_scalars.dtype
-    return torch.einsum("bnh,hcn->bhc", pair_scalars, heads.w_v.to(dtype)) + heads.b_v.to(dtype)
+def head_values(pool: AttentionPool, pair_scalars: torch.Tensor, heads: HeadWeights | None = None) -> torch.Tensor:
+    """v^h = W_v^h alpha[:, h] + b_v^h, the head's attention-weighted value: (B, N, H) -> (B, H, head_dim).
+
+    ``heads``: the pool's weights already in ``pair_scalars``' dtype (``pool.heads.to(dtype)``), if at hand."""
+    heads = pool.heads.to(pair_scalars.dtype) if heads is None else heads
+    return torch.einsum("bnh,hcn->bhc", pair_scalars, heads.w_v) + heads.b_v
 
 
 @torch.no_grad()
-def head_contributions(pool: AttentionPool, pair_scalars: torch.Tensor, values: torch.Tensor | None = None
-                       ) -> torch.Tensor:
-    """r[h] = W_O^h v^h + b_O / H: (B, N, H) -> (B, H, d); summed over h = the output. ``values``: v^h if known."""
-    values = head_values(pool, pair_scalars) if values is None else values
-    dtype = values.dtype
-    heads = pool.heads
-    return torch.einsum("bhc,hdc->bhd", values, heads.w_o.to(dtype)) + heads.b_o.to(dtype) / pool.num_heads
+def head_contributions(pool: AttentionPool, pair_scalars: torch.Tensor, values: torch.Tensor | None = None,
+                       heads: HeadWeights | None = None) -> torch.Tensor:
+    """r[h] = W_O^h v^h + b_O / H: (B, N, H) -> (B, H, d); summed over h = the output. ``values``: v^h if known;
+    ``heads`` as in :func:`head_values`."""
+    heads = pool.heads.to(pair_scalars.dtype) if heads is None else heads
+    values = head_values(pool, pair_scalars, heads) if values is None else values
+    return torch.einsum("bhc,hdc->bhd", values, heads.w_o) + heads.b_o / pool.num_heads
 
 
 @dataclass
@@ -446,10 +504,8 @@ def collect_statistics(model: CLIPResNet, paths: list[Path], *, top_k: int = 50,
         ImageError: an image is unreadable (finished chunks stay in the checkpoint).
     """
     running = RunningStatistics(model.pool, top_k=top_k, registers=registers, register_variant=register_variant)
-    run_pass(model, paths, running, key={"kind": "statistics", "version": STATISTICS_VERSION, "top_k": top_k,
-                                         "registers": registers, "register_variant": register_variant},
-             checkpoint=checkpoint, batch_size=batch_size, chunk_size=chunk_size, progress=progress,
-             description="statistics")
+    run_pass(model, paths, running, key=pass_key(top_k, registers, register_variant), checkpoint=checkpoint,
+             batch_size=batch_size, chunk_size=chunk_size, progress=progress, description="statistics")
     stats = running.finalise(top_fraction=top_fraction, top_images=top_images)
     stats.metadata = {"model": model.info.name, "weights_hash": model.info.weights_hash,
                       "image_folder": str(Path(paths[0]).parent.resolve()) if paths else "",

@@ -8,7 +8,7 @@ tested for every ResNet architecture.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +42,10 @@ class HeadWeights:
     @property
     def num_heads(self) -> int:
         return self.w_v.shape[0]
+
+    def to(self, dtype: torch.dtype) -> HeadWeights:
+        """Copies in ``dtype`` (for float64 accumulation without re-casting the weights per batch)."""
+        return HeadWeights(*(getattr(self, f.name).to(dtype) for f in fields(self)))
 
     def bias_share(self, tokens: int) -> torch.Tensor:
         """(d,): b_O / ((K+1) H), the share of b_O that each token-head contribution r^h_i carries."""
@@ -133,12 +137,21 @@ class AttentionPool(nn.Module):
         Returns:
             (B, H, T + E); rows sum to one; the softmax is computed in float32 at least.
         """
+        return self.attention(*self.query_keys(tokens, extra_keys))
+
+    def query_keys(self, tokens: torch.Tensor, extra_keys: torch.Tensor | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The class token's query (B, H, hd) and every token's key (B, T + E, H, hd); arguments as
+        :meth:`class_attention`."""
         query = self.project(tokens[:, :1], "q")[:, 0]  # (B, H, hd)
         keys = tokens if extra_keys is None else torch.cat([tokens, extra_keys], dim=1)
-        key = self.project(keys, "k")  # (B, T+E, H, hd)
+        return query, self.project(keys, "k")
+
+    def attention(self, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+        """softmax_i(q^h . k^h_i / sqrt(hd)) in float32 at least: (B, H, hd), (B, T, H, hd) -> (B, H, T)."""
         logits = torch.einsum("bhc,bthc->bht", query, key) / math.sqrt(self.head_dim)
         work = torch.promote_types(logits.dtype, torch.float32)
-        return logits.to(work).softmax(dim=-1).to(tokens.dtype)
+        return logits.to(work).softmax(dim=-1).to(query.dtype)
 
     def output_from_pair_scalars(self, pair_scalars: torch.Tensor, attention_mass: torch.Tensor | None = None
                                  ) -> torch.Tensor:

@@ -34,7 +34,8 @@ REGISTER_RANKINGS = ("absolute", "signed")
 
 @torch.inference_mode()
 def sink_changes(pool: AttentionPool, tokens: torch.Tensor, removed: torch.Tensor | None = None, *,
-                 chunk_elements: int = 1 << 24) -> torch.Tensor:
+                 query: torch.Tensor | None = None, keys: torch.Tensor | None = None,
+                 block_elements: int = 1 << 21) -> torch.Tensor:
     """Change of the sink attention (mean over heads) when each neuron is zeroed in all tokens.
 
     Args:
@@ -42,7 +43,10 @@ def sink_changes(pool: AttentionPool, tokens: torch.Tensor, removed: torch.Tenso
         tokens: (B, K+1, N) pool tokens z' (class token first).
         removed: (B, K+1, N) what zeroing a neuron removes from each token: the activations z (before the
             positional embedding; the paper's search) or None for the whole tokens z' (segclip 0.1).
-        chunk_elements: bound on the size of the (B, H, neurons, K+1) logit block computed at once.
+        query, keys: the class token's query (B, H, hd) and the tokens' keys (B, >= K+1, H, hd) when known
+            (``Trace.query``, ``Trace.keys``; keys beyond K+1 are ignored); computed from ``tokens`` otherwise.
+        block_elements: bound on the (H, neurons, images, K+1) logit block computed at once (about 8 MB in
+            float32 by default: it stays in cache, which is what makes this fast on a CPU).
 
     Returns:
         (B, N): mean_h [a'^h_K(n) - a^h_K], signed, in float32 at least.
@@ -59,27 +63,37 @@ def sink_changes(pool: AttentionPool, tokens: torch.Tensor, removed: torch.Tenso
     batch, count, neurons = tokens.shape
     heads, hd = pool.num_heads, pool.head_dim
     scale = 1 / math.sqrt(hd)
-    query = pool.project(tokens[:, :1], "q")[:, 0].to(work)  # (B, H, hd)
-    key = pool.project(tokens, "k").to(work)  # (B, T, H, hd)
-    logits = torch.einsum("bhc,bthc->bht", query, key) * scale
-    base = logits.softmax(-1)[..., -1]  # (B, H)
+    if query is None or keys is None:
+        query, keys = pool.query_keys(tokens)
+    query, keys = query.to(work), keys[:, :count].to(work)  # (B, H, hd), (B, T, H, hd)
+    logits = torch.einsum("bhc,bthc->hbt", query, keys) * scale  # (H, B, T)
+    base = logits.softmax(-1)[..., -1]  # (H, B)
     weights = pool.heads
     w_q, w_k = weights.w_q.to(work), weights.w_k.to(work)  # (H, hd, N)
-    query_key = torch.einsum("bhc,hcn->bhn", query, w_k)  # q . b_n: (B, H, N)
+    keys = keys.permute(2, 3, 0, 1).contiguous()  # (B, T, H, hd) -> (H, hd, B, T)
+    rows_q = w_q.transpose(1, 2).contiguous()  # a_n as rows: (H, N, hd)
+    # x_i = logit_i - scale * (z_0[n] (a_n . k_i) + z_i[n] (q . b_n - z_0[n] (a_n . b_n))), per (h, n, b, i)
+    first = removed[:, 0].T.contiguous()  # z_0: (N, B)
+    first_scaled = first * -scale
+    others = (removed.permute(2, 0, 1) * -scale).contiguous()  # -scale z_i: (N, B, T)
     both = torch.einsum("hcn,hcn->hn", w_q, w_k)  # a_n . b_n: (H, N)
-    step = max(1, chunk_elements // max(1, batch * heads * count))
-    out = torch.empty(batch, neurons, dtype=work, device=tokens.device)
-    for start in range(0, neurons, step):
-        cols = slice(start, min(start + step, neurons))
-        z0 = removed[:, 0, cols]  # (B, n)
-        zi = removed[:, :, cols]  # (B, T, n)
-        key_query = torch.einsum("hcn,bthc->bhnt", w_q[:, :, cols], key)  # a_n . k_i: (B, H, n, T)
-        delta = (z0[:, None, :, None] * key_query
-                 + zi.permute(0, 2, 1)[:, None] * query_key[:, :, cols, None]
-                 - (z0[:, None, :, None] * zi.permute(0, 2, 1)[:, None]) * both[None, :, cols, None])
-        changed = (logits[:, :, None] - delta * scale).softmax(-1)[..., -1]  # (B, H, n)
-        out[:, cols] = (changed - base[:, :, None]).mean(1)
-    return out
+    coefficient = (torch.einsum("bhc,hcn->hnb", query, w_k) - first[None] * both[..., None]).contiguous()  # (H, N, B)
+    step_b = max(1, min(batch, block_elements // (heads * 16 * count)))  # at least 16 neurons per block
+    step_n = max(1, block_elements // (heads * step_b * count))
+    out = torch.empty(neurons, batch, dtype=work, device=tokens.device)
+    for b0 in range(0, batch, step_b):
+        rows = slice(b0, min(b0 + step_b, batch))
+        images = rows.stop - rows.start
+        block_keys = keys[:, :, rows].reshape(heads, hd, images * count)  # (H, hd, b*T)
+        block_logits, block_base = logits[:, None, rows], base[:, None, rows]  # (H, 1, b, T), (H, 1, b)
+        for n0 in range(0, neurons, step_n):
+            cols = slice(n0, min(n0 + step_n, neurons))
+            x = torch.bmm(rows_q[:, cols], block_keys).view(heads, -1, images, count)  # a_n . k_i: (H, n, b, T)
+            x.mul_(first_scaled[cols, rows, None]).add_(block_logits)
+            x.addcmul_(others[cols, rows], coefficient[:, cols, rows, None])
+            changed = x.softmax(-1)[..., -1]  # (H, n, b)
+            out[cols, rows] = (changed - block_base).mean(0)
+    return out.T
 
 
 def rank_registers(scores: torch.Tensor, count: int) -> torch.Tensor:

@@ -138,6 +138,8 @@ class Trace:
         output: (B, d) the image embedding (not normalised); equals ``encode_image`` without interventions.
         token_heads: (B, K+1, H, d) r^h_i, or None when not requested.
         extra_keys: number of extra key tokens whose attention was dropped (1 under the register intervention).
+        query: (B, H, hd) the class token's query per head.
+        keys: (B, K+1+extra_keys, H, hd) the keys per head (the register search reuses them).
     """
 
     neurons: torch.Tensor
@@ -147,6 +149,8 @@ class Trace:
     output: torch.Tensor
     token_heads: torch.Tensor | None = None
     extra_keys: int = 0
+    query: torch.Tensor | None = None
+    keys: torch.Tensor | None = None
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -211,7 +215,8 @@ def trace_pool(pool: AttentionPool, neurons: torch.Tensor, *, token_heads: bool 
     extra = None
     if "extra_keys" in hooks:
         extra = run_hooks(hooks, "extra_keys", pool.add_positions(activations, grid))
-    attention = pool.class_attention(tokens, extra_keys=extra)
+    query, keys = pool.query_keys(tokens, extra_keys=extra)
+    attention = pool.attention(query, keys)
     extras = 0 if extra is None else extra.shape[1]
     if extras:
         attention = attention[..., :-extras]  # dropped without renormalising
@@ -221,7 +226,7 @@ def trace_pool(pool: AttentionPool, neurons: torch.Tensor, *, token_heads: bool 
     output = pool.output_from_pair_scalars(pair_scalars, mass)
     heads = token_head_contributions(pool, tokens, attention) if token_heads else None
     return Trace(neurons=neurons, tokens=tokens, attention=attention, pair_scalars=pair_scalars, output=output,
-                 token_heads=heads, extra_keys=extras)
+                 token_heads=heads, extra_keys=extras, query=query, keys=keys)
 
 
 def token_head_contributions(pool: AttentionPool, tokens: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
