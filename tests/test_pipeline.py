@@ -96,7 +96,7 @@ def test_lightning_test_matches_pipeline(setup):
     data = LabelledImages(4)
     seen = {}
     task = SegmentationTask(model, methods, protocol, len(NAMES), crops_per_pass=3,
-                            on_image=lambda i, result, stack: seen.__setitem__(i, stack))
+                            on_image=lambda i, result, stack, image: seen.__setitem__(i, stack))
     make_trainer(torch.device("cpu"), progress=False).test(task, datamodule=SegmentationData(data, 2), verbose=False)
     direct = segment_images(model, [s["image"] for s in data.samples], methods, protocol)
     for m, method in enumerate(methods):

@@ -47,6 +47,28 @@ def _open(path: str | Path, exif: bool = True) -> Image.Image:
         raise ImageError(f"cannot read image {path}: {error} (the file is corrupt or truncated)") from None
 
 
+def check_image(path: str | Path) -> None:
+    """Check, without decoding the pixels, that ``path`` is an image file Pillow can read (its header, and for PNG
+    its chunk checksums); a file cut short is only found when decoded, by :func:`read_image`.
+
+    Raises:
+        ImageError: missing, a folder, or not a recognised image.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ImageError(f"cannot read image {path}: the file does not exist")
+    if path.is_dir():
+        raise ImageError(f"cannot read image {path}: it is a folder, not an image file; pass the image files inside it "
+                         f"(e.g. {path}/*.jpg)")
+    try:
+        with Image.open(path) as opened:
+            opened.verify()
+    except UnidentifiedImageError:
+        raise ImageError(f"cannot read image {path}: format not recognised (corrupt or not an image)") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise ImageError(f"cannot read image {path}: {error} (the file is corrupt or truncated)") from None
+
+
 def _sixteen_to_eight(image: Image.Image, path: Path) -> Image.Image:
     """Convert a 16-bit (or 32-bit integer holding 16-bit values) grayscale image to 8 bit by its high byte."""
     values = np.asarray(image).astype(np.int64)

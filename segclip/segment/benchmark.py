@@ -345,7 +345,7 @@ def _run_dataset(config: BenchmarkConfig, model: CLIPResNet, trainer: Any, data:
     if done:
         log.warning("%s: resuming, %d of %d images already done", data.name, len(done), len(ids))
 
-    def on_image(image_id: str, result, confusions) -> None:
+    def on_image(image_id: str, result, confusions, _image) -> None:
         store.write(image_id, confusions, [result[m].labels for m in methods])
 
     confusion = torch.zeros(len(methods), data.num_classes, data.num_classes, dtype=torch.long)

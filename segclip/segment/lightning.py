@@ -29,7 +29,8 @@ from segclip.segment.metric import SegmentationMetric
 from segclip.segment.pipeline import LabelRule, Segmentation, segment_images
 from segclip.segment.windows import SlidingWindowProtocol
 
-ImageCallback = Callable[[str, dict[str, Segmentation], torch.Tensor | None], None]
+# (image id, {method: Segmentation}, confusion stack (M, C, C) or None, the decoded (H, W, 3) image)
+ImageCallback = Callable[[str, dict[str, Segmentation], torch.Tensor | None, Any], None]
 
 
 class SegmentationTask(L.LightningModule):
@@ -46,8 +47,9 @@ class SegmentationTask(L.LightningModule):
         background_threshold: label pixels below this top probability as background (predict only).
         label_rule: how stitched logits become labels (:func:`~segclip.segment.pipeline.segment_images`), e.g. the
             benchmark suite's :class:`~segclip.segment.pipeline.QueryLabelRule`; None: temperature and arg-max.
-        on_image: called per image with ``(id, {method: Segmentation}, confusion stack (M, C, C) or None)``
-            (writes partial results and outputs).
+        on_image: called per image with ``(id, {method: Segmentation}, confusion stack (M, C, C) or None,
+            image)``, the image as the loader decoded it (writes partial results and outputs; nothing is decoded
+            twice).
 
     Attributes:
         confusions: after ``trainer.test``, per method the ``(C, C)`` confusion matrix of this run's images, summed
@@ -81,7 +83,7 @@ class SegmentationTask(L.LightningModule):
         self._start_loop()
 
     def test_step(self, batch: dict[str, list[Any]], batch_idx: int) -> None:
-        for image_id, label, result in zip(batch["id"], batch["label"], self._segment(batch)):
+        for image_id, label, image, result in zip(batch["id"], batch["label"], batch["image"], self._segment(batch)):
             target = torch.as_tensor(label, device=self.device).long()
             stack = []
             for method in self.methods:
@@ -90,7 +92,7 @@ class SegmentationTask(L.LightningModule):
                 metric.update(result[method.name].labels.to(self.device), target)
                 stack.append(metric.confusion - before)
             if self.on_image is not None:
-                self.on_image(image_id, result, torch.stack(stack).cpu())
+                self.on_image(image_id, result, torch.stack(stack).cpu(), image)
             self.images_seen += 1
 
     def on_test_epoch_end(self) -> None:
@@ -101,9 +103,9 @@ class SegmentationTask(L.LightningModule):
         self._start_loop()
 
     def predict_step(self, batch: dict[str, list[Any]], batch_idx: int) -> list[str]:
-        for image_id, result in zip(batch["id"], self._segment(batch)):
+        for image_id, image, result in zip(batch["id"], batch["image"], self._segment(batch)):
             if self.on_image is not None:
-                self.on_image(image_id, result, None)
+                self.on_image(image_id, result, None, image)
             self.images_seen += 1
         self.seconds = time.perf_counter() - self._start
         return list(batch["id"])

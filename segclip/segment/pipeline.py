@@ -19,11 +19,8 @@ from segclip.data.queries import assign_query_labels
 from segclip.errors import ConfigError
 from segclip.models.loading import CLIPResNet
 from segclip.segment.methods import SegmentationMethod
-from segclip.segment.windows import (
-    SlidingWindowProtocol,
-    logits_to_labels,
-    prepare_windows,
-)
+from segclip.segment.stitched import StitchedLogits
+from segclip.segment.windows import SlidingWindowProtocol, prepare_windows
 
 log = logging.getLogger(__name__)
 
@@ -33,17 +30,23 @@ class Segmentation:
     """One method's result on one image.
 
     Attributes:
-        logits: ``(C, h, w)`` float32 stitched window logits on the resized image (before the temperature); with a
-            :class:`QueryLabelRule`, one row per distinct query name.
+        stitched: the window logits with their stitching (:class:`~segclip.segment.stitched.StitchedLogits`),
+            on the model's device; with a :class:`QueryLabelRule`, one class row per distinct query name.
         labels: ``(H, W)`` int64 labels at the original size, ``0..C-1`` (``C`` = background when a background
-            threshold was given; with a label rule, the rule's classes).
+            threshold was given; with a label rule, the rule's classes), on the CPU.
     """
 
-    logits: torch.Tensor
+    stitched: StitchedLogits
     labels: torch.Tensor
 
+    @property
+    def logits(self) -> torch.Tensor:
+        """``(C, h, w)`` float32 stitched logits on the resized image (before the temperature), materialised on the
+        CPU (for inspection; labels never need them)."""
+        return self.stitched.logits().cpu()
 
-LabelRule = Callable[[torch.Tensor, tuple[int, int]], torch.Tensor]  # ((R, h, w) logits, (H, W)) -> (H, W) labels
+
+LabelRule = Callable[[StitchedLogits, tuple[int, int]], torch.Tensor]  # (stitched, (H, W)) -> (H, W) labels
 
 
 def distinct_queries(queries: Sequence[str]) -> tuple[list[str], list[int]]:
@@ -90,7 +93,7 @@ class QueryLabelRule:
 
     Example:
         >>> rule = QueryLabelRule((0, 1, 1), (0, 1, 1), scale=10.0)
-        >>> rule(torch.tensor([[[0.0, 0.0]], [[1.0, -1.0]]]), (1, 2))
+        >>> rule(torch.tensor([[[0.0, 0.0]], [[1.0, -1.0]]]), (1, 2))  # a (R, h, w) tensor or StitchedLogits
         tensor([[1, 0]])
     """
 
@@ -108,11 +111,14 @@ class QueryLabelRule:
     def num_classes(self) -> int:
         return max(self.query_to_class) + 1
 
-    def __call__(self, logits: torch.Tensor, out_size: tuple[int, int]) -> torch.Tensor:
-        """``(R, h, w)`` stitched logits -> ``(H, W)`` int64 labels at ``out_size``."""
-        logits = logits.float()
-        if tuple(logits.shape[-2:]) != tuple(out_size):
-            logits = F.interpolate(logits[None], size=tuple(out_size), mode="bilinear", align_corners=False)[0]
+    def __call__(self, stitched: StitchedLogits | torch.Tensor, out_size: tuple[int, int]) -> torch.Tensor:
+        """Stitched logits (or their ``(R, h, w)`` tensor) -> ``(H, W)`` int64 labels at ``out_size``."""
+        if isinstance(stitched, StitchedLogits):
+            logits = stitched.logits(tuple(out_size))  # (R, H, W), resized in the same product
+        else:
+            logits = stitched.float()
+            if tuple(logits.shape[-2:]) != tuple(out_size):
+                logits = F.interpolate(logits[None], size=tuple(out_size), mode="bilinear", align_corners=False)[0]
         rows = torch.as_tensor(self.query_rows, dtype=torch.long, device=logits.device)
         return assign_query_labels(logits[rows], list(self.query_to_class), self.scale, self.prob_threshold,
                                    self.area_threshold)
@@ -183,8 +189,10 @@ def segment_images(model: CLIPResNet, images: Sequence[np.ndarray], methods: Seq
         intervention: the register intervention, or None.
         background_threshold: pixels whose top probability is below it get label ``C``.
         label_rule: how stitched logits become labels, e.g. a :class:`QueryLabelRule` (methods built on its
-            distinct query names); default: ``protocol.temperature``, softmax, arg-max
-            (:func:`~segclip.segment.windows.logits_to_labels`).
+            distinct query names); default: the arg-max at the original size, the softmax of
+            ``protocol.temperature`` x logits only for a background threshold (the labels of
+            :func:`~segclip.segment.windows.logits_to_labels`, computed in bands by
+            :meth:`~segclip.segment.stitched.StitchedLogits.labels`).
 
     Returns:
         Per image, ``{method name: Segmentation}``.
@@ -217,10 +225,10 @@ def segment_images(model: CLIPResNet, images: Sequence[np.ndarray], methods: Seq
     per_method = window_logits(model, windows.crops, methods, batch_size, intervention)
     results: list[dict[str, Segmentation]] = [{} for _ in images]
     for method, logits in zip(methods, per_method):
-        for result, stitched, size in zip(results, windows.stitch(logits), windows.original_sizes):
+        for result, stitched, size in zip(results, windows.stitched(logits), windows.original_sizes):
             if label_rule is None:
-                labels, _ = logits_to_labels(stitched, size, protocol.temperature, background_threshold)
+                labels = stitched.labels(size, protocol.temperature, background_threshold)
             else:
                 labels = label_rule(stitched, size)
-            result[method.name] = Segmentation(stitched.cpu(), labels.cpu())
+            result[method.name] = Segmentation(stitched, labels.cpu())
     return results

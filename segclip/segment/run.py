@@ -22,7 +22,7 @@ from torch.utils.data import Subset
 from segclip.config import check_positive, option
 from segclip.core.calibration import Calibration, load_calibration
 from segclip.core.trace import RegisterIntervention
-from segclip.data.images import read_image
+from segclip.data.images import check_image
 from segclip.data.pascal_context import ImageFolderDataset
 from segclip.errors import ConfigError, OutputError
 from segclip.io import atomic_write_bytes, atomic_write_json, provenance, read_lines
@@ -46,7 +46,7 @@ from segclip.segment.results import (
     png_bytes,
     write_results,
 )
-from segclip.segment.windows import SlidingWindowProtocol, logits_to_labels
+from segclip.segment.windows import SlidingWindowProtocol
 from segclip.viz.overlay import heatmap, overlay
 
 log = logging.getLogger(__name__)
@@ -366,7 +366,7 @@ def _evaluate(config: DatasetOptions, model: ModelSource, verbose: bool) -> Eval
     if done:
         log.warning("resuming: %d of %d images already done in %s", len(done), len(ids), config.out)
 
-    def on_image(image_id: str, result, confusions) -> None:
+    def on_image(image_id: str, result, confusions, _image) -> None:
         if store is not None:
             store.write(image_id, confusions, [result[m].labels for m in methods])
 
@@ -529,7 +529,7 @@ def run_segment(config: SegmentConfig, model: ModelSource) -> SegmentResult:
     _quiet_lightning(False)
     dataset = ImageFolderDataset(list(config.images))
     for path in dataset.paths:
-        read_image(path)  # fail on a corrupt image before any model work
+        check_image(path)  # a missing or unreadable file fails before any model work; decoded once, later
     check_writable(config.out)
     names = read_class_list(config)
     if names is not None:  # check the outputs before any model work
@@ -544,18 +544,18 @@ def run_segment(config: SegmentConfig, model: ModelSource) -> SegmentResult:
     images = dict(zip(dataset.ids, dataset.paths))
     files: dict[str, list[Path]] = {}
 
-    def on_image(image_id: str, result, _confusions) -> None:
+    def on_image(image_id: str, result, _confusions, image) -> None:
         segmentation = result[config.method]
-        image = read_image(images[image_id])
-        labels, probs = logits_to_labels(segmentation.logits, image.shape[:2], prepared.protocol.temperature,
-                                         threshold)
-        labels = labels.numpy()
+        labels = segmentation.labels.numpy()  # at the original size, background threshold applied
         files_for = plan[image_id]
         written = [atomic_write_bytes(files_for[0], png_bytes(labels))]
         picture = overlay(image, labels, names, background="background" if threshold is not None else None)
         written.append(atomic_write_bytes(files_for[1], _image_bytes(picture)))
-        for index, (name, path) in enumerate(zip(names, files_for[2:])):
-            written.append(atomic_write_bytes(path, _image_bytes(heatmap(probs[index].numpy(), name))))
+        del picture
+        if config.heatmaps:  # one class at full resolution at a time
+            maps = segmentation.stitched.probability_maps(image.shape[:2], prepared.protocol.temperature)
+            for probability, name, path in zip(maps, names, files_for[2:]):
+                written.append(atomic_write_bytes(path, _image_bytes(heatmap(probability.cpu().numpy(), name))))
         files[image_id] = written
 
     task = SegmentationTask(model, prepared.methods, prepared.protocol, len(names), crops_per_pass=config.batch_size,

@@ -6,7 +6,9 @@ the last window of each axis shifted back to end at the border (mmseg ``slide_in
 crop gives one window covering it; the crop is zero-padded at the bottom / right to ``crop x crop`` (0 after
 normalisation is the CLIP mean colour; the positional embedding is never interpolated) and only its valid part is
 stitched back. Window logits are upsampled bilinearly to the crop, summed into a canvas and divided by the overlap
-count, then resized to the original image, scaled by the temperature, soft-maxed and arg-maxed.
+count, then resized to the original image, scaled by the temperature, soft-maxed and arg-maxed. :func:`stitch` and
+:func:`logits_to_labels` do that step by step (the reference); the pipeline computes the same labels from the
+factorised form of :mod:`segclip.segment.stitched` (no canvas, no softmax unless a threshold asks for one).
 
 Crops of many images are stacked (:func:`prepare_windows`) so one batched backbone pass serves them all.
 """
@@ -23,6 +25,7 @@ import torch.nn.functional as F
 
 from segclip.data.images import normalise
 from segclip.errors import ConfigError
+from segclip.segment.stitched import StitchedLogits
 
 Box = tuple[int, int, int, int]  # (y1, y2, x1, x2), half-open
 MIN_SHORT_SIDE = 32  # one layer4 cell
@@ -239,9 +242,18 @@ class WindowBatch:
         return list(window_outputs.split([len(b) for b in self.boxes]))
 
     def stitch(self, window_logits: torch.Tensor) -> list[torch.Tensor]:
-        """Stitch ``(N, C, g, g)`` window logits into one ``(C, h_i, w_i)`` map per image (resized size)."""
+        """Stitch ``(N, C, g, g)`` window logits into one ``(C, h_i, w_i)`` map per image (resized size): the
+        reference path, crop-sized upsampling per window into a canvas (:meth:`stitched` is the fast one)."""
         return [
             stitch(logits, boxes, *size, self.crop)
+            for logits, boxes, size in zip(self.split(window_logits), self.boxes, self.resized_sizes)
+        ]
+
+    def stitched(self, window_logits: torch.Tensor) -> list[StitchedLogits]:
+        """Per image, its window logits with the stitching kept factorised (:mod:`segclip.segment.stitched`); on
+        the logits' device."""
+        return [
+            StitchedLogits.from_windows(logits, boxes, *size, self.crop)
             for logits, boxes, size in zip(self.split(window_logits), self.boxes, self.resized_sizes)
         ]
 

@@ -35,6 +35,12 @@ def palette(count: int) -> np.ndarray:
     return (np.array(colours).reshape(count, 3) * 255).round().astype(np.uint8)
 
 
+def _row_bands(size: tuple[int, int], pixels: int = 1 << 21) -> list[slice]:
+    """Slices of rows holding about ``pixels`` pixels each."""
+    step = max(1, pixels // max(1, size[1]))
+    return [slice(start, start + step) for start in range(0, size[0], step)]
+
+
 def overlay(image: np.ndarray, labels: np.ndarray, class_names: Sequence[str], alpha: float = 0.5,
             background: str | None = None) -> Image.Image:
     """Blend a colour-coded label map over an image and add a legend of the classes present.
@@ -55,9 +61,12 @@ def overlay(image: np.ndarray, labels: np.ndarray, class_names: Sequence[str], a
         True
     """
     colours = np.concatenate([palette(len(class_names)), np.array([BACKGROUND_COLOUR], np.uint8)])
-    blend = (image.astype(np.float32) * (1 - alpha) + colours[labels].astype(np.float32) * alpha)
-    blended = Image.fromarray(blend.round().clip(0, 255).astype(np.uint8))
-    present = [int(v) for v in np.unique(labels)]
+    blended = np.empty_like(image, dtype=np.uint8)
+    for rows in _row_bands(image.shape[:2]):  # in bands: bounded memory on any image size
+        blend = image[rows].astype(np.float32) * (1 - alpha) + colours[labels[rows]].astype(np.float32) * alpha
+        blended[rows] = blend.round().clip(0, 255).astype(np.uint8)
+    blended = Image.fromarray(blended)
+    present = [int(v) for v in np.flatnonzero(np.bincount(labels.ravel(), minlength=1))]
     names = [shorten(class_names[v] if v < len(class_names) else (background or "background")) for v in present]
     font = _font()
     row = 16
@@ -86,11 +95,13 @@ def heatmap(probability: np.ndarray, name: str | None = None) -> Image.Image:
 
     colours = colormaps["viridis"]
     height, width = probability.shape
-    rgb = colours(np.clip(probability, 0, 1))[..., :3]
+    rgb = np.empty((height, width, 3), np.uint8)
+    for rows in _row_bands((height, width)):  # in bands: the colour map works in float64 RGBA
+        rgb[rows] = (colours(np.clip(probability[rows], 0, 1))[..., :3] * 255).round().astype(np.uint8)
     font = _font()
     strip = 34
     canvas = Image.new("RGB", (max(width, 120), height + strip), (255, 255, 255))
-    canvas.paste(Image.fromarray((rgb * 255).round().astype(np.uint8)), (0, 0))
+    canvas.paste(Image.fromarray(rgb), (0, 0))
     bar_width = max(40, min(canvas.size[0] - 40, 200))
     bar = colours(np.linspace(0, 1, bar_width))[None, :, :3].repeat(8, axis=0)
     canvas.paste(Image.fromarray((bar * 255).round().astype(np.uint8)), (20, height + 4))
