@@ -1,19 +1,24 @@
-"""Seconds per image of segmentation methods on RN50x16 (random weights) on the CPU, measured in one run.
+"""End-to-end seconds per image of segmentation against a backbone-only pass on the same windows, in one run.
 
-Two 512 x 683 images (PASCAL Context's typical 375 x 500 after the paper's resize): 2 x 3 windows of 384 each, all
-12 crops through the backbone in batches. Timed: ``segment_images`` end to end (windows, backbone, method maps,
-stitching, labels) for ``maskclip`` alone, ``neuron-head`` alone, and ``compare`` (all five methods from one
-pass), and per crop the backbone and each method's maps on one computed trace (the stable part of the ratio on a
-busy machine). Text embeddings are random unit vectors for 59 classes (text encoding happens once per class list and is
-cached, so it is not part of the per-image cost). Runs are interleaved, in alternating order, and the best of
-``--repeats`` is kept, in wall seconds and in this process's CPU seconds (less sensitive to other processes on a
-shared machine).
+Variants, each on the same images (PASCAL Context's typical 375 x 500 resized to 512 x 683: 2 x 3 windows of the
+model's crop): ``backbone`` (windows cut, every crop through open_clip's image tower, nothing else: the floor),
+``maskclip``, ``neuron-head`` and ``compare`` (all five methods from one trace), each ``segment_images`` end to end
+(windows, trace, maps, stitching, labels at the original size). Text embeddings are random unit vectors for 59
+classes (text encoding happens once per class list and is cached, so it is not a per-image cost). Every round runs
+every variant, the order rotated each round so none always runs first or last; per variant the minimum over rounds
+is the statistic (noise on a shared machine only ever adds time) and the spread (median / minimum - 1) is printed
+with it. Ratios are of minima measured in this run. On CUDA (when present) the same is done in fp32 and bf16
+autocast and images per second are printed.
 
-Usage: python benchmarks/segment.py [--repeats 3] [--batch-size 12] [--threads N]
+    python benchmarks/segment.py [--model RN50x16] [--rounds 5] [--images 2]
+    # last line: neuronhead_over_maskclip: <ratio> (goal: <= 1.05)
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import statistics
 import time
 
 import numpy as np
@@ -33,62 +38,89 @@ def build(model, name: str, names: list[str], texts: torch.Tensor):
     return PairMethod(model, names, name, texts=texts)
 
 
+def backbone_only(model, images, protocol, batch_size: int) -> None:
+    """The floor: the same windows through the image tower, no decomposition, no maps, no stitching."""
+    crops = prepare_windows(images, protocol).crops
+    with torch.inference_mode():
+        for chunk in crops.split(batch_size):
+            model.visual(chunk.to(model.device, model.dtype))
+
+
+def synchronise(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(model, images, methods, protocol, args, precision: str) -> dict[str, list[float]]:
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext())
+    runs = {"backbone": None, "maskclip": [methods["maskclip"]], "neuron-head": [methods["neuron-head"]],
+            "compare": list(methods.values())}
+
+    def run(name: str) -> None:
+        with autocast:
+            if runs[name] is None:
+                backbone_only(model, images, protocol, args.batch_size)
+            else:
+                segment_images(model, images, runs[name], protocol, args.batch_size)
+
+    for name in runs:  # warm-up: allocator, kernels, caches
+        run(name)
+    seconds: dict[str, list[float]] = {name: [] for name in runs}
+    names = list(runs)
+    for round_ in range(args.rounds):
+        for name in names[round_ % len(names):] + names[:round_ % len(names)]:
+            synchronise(model.device)
+            start = time.perf_counter()
+            run(name)
+            synchronise(model.device)
+            seconds[name].append((time.perf_counter() - start) / len(images))
+    return seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=12, help="crops per backbone pass")
+    parser.add_argument("--model", default="RN50x16", help="open_clip RN model (random weights).")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of every variant (default: 5).")
+    parser.add_argument("--images", type=int, default=2, help="images per call (default: 2).")
+    parser.add_argument("--batch-size", type=int, default=12, help="crops per backbone pass.")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = load_model("RN50x16", "none")
-    protocol = protocol_for(model, short_side=512, stride=192)
-    names = [f"class{i}" for i in range(59)]
-    texts = torch.nn.functional.normalize(torch.randn(59, model.info.embed_dim, generator=torch.Generator()
-                                                      .manual_seed(0)), dim=-1)
-    start = time.perf_counter()
-    methods = {name: build(model, name, names, texts) for name in METHODS}
-    setup = time.perf_counter() - start
+    load_before = os.getloadavg()[0]
+    settings = [("cpu", "fp32")] + ([("cuda", "fp32"), ("cuda", "bf16")] if torch.cuda.is_available() else [])
     rng = np.random.default_rng(0)
-    images = [rng.integers(0, 256, (512, 683, 3), dtype=np.uint8) for _ in range(2)]
-    runs = {"maskclip": [methods["maskclip"]], "neuron-head": [methods["neuron-head"]],
-            "compare (5 methods)": list(methods.values())}
-    segment_images(model, images[:1], runs["compare (5 methods)"], protocol, args.batch_size)  # warm-up
-    best = {name: float("inf") for name in runs}
-    cpu = {name: float("inf") for name in runs}
-    for round_ in range(args.repeats):
-        order = list(runs) if round_ % 2 == 0 else list(reversed(runs))  # no method always runs first
-        for name in order:
-            start, start_cpu = time.perf_counter(), time.process_time()
-            segment_images(model, images, runs[name], protocol, args.batch_size)
-            best[name] = min(best[name], (time.perf_counter() - start) / len(images))
-            cpu[name] = min(cpu[name], (time.process_time() - start_cpu) / len(images))
-    crops = prepare_windows(images, protocol).crops
-    start = time.perf_counter()
-    trace = model.trace(crops[:args.batch_size])
-    backbone = (time.perf_counter() - start) / len(trace)
-    maps = {}
-    for name, method in methods.items():
-        method(trace)
-        start = time.perf_counter()
-        for _ in range(3):
-            method(trace)
-        maps[name] = (time.perf_counter() - start) / 3 / len(trace)
-    print(f"RN50x16 random init, CPU ({torch.get_num_threads()} threads), 2 images 512x683, 6 windows each, "
-          f"batch {args.batch_size} crops, best of {args.repeats}; method setup (59 classes, k=20000): {setup:.2f} s")
-    print("| run | s / image | vs maskclip | CPU s / image | vs maskclip |")
-    print("|---|---|---|---|---|")
-    for name, seconds in best.items():
-        print(f"| {name} | {seconds:.3f} | {seconds / best['maskclip']:.3f} | {cpu[name]:.3f} | "
-              f"{cpu[name] / cpu['maskclip']:.3f} |")
-    print("| per crop, on a computed trace | ms |")
-    print("|---|---|")
-    print(f"| backbone + attention-pool trace | {backbone * 1e3:.1f} |")
-    for name, seconds in maps.items():
-        print(f"| {name} maps | {seconds * 1e3:.1f} |")
-    print(f"neuron-head over maskclip from the per-crop parts: "
-          f"{(backbone + maps['neuron-head']) / (backbone + maps['maskclip']):.3f}")
-    print(f"neuronhead_over_maskclip: {best['neuron-head'] / best['maskclip']:.3f} (goal: <= 1.10)")
+    images = [rng.integers(0, 256, (375, 500, 3), dtype=np.uint8) for _ in range(args.images)]
+    names = [f"class{i}" for i in range(59)]
+    cpu_ratios = {}
+    for device, precision in settings:
+        model = load_model(args.model, "none", device=device)
+        protocol = protocol_for(model)
+        texts = torch.nn.functional.normalize(
+            torch.randn(59, model.info.embed_dim, generator=torch.Generator().manual_seed(0)), dim=-1).to(device)
+        methods = {name: build(model, name, names, texts) for name in METHODS}
+        seconds = measure(model, images, methods, protocol, args, precision)
+        best = {name: min(values) for name, values in seconds.items()}
+        print(f"\n{args.model} random init, {device} {precision}, {args.images} images 375x500 -> "
+              f"{len(prepare_windows(images[:1], protocol).crops)} windows each, batch {args.batch_size} crops, "
+              f"{args.rounds} rounds, torch threads {torch.get_num_threads()}")
+        print("| variant | s / image (min) | median | spread | images / s | vs backbone | vs maskclip |")
+        print("|---|---|---|---|---|---|---|")
+        for name, values in seconds.items():
+            print(f"| {name} | {best[name]:.3f} | {statistics.median(values):.3f} | "
+                  f"{statistics.median(values) / best[name] - 1:.1%} | {1 / best[name]:.2f} | "
+                  f"{best[name] / best['backbone']:.3f} | {best[name] / best['maskclip']:.3f} |")
+        ratios = {"maskclip_over_backbone": best["maskclip"] / best["backbone"],
+                  "compare_over_maskclip": best["compare"] / best["maskclip"],
+                  "neuronhead_over_maskclip": best["neuron-head"] / best["maskclip"]}
+        if device == "cpu":
+            cpu_ratios = ratios
+        del model, methods
+    print(f"\nload average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after, {os.cpu_count()} CPUs "
+          "(above the CPU count, other processes shared the machine). CPU ratios:")
+    goals = {"maskclip_over_backbone": 1.05, "compare_over_maskclip": 1.25, "neuronhead_over_maskclip": 1.05}
+    for name, ratio in cpu_ratios.items():
+        print(f"{name}: {ratio:.3f} (goal: <= {goals[name]})")
 
 
 if __name__ == "__main__":
