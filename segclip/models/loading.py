@@ -126,7 +126,8 @@ class CLIPResNet(torch.nn.Module):
         check_images(images, self.info.image_size, self.pool.interpolate_positions)
         return backbone_neurons(self.visual, images.to(self.device), self._active_hooks(hooks))
 
-    def trace(self, images: torch.Tensor, *, token_heads: bool = False, hooks: HookSpec | None = None) -> Trace:
+    def trace(self, images: torch.Tensor, *, token_heads: bool = False, hooks: HookSpec | None = None,
+              autocast: torch.dtype | None = None, check_finite: bool = True) -> Trace:
         """One batched forward pass with its exact decomposition.
 
         Args:
@@ -135,6 +136,11 @@ class CLIPResNet(torch.nn.Module):
             hooks: callables at the named hook points, added after those of enclosing :meth:`hooks` blocks;
                 interventions such as :class:`~segclip.core.trace.RegisterIntervention` give theirs with
                 ``.hooks()``.
+            autocast: run the convolutional backbone under autocast in this dtype (``torch.bfloat16`` or
+                ``torch.float16``); layer4's output is cast back to the model's dtype, so the attention pool, its
+                decomposition and everything after it stay in full precision. None: no autocast.
+            check_finite: refuse NaN or inf pixels (a host synchronisation; callers whose crops come from uint8
+                images skip it).
 
         Returns:
             The :class:`~segclip.core.trace.Trace`.
@@ -144,9 +150,11 @@ class CLIPResNet(torch.nn.Module):
             ConfigError: an unknown hook point.
         """
         active = self._active_hooks(hooks)
-        check_images(images, self.info.image_size, self.pool.interpolate_positions)
-        neurons = backbone_neurons(self.visual, images.to(self.device), active)
-        return trace_pool(self.pool, neurons, token_heads=token_heads, hooks=active)
+        check_images(images, self.info.image_size, self.pool.interpolate_positions, finite=check_finite)
+        images = images.to(self.device, non_blocking=True)
+        with torch.autocast(self.device.type, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+            neurons = backbone_neurons(self.visual, images, active)
+        return trace_pool(self.pool, neurons.to(self.dtype), token_heads=token_heads, hooks=active)
 
     @property
     def visual(self) -> ModifiedResNet:

@@ -352,7 +352,8 @@ def _run_dataset(config: BenchmarkConfig, model: CLIPResNet, trainer: Any, data:
     seconds = 0.0
     if todo:
         task = SegmentationTask(model, prepared.methods, window, data.num_classes, crops_per_pass=config.batch_size,
-                                intervention=prepared.intervention, on_image=on_image, label_rule=rule)
+                                intervention=prepared.intervention, on_image=on_image, label_rule=rule,
+                                autocast=config.autocast)
         loader = SegmentationData(Subset(data, todo), config.batch_size, config.num_workers)
         _run_loop(trainer.test, task, datamodule=loader, verbose=False)
         seconds = task.seconds

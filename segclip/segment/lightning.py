@@ -45,6 +45,8 @@ class SegmentationTask(L.LightningModule):
         crops_per_pass: crops per backbone pass.
         intervention: the register intervention, or None.
         background_threshold: label pixels below this top probability as background (predict only).
+        autocast: the backbone's autocast (``off``, ``bf16``, ``fp16``; :func:`~segclip.segment.pipeline.
+            window_logits`).
         label_rule: how stitched logits become labels (:func:`~segclip.segment.pipeline.segment_images`), e.g. the
             benchmark suite's :class:`~segclip.segment.pipeline.QueryLabelRule`; None: temperature and arg-max.
         on_image: called per image with ``(id, {method: Segmentation}, confusion stack (M, C, C) or None,
@@ -61,12 +63,13 @@ class SegmentationTask(L.LightningModule):
     def __init__(self, model: CLIPResNet, methods: Sequence[SegmentationMethod], protocol: SlidingWindowProtocol,
                  num_classes: int, *, crops_per_pass: int = 8, intervention: RegisterIntervention | None = None,
                  background_threshold: float | None = None, on_image: ImageCallback | None = None,
-                 label_rule: LabelRule | None = None):
+                 label_rule: LabelRule | None = None, autocast: str = "off"):
         super().__init__()
         self.model = model
         self.methods, self.protocol, self.num_classes = list(methods), protocol, num_classes
         self.crops_per_pass, self.intervention = crops_per_pass, intervention
         self.background_threshold, self.on_image, self.label_rule = background_threshold, on_image, label_rule
+        self.autocast = autocast
         self.metrics = torch.nn.ModuleDict({m.name: SegmentationMetric(num_classes) for m in self.methods})
         self.confusions: dict[str, torch.Tensor] = {}
         self.images_seen, self.seconds, self._start = 0, 0.0, 0.0
@@ -77,7 +80,7 @@ class SegmentationTask(L.LightningModule):
     def _segment(self, batch: dict[str, list[Any]]) -> list[dict[str, Segmentation]]:
         return segment_images(self.model, batch["image"], self.methods, self.protocol, self.crops_per_pass,
                               intervention=self.intervention, background_threshold=self.background_threshold,
-                              label_rule=self.label_rule)
+                              label_rule=self.label_rule, autocast=self.autocast)
 
     def on_test_start(self) -> None:
         self._start_loop()

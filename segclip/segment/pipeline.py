@@ -150,25 +150,46 @@ def protocol_for(model: CLIPResNet, short_side: int | None = None, stride: int |
     return SlidingWindowProtocol(short_side=short_side or round(crop * 4 / 3), crop=crop, stride=stride or crop // 2)
 
 
+AUTOCAST = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # the backbone's autocast dtype
+
+
+def check_autocast(name: str, device: torch.device) -> torch.dtype | None:
+    """The dtype of an ``--autocast`` name (None for off).
+
+    Raises:
+        ConfigError: an unknown name, or fp16 on a CPU (half-precision convolutions there are slow and not
+            autocast's CPU default; use bf16).
+    """
+    if name not in AUTOCAST:
+        raise ConfigError(f"Unknown autocast {name!r}; use one of {', '.join(AUTOCAST)}.")
+    if name == "fp16" and device.type == "cpu":
+        raise ConfigError("--autocast fp16 needs a GPU; on a CPU use bf16 (or off, the default).")
+    return AUTOCAST[name]
+
+
 def window_logits(model: CLIPResNet, crops: torch.Tensor, methods: Sequence[SegmentationMethod], batch_size: int,
-                  intervention: RegisterIntervention | None = None) -> list[torch.Tensor]:
+                  intervention: RegisterIntervention | None = None, autocast: str = "off") -> list[torch.Tensor]:
     """Trace crops in chunks and run every method on each chunk's trace.
 
     Args:
         model: the model.
-        crops: ``(N, 3, S, S)`` normalised crops.
+        crops: ``(N, 3, S, S)`` normalised crops (finite: they come from uint8 images).
         methods: the methods.
         batch_size: crops per backbone pass.
         intervention: the register intervention (method.md section 6), or None.
+        autocast: ``off``, ``bf16`` or ``fp16`` (GPU): the convolutional backbone under autocast
+            (:data:`AUTOCAST`); the attention pool, its decomposition, the maps and the labels are computed in the
+            model's dtype whatever it is.
 
     Returns:
         Per method, ``(N, C, g, g)`` float32 window logits on the model's device.
     """
+    dtype = check_autocast(autocast, model.device)
     outputs: list[list[torch.Tensor]] = [[] for _ in methods]
     hooks = None if intervention is None else intervention.hooks()
     with torch.inference_mode():
-        for chunk in crops.split(batch_size):
-            trace = model.trace(chunk.to(model.device), hooks=hooks)
+        for chunk in crops.split(batch_size):  # no host synchronisation inside: labels come after the loop
+            trace = model.trace(chunk, hooks=hooks, autocast=dtype, check_finite=False)
             for out, method in zip(outputs, methods):
                 out.append(method(trace))
     return [torch.cat(out) for out in outputs]
@@ -177,7 +198,7 @@ def window_logits(model: CLIPResNet, crops: torch.Tensor, methods: Sequence[Segm
 def segment_images(model: CLIPResNet, images: Sequence[np.ndarray], methods: Sequence[SegmentationMethod],
                    protocol: SlidingWindowProtocol, batch_size: int = 8, *,
                    intervention: RegisterIntervention | None = None, background_threshold: float | None = None,
-                   label_rule: LabelRule | None = None) -> list[dict[str, Segmentation]]:
+                   label_rule: LabelRule | None = None, autocast: str = "off") -> list[dict[str, Segmentation]]:
     """Segment images with several methods from one batched backbone pass.
 
     Args:
@@ -193,6 +214,7 @@ def segment_images(model: CLIPResNet, images: Sequence[np.ndarray], methods: Seq
             ``protocol.temperature`` x logits only for a background threshold (the labels of
             :func:`~segclip.segment.windows.logits_to_labels`, computed in bands by
             :meth:`~segclip.segment.stitched.StitchedLogits.labels`).
+        autocast: the backbone's autocast, ``off`` (default), ``bf16`` or ``fp16`` (GPU) (:func:`window_logits`).
 
     Returns:
         Per image, ``{method name: Segmentation}``.
@@ -220,9 +242,9 @@ def segment_images(model: CLIPResNet, images: Sequence[np.ndarray], methods: Seq
         raise ConfigError(
             f"The crop ({protocol.crop}) must be the model's input size ({model.info.image_size}): the positional "
             "embedding is not interpolated.")
-    windows = prepare_windows(images, protocol)
+    windows = prepare_windows(images, protocol, device=model.device)
     log.debug("%d images -> %d windows, %d per backbone pass", len(images), len(windows.crops), batch_size)
-    per_method = window_logits(model, windows.crops, methods, batch_size, intervention)
+    per_method = window_logits(model, windows.crops, methods, batch_size, intervention, autocast)
     results: list[dict[str, Segmentation]] = [{} for _ in images]
     for method, logits in zip(methods, per_method):
         for result, stitched, size in zip(results, windows.stitched(logits), windows.original_sizes):

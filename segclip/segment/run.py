@@ -38,7 +38,7 @@ from segclip.segment.methods import (
     build_methods,
 )
 from segclip.segment.metric import segmentation_scores
-from segclip.segment.pipeline import protocol_for
+from segclip.segment.pipeline import AUTOCAST, check_autocast, protocol_for
 from segclip.segment.results import (
     ResultStore,
     check_outputs,
@@ -84,6 +84,10 @@ class MethodOptions:
                                        "set with 10+ classes, else against a reference vocabulary; none for "
                                        "maskclip and self-self).")
     batch_size: int = option(8, help="sliding-window crops per backbone pass (default: 8).")
+    autocast: str = option("off", choices=tuple(AUTOCAST),
+                           help="run the convolutional backbone under autocast: off (default, exact), bf16, or fp16 "
+                                "(GPU only); the attention pool, its decomposition, the maps and the labels stay in "
+                                "the model's precision (unlike --precision, which casts the whole model).")
     progress: bool = option(True, help="show a progress bar (on stderr).")
 
     def __post_init__(self) -> None:
@@ -249,6 +253,7 @@ def prepare_methods(model: CLIPResNet, names: list[str], methods: list[str], opt
     Raises:
         ConfigError: a calibration that is missing or stale when asked for, registers without one or above N.
     """
+    check_autocast(options.autocast, model.device)
     calibration = load_calibration(model.info, options.calibration)
     if options.calibration is not None and calibration is None:
         raise ConfigError(f"--calibration {options.calibration} is missing, stale or not for {model.info.name}; run "
@@ -371,7 +376,8 @@ def _evaluate(config: DatasetOptions, model: ModelSource, verbose: bool) -> Eval
             store.write(image_id, confusions, [result[m].labels for m in methods])
 
     task = SegmentationTask(model, prepared.methods, prepared.protocol, len(data.class_names),
-                            crops_per_pass=config.batch_size, intervention=prepared.intervention, on_image=on_image)
+                            crops_per_pass=config.batch_size, intervention=prepared.intervention, on_image=on_image,
+                            autocast=config.autocast)
     trainer = make_trainer(model.device, config.devices, progress=config.progress, num_nodes=config.num_nodes)
     seconds = 0.0
     confusion = torch.zeros(len(methods), len(data.class_names), len(data.class_names), dtype=torch.long)
@@ -541,7 +547,6 @@ def run_segment(config: SegmentConfig, model: ModelSource) -> SegmentResult:
     plan = plan_outputs(config, dataset, names)
     prepared = prepare_methods(model, names, [config.method], config, None)
     threshold = config.background_threshold
-    images = dict(zip(dataset.ids, dataset.paths))
     files: dict[str, list[Path]] = {}
 
     def on_image(image_id: str, result, _confusions, image) -> None:
@@ -559,7 +564,8 @@ def run_segment(config: SegmentConfig, model: ModelSource) -> SegmentResult:
         files[image_id] = written
 
     task = SegmentationTask(model, prepared.methods, prepared.protocol, len(names), crops_per_pass=config.batch_size,
-                            intervention=prepared.intervention, background_threshold=threshold, on_image=on_image)
+                            intervention=prepared.intervention, background_threshold=threshold, on_image=on_image,
+                            autocast=config.autocast)
     trainer = make_trainer(model.device, 1, progress=False)
     _run_loop(trainer.predict, task, datamodule=SegmentationData(dataset, config.batch_size),
               return_predictions=False)

@@ -258,12 +258,15 @@ class WindowBatch:
         ]
 
 
-def prepare_windows(images: Sequence[np.ndarray], protocol: SlidingWindowProtocol) -> WindowBatch:
+def prepare_windows(images: Sequence[np.ndarray], protocol: SlidingWindowProtocol,
+                    device: torch.device | str | None = None) -> WindowBatch:
     """Resize, normalise and cut images into windows, stacking all crops.
 
     Args:
         images: ``(H_i, W_i, 3)`` uint8 RGB images of any sizes.
         protocol: the sliding-window protocol.
+        device: where the crops are normalised and cut (the resize is cv2's, on the CPU; only the resized uint8
+            image is copied over). Default: the CPU.
 
     Returns:
         A :class:`WindowBatch` whose ``crops`` hold every window of every image, in order.
@@ -282,7 +285,8 @@ def prepare_windows(images: Sequence[np.ndarray], protocol: SlidingWindowProtoco
     for image in images:
         size = rescale_size(image.shape[0], image.shape[1], protocol.short_side, protocol.long_side)
         image_boxes = window_boxes(*size, protocol.crop, protocol.stride)
-        crops.append(extract_crops(normalise(resize_image(image, size))[0], image_boxes, protocol.crop))
+        pixels = torch.from_numpy(resize_image(image, size)).to(device or "cpu", non_blocking=True)
+        crops.append(extract_crops(normalise(pixels)[0], image_boxes, protocol.crop))
         boxes.append(image_boxes)
         resized.append(size)
         original.append((image.shape[0], image.shape[1]))
