@@ -21,9 +21,9 @@ from segclip.analysis.common import (
     DatasetOptions,
     collect_statistics_for,
     is_primary_process,
-    process_config,
     read_image_set,
 )
+from segclip.analysis.distributed import ProcessConfig
 from segclip.analysis.statistics import Statistics
 from segclip.config import check_positive, option
 from segclip.core.calibration import (
@@ -77,7 +77,7 @@ def calibration_from_statistics(stats: Statistics, registers: int = 32, ranking:
 
 
 @dataclass(frozen=True, kw_only=True)
-class CalibrateConfig(DatasetOptions):
+class CalibrateConfig(DatasetOptions, ProcessConfig):
     """Options of ``segclip calibrate``."""
 
     images: Path | None = option(None, help="folder of calibration images (required unless --from-pcs).")
@@ -105,16 +105,11 @@ class CalibrateConfig(DatasetOptions):
     overwrite: bool = option(False, help="replace an existing calibration at the artifact path (every later command "
                                          "that uses the default cached calibration picks up the new one).")
     progress: bool = option(True, help="show a progress bar.")
-    devices: int = option(1, help="processes (devices) per node; DDP when devices x num_nodes > 1 (gloo on CPU, one "
-                                  "GPU per process on CUDA) (default: 1).")
-    num_nodes: int = option(1, help="nodes; launch the same command on every node with Lightning's environment "
-                                    "(MASTER_ADDR, MASTER_PORT, NODE_RANK) (default: 1).")
-    num_workers: int = option(0, help="DataLoader workers per process that read and resize images (default: 0).")
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # ProcessConfig's checks
         check_positive(self, "limit", "top_k", "batch_size", "chunk_size")
         check_positive(self, "registers", allow_zero=True)
-        process_config(self)
         if (self.dataset_config() is None) == (self.from_pcs is None):
             raise ConfigError("Give --images (a folder to calibrate on) or --dataset with --data-root, or --from-pcs "
                               "(the authors' pcs.npy), exactly one of them.")

@@ -45,7 +45,7 @@ UNITS = ("pairs", "neurons", "heads")
 
 
 @dataclass(frozen=True, kw_only=True)
-class AnalysisConfig:
+class AnalysisConfig(ProcessConfig):
     """Options every analysis shares."""
 
     out: Path = option(help="output folder (numbers, plot, checkpoints).")
@@ -57,16 +57,10 @@ class AnalysisConfig:
     chunk_size: int = option(64, help="images between checkpoints (default: 64).")
     overwrite: bool = option(False, help="replace the results of an earlier run in --out.")
     progress: bool = option(True, help="show progress bars.")
-    devices: int = option(1, help="processes (devices) per node of every pass; DDP when devices x num_nodes > 1 "
-                                  "(gloo on CPU, one GPU per process on CUDA) (default: 1).")
-    num_nodes: int = option(1, help="nodes; launch the same command on every node with Lightning's environment "
-                                    "(MASTER_ADDR, MASTER_PORT, NODE_RANK) (default: 1).")
-    num_workers: int = option(0, help="DataLoader workers per process that read and resize images (default: 0, "
-                                      "in the process).")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check_positive(self, "limit", "top_k", "batch_size", "chunk_size")
-        process_config(self)
 
 
 def process_config(config: Any) -> ProcessConfig:
@@ -75,7 +69,7 @@ def process_config(config: Any) -> ProcessConfig:
     Raises:
         ConfigError: devices or nodes below 1, workers below 0.
     """
-    return ProcessConfig(config.devices, config.num_nodes, config.num_workers)
+    return ProcessConfig(devices=config.devices, num_nodes=config.num_nodes, num_workers=config.num_workers)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -201,7 +201,7 @@ class ImageListData(L.LightningDataModule):
                           persistent_workers=False, pin_memory=False)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ProcessConfig:
     """How many processes run an analysis pass, and how many workers feed each (the ``--devices``,
     ``--num-nodes`` and ``--num-workers`` flags of ``calibrate`` and ``analyze``).
@@ -215,12 +215,12 @@ class ProcessConfig:
         segclip.errors.ConfigError: --num-workers must be at least 0, got -1.
     """
 
-    devices: int = option(1, help="processes (devices) per node; DDP when devices x num_nodes > 1 (gloo on CPU, "
-                                  "one GPU per process on CUDA)")
+    devices: int = option(1, help="processes (devices) per node of every pass; DDP when devices x num_nodes > 1 "
+                                  "(gloo on CPU, one GPU per process on CUDA) (default: 1).")
     num_nodes: int = option(1, help="nodes; launch the same command on every node with Lightning's environment "
-                                    "(MASTER_ADDR, MASTER_PORT, NODE_RANK)")
-    num_workers: int = option(0, help="DataLoader workers per process that read and resize images (0: in the "
-                                      "process)")
+                                    "(MASTER_ADDR, MASTER_PORT, NODE_RANK) (default: 1).")
+    num_workers: int = option(0, help="DataLoader workers per process that read and resize images (default: 0, "
+                                      "in the process).")
 
     def __post_init__(self) -> None:
         check_positive(self, "devices", "num_nodes")

@@ -37,7 +37,7 @@ from segclip.core.attnpool import AttentionPool, HeadWeights
 from segclip.core.pairs import PairDirections
 from segclip.core.registers import sink_attention, sink_changes
 from segclip.core.trace import Trace
-from segclip.errors import CacheError
+from segclip.errors import CacheError, ConfigError, DataError
 from segclip.io import atomic_save_tensors, read_tensors
 from segclip.models.loading import CLIPResNet
 
@@ -482,6 +482,24 @@ class Statistics:
                   else tensors[key] for key in names}
         return cls(count=meta["count"], top_k=meta["top_k"], norm_k=meta["norm_k"], metadata=meta["metadata"],
                    **values)
+
+
+def check_model_statistics(stats: Statistics, model: CLIPResNet, path: str | Path) -> list[str]:
+    """The image names of statistics (loaded from ``path``) after checking they were computed with ``model``.
+
+    Raises:
+        ConfigError: statistics of another model or other weights.
+        DataError: statistics without their image list (or a list of another length).
+    """
+    meta = stats.metadata
+    if (meta.get("model"), meta.get("weights_hash")) != (model.info.name, model.info.weights_hash):
+        raise ConfigError(f"--statistics {path} was computed for {meta.get('model')} (weights "
+                          f"{meta.get('weights_hash')}), not {model.info.name} ({model.info.weights_hash}); "
+                          "compute them for this model with `segclip calibrate`.")
+    names = meta.get("images")
+    if not names or len(names) != stats.count:
+        raise DataError(f"--statistics {path} does not list its images; compute it again with `segclip calibrate`.")
+    return list(names)
 
 
 def collect_statistics(model: CLIPResNet, paths: list[Path], *, top_k: int = 50, registers: bool = True,

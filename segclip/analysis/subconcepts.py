@@ -232,7 +232,7 @@ def run_subconcepts(config: SubconceptsConfig, model: ModelSource) -> Subconcept
         (4096, 'subconcepts.json')
     """
     from segclip.analysis.omp import omp, read_vocabulary
-    from segclip.analysis.statistics import Statistics
+    from segclip.analysis.statistics import Statistics, check_model_statistics
     from segclip.analysis.stream import run_pass
     from segclip.data.images import read_image
     from segclip.data.preprocess import centre_crop
@@ -246,13 +246,7 @@ def run_subconcepts(config: SubconceptsConfig, model: ModelSource) -> Subconcept
                           "--out.")
     stats = Statistics.load(config.statistics)
     model = resolve_model(model)
-    meta = stats.metadata
-    if (meta.get("model"), meta.get("weights_hash")) != (model.info.name, model.info.weights_hash):
-        raise ConfigError(f"--statistics {config.statistics} was computed for {meta.get('model')}, not "
-                          f"{model.info.name} ({model.info.weights_hash}); compute them with `segclip calibrate`.")
-    names = meta.get("images")
-    if not names or len(names) != stats.count:
-        raise DataError(f"--statistics {config.statistics} does not list its images; compute it again.")
+    names = check_model_statistics(stats, model, config.statistics)
     vocabulary = read_vocabulary(config.vocabulary, config.vocabulary_size)
     atoms = min(config.words, len(vocabulary), model.info.embed_dim)
     t = min(config.top_images, stats.pair_top_images.shape[0], stats.neuron_top_images.shape[0])

@@ -41,17 +41,9 @@ from segclip.data.prepare import (
 )
 from segclip.explore.site import ExploreConfig, ExploreResult, run_explore
 from segclip.segment.benchmark import BenchmarkConfig, BenchmarkResult, run_benchmark
-from segclip.segment.run import (
-    CompareConfig,
-    EvalConfig,
-    EvalResult,
-    SegmentConfig,
-    SegmentResult,
-    is_primary,
-    run_compare,
-    run_eval,
-    run_segment,
-)
+from segclip.segment.lightning import is_primary
+from segclip.segment.predict import SegmentConfig, SegmentResult, run_segment
+from segclip.segment.run import CompareConfig, EvalConfig, EvalResult, run_compare, run_eval
 
 
 def print_summary(result: Any, config: Any) -> int:

@@ -414,7 +414,7 @@ def run_explore(config: ExploreConfig, model: ModelSource) -> ExploreResult:
         >>> result.index.name, result.pairs_kept, result.images_traced
         ('index.html', 2048, 4)
     """
-    from segclip.analysis.statistics import Statistics
+    from segclip.analysis.statistics import Statistics, check_model_statistics
     from segclip.analysis.stream import run_pass
     from segclip.core.pairs import PairDirections
     from segclip.core.registers import rank_registers
@@ -423,15 +423,7 @@ def run_explore(config: ExploreConfig, model: ModelSource) -> ExploreResult:
     out = Path(config.out)
     stats = Statistics.load(config.statistics)
     model = resolve_model(model)
-    meta = stats.metadata
-    if (meta.get("model"), meta.get("weights_hash")) != (model.info.name, model.info.weights_hash):
-        raise ConfigError(f"--statistics {config.statistics} was computed for {meta.get('model')} (weights "
-                          f"{meta.get('weights_hash')}), not {model.info.name} ({model.info.weights_hash}); "
-                          "compute them for this model with `segclip calibrate`.")
-    names = meta.get("images")
-    if not names or len(names) != stats.count:
-        raise DataError(f"--statistics {config.statistics} does not list its images; compute it again with "
-                        "`segclip calibrate`.")
+    names = check_model_statistics(stats, model, config.statistics)
     folder = Path(config.images)
     labels = read_labels(config.labels) if config.labels is not None else None
     subconcepts = _read_subconcepts(config.subconcepts)

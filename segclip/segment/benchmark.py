@@ -33,7 +33,14 @@ from segclip.data.queries import read_query_file
 from segclip.errors import ConfigError, DataError, SegclipError
 from segclip.io import atomic_write_bytes, atomic_write_json, provenance
 from segclip.models.loading import CLIPResNet, ModelSource, resolve_model
-from segclip.segment.lightning import SegmentationData, SegmentationTask, make_trainer
+from segclip.segment.lightning import (
+    SegmentationData,
+    SegmentationTask,
+    is_primary,
+    make_trainer,
+    quiet_lightning,
+    run_loop,
+)
 from segclip.segment.methods import METHODS
 from segclip.segment.metric import segmentation_scores
 from segclip.segment.pipeline import QueryLabelRule, distinct_queries
@@ -41,11 +48,9 @@ from segclip.segment.results import ResultStore, check_outputs
 from segclip.segment.run import (
     RUN_ONLY,
     EvalResult,
-    MethodOptions,
     MethodScores,
-    _quiet_lightning,
-    _run_loop,
-    is_primary,
+    RunOptions,
+    check_method_list,
     prepare_methods,
     segmentation_protocol,
 )
@@ -83,7 +88,7 @@ def _pairs(values: tuple[str, ...], what: str) -> dict[str, Path]:
 
 
 @dataclass(frozen=True, kw_only=True)
-class BenchmarkConfig(MethodOptions):
+class BenchmarkConfig(RunOptions):
     """Options of ``segclip benchmark``."""
 
     data_root: Path = option(help="the data root, laid out as mmsegmentation's data/ folder (VOCdevkit/VOC2012, "
@@ -107,20 +112,11 @@ class BenchmarkConfig(MethodOptions):
     limit: int | None = option(None, help="evaluate the first N images of each dataset only.")
     save_predictions: bool = option(False, help="write OUT/<dataset>/predictions/<method>/<id>.png (uint8, 0-based "
                                                 "class indices).")
-    overwrite: bool = option(False, help="replace existing results in --out.")
-    devices: int = option(1, help="processes (devices) with Lightning DDP (default: 1).")
-    num_nodes: int = option(1, help="machines (nodes) for Lightning DDP (default: 1).")
-    num_workers: int = option(0, help="DataLoader workers decoding images (default: 0).")
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_positive(self, "limit", "devices", "num_nodes")
-        check_positive(self, "num_workers", allow_zero=True)
-        unknown = [m for m in self.methods if m not in METHODS]
-        if unknown or not self.methods:
-            raise ConfigError(f"Unknown methods {unknown}; choose from {', '.join(METHODS)}.")
-        if len(set(self.methods)) != len(self.methods):
-            raise ConfigError(f"Methods are listed more than once: {list(self.methods)}.")
+        check_positive(self, "limit")
+        check_method_list(self.methods)
         if self.protocol not in PROTOCOLS:
             raise ConfigError(f"Unknown protocol {self.protocol!r}; choose from {', '.join(PROTOCOLS)}.")
         names = self.dataset_names  # unknown names fail here
@@ -298,7 +294,7 @@ def run_benchmark(config: BenchmarkConfig, model: ModelSource, *, verbose: bool 
         >>> [d.name for d in result.datasets], result.table().splitlines()[0]
         (['voc21', 'ade20k'], '| method | voc21 | ade20k | average |')
     """
-    _quiet_lightning(verbose)
+    quiet_lightning(verbose)
     datasets, skipped = check_benchmarks(config)
     primary = is_primary()
     if primary:
@@ -355,7 +351,7 @@ def _run_dataset(config: BenchmarkConfig, model: CLIPResNet, trainer: Any, data:
                                 intervention=prepared.intervention, on_image=on_image, label_rule=rule,
                                 autocast=config.autocast)
         loader = SegmentationData(Subset(data, todo), config.batch_size, config.num_workers)
-        _run_loop(trainer.test, task, datamodule=loader, verbose=False)
+        run_loop(trainer.test, task, datamodule=loader, verbose=False)
         seconds = task.seconds
         confusion += torch.stack([task.confusions[m].cpu() for m in methods])
     if not trainer.is_global_zero:

@@ -8,6 +8,8 @@ processes, so a 2-process run gives the single-process confusion matrix.
 """
 from __future__ import annotations
 
+import logging
+import os
 import sys
 import time
 import warnings
@@ -181,3 +183,23 @@ def make_trainer(device: torch.device, devices: int = 1, progress: bool = True, 
                      logger=False, enable_checkpointing=False, enable_model_summary=False,
                      enable_progress_bar=progress, callbacks=[StderrProgressBar()] if progress else None,
                      use_distributed_sampler=False, inference_mode=True)
+
+
+def quiet_lightning(verbose: bool) -> None:
+    """Lightning's INFO banners (devices, tips) only when ``verbose``."""
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
+
+
+def run_loop(loop: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+    """Run ``trainer.test`` / ``trainer.predict``; Lightning turns Ctrl-C into ``sys.exit(1)`` after its teardown,
+    which becomes the KeyboardInterrupt the command line reports as resumable."""
+    try:
+        loop(*args, **kwargs)
+    except SystemExit as err:
+        raise KeyboardInterrupt from err
+
+
+def is_primary() -> bool:
+    """Whether this is the first process of a (possibly distributed) run, before Lightning starts the others."""
+    return int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0

@@ -1,17 +1,15 @@
-"""``segclip eval``, ``compare`` and ``segment`` as library calls: config -> run -> result -> write.
+"""``segclip eval`` and ``compare`` as library calls (config -> run -> result -> write), and the method and
+protocol options every segmentation command shares (``segment``: :mod:`segclip.segment.predict`; ``benchmark``:
+:mod:`segclip.segment.benchmark`).
 
 ``run_eval`` scores one or several methods (several: one backbone pass per window feeds all) on PASCAL Context
-(59/60) or the synthetic benchmark, resumably when given an output folder; ``run_segment`` segments image files
-from a class list and writes label maps, overlays and heatmaps. Protocol defaults: crop = the model's input size,
-stride = half a crop, short side 512 for PASCAL Context (the paper; 384 is the authors' released config) and 4/3
-of a crop otherwise (512 / 384 scaled).
+(59/60) or the synthetic benchmark, resumably when given an output folder. Protocol defaults: crop = the model's
+input size, stride = half a crop, short side 512 for PASCAL Context (the paper; 384 is the authors' released
+config) and 4/3 of a crop otherwise (512 / 384 scaled).
 """
 from __future__ import annotations
 
-import io
 import logging
-import os
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,14 +20,18 @@ from torch.utils.data import Subset
 from segclip.config import check_positive, option
 from segclip.core.calibration import Calibration, load_calibration
 from segclip.core.trace import RegisterIntervention
-from segclip.data.images import check_image
-from segclip.data.pascal_context import ImageFolderDataset
-from segclip.errors import ConfigError, OutputError
-from segclip.io import atomic_write_bytes, atomic_write_json, provenance, read_lines
+from segclip.errors import ConfigError
+from segclip.io import provenance
 from segclip.models.loading import CLIPResNet, ModelSource, resolve_model
-from segclip.models.text import check_class_names
 from segclip.segment.datasets import open_dataset
-from segclip.segment.lightning import SegmentationData, SegmentationTask, make_trainer
+from segclip.segment.lightning import (
+    SegmentationData,
+    SegmentationTask,
+    is_primary,
+    make_trainer,
+    quiet_lightning,
+    run_loop,
+)
 from segclip.segment.methods import (
     CENTRING_CHOICES,
     DEFAULT_K,
@@ -42,12 +44,9 @@ from segclip.segment.pipeline import AUTOCAST, check_autocast, protocol_for
 from segclip.segment.results import (
     ResultStore,
     check_outputs,
-    check_writable,
-    png_bytes,
     write_results,
 )
 from segclip.segment.windows import SlidingWindowProtocol
-from segclip.viz.overlay import heatmap, overlay
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +95,32 @@ class MethodOptions:
 
 
 @dataclass(frozen=True, kw_only=True)
-class DatasetOptions(MethodOptions):
-    """Dataset and run options shared by ``eval`` and ``compare``."""
+class RunOptions(MethodOptions):
+    """Process options of the commands that score datasets (``eval``, ``compare``, ``benchmark``)."""
+
+    overwrite: bool = option(False, help="replace existing results in --out.")
+    devices: int = option(1, help="processes (devices) with Lightning DDP (default: 1).")
+    num_nodes: int = option(1, help="machines (nodes) for Lightning DDP (default: 1).")
+    num_workers: int = option(0, help="DataLoader workers decoding images (default: 0).")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_positive(self, "devices", "num_nodes")
+        check_positive(self, "num_workers", allow_zero=True)
+
+
+def check_method_list(methods: tuple[str, ...]) -> None:
+    """Raise :class:`ConfigError` for an empty list, unknown names or repeats."""
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise ConfigError(f"Unknown methods {unknown}; choose from {', '.join(METHODS)}.")
+    if len(set(methods)) != len(methods):
+        raise ConfigError(f"Methods are listed more than once: {list(methods)}.")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DatasetOptions(RunOptions):
+    """Dataset options shared by ``eval`` and ``compare``."""
 
     dataset: str = option("synthetic", choices=("synthetic", "pascal_context"),
                           help="synthetic (generated into the cache on first use; default) or pascal_context.")
@@ -112,15 +135,10 @@ class DatasetOptions(MethodOptions):
                                          "interrupted run resumable (run the same command again).")
     save_predictions: bool = option(False, help="write predicted labels to OUT/predictions/<method>/<id>.png "
                                                 "(uint8, 0-based).")
-    overwrite: bool = option(False, help="replace existing results in --out.")
-    devices: int = option(1, help="processes (devices) with Lightning DDP (default: 1).")
-    num_nodes: int = option(1, help="machines (nodes) for Lightning DDP (default: 1).")
-    num_workers: int = option(0, help="DataLoader workers decoding images (default: 0).")
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_positive(self, "limit", "devices", "num_nodes")
-        check_positive(self, "num_workers", allow_zero=True)
+        check_positive(self, "limit")
         if self.num_classes not in (59, 60):
             raise ConfigError(f"--num-classes must be 59 or 60, got {self.num_classes}.")
         if self.save_predictions and self.out is None:
@@ -150,11 +168,7 @@ class CompareConfig(DatasetOptions):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        unknown = [m for m in self.methods if m not in METHODS]
-        if unknown or not self.methods:
-            raise ConfigError(f"Unknown methods {unknown}; choose from {', '.join(METHODS)}.")
-        if len(set(self.methods)) != len(self.methods):
-            raise ConfigError(f"Methods are listed more than once: {list(self.methods)}.")
+        check_method_list(self.methods)
 
     @property
     def method_list(self) -> list[str]:
@@ -208,25 +222,6 @@ class EvalResult:
         """Write ``results.json`` and ``results.csv`` into ``out``, atomically."""
         write_results(Path(out), self.entries())
         return [Path(out) / "results.json", Path(out) / "results.csv"]
-
-
-def _quiet_lightning(verbose: bool) -> None:
-    for name in ("lightning.pytorch", "lightning.fabric"):
-        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
-
-
-def _run_loop(loop: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
-    """Run ``trainer.test`` / ``trainer.predict``; Lightning turns Ctrl-C into ``sys.exit(1)`` after its teardown,
-    which becomes the KeyboardInterrupt the command line reports as resumable."""
-    try:
-        loop(*args, **kwargs)
-    except SystemExit as err:
-        raise KeyboardInterrupt from err
-
-
-def is_primary() -> bool:
-    """Whether this is the first process of a (possibly distributed) run, before Lightning starts the others."""
-    return int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0
 
 
 @dataclass
@@ -344,7 +339,7 @@ def run_compare(config: CompareConfig, model: ModelSource, *, verbose: bool = Fa
 
 
 def _evaluate(config: DatasetOptions, model: ModelSource, verbose: bool) -> EvalResult:
-    _quiet_lightning(verbose)
+    quiet_lightning(verbose)
     methods = config.method_list
     data = open_dataset(config.dataset, config.data_root, limit=config.limit, num_classes=config.num_classes,
                         names=config.class_names)
@@ -383,7 +378,7 @@ def _evaluate(config: DatasetOptions, model: ModelSource, verbose: bool) -> Eval
     confusion = torch.zeros(len(methods), len(data.class_names), len(data.class_names), dtype=torch.long)
     if todo:
         loader = SegmentationData(Subset(data.dataset, todo), config.batch_size, config.num_workers)
-        _run_loop(trainer.test, task, datamodule=loader, verbose=False)
+        run_loop(trainer.test, task, datamodule=loader, verbose=False)
         seconds = task.seconds  # the test loop's wall time (all processes work in parallel)
         confusion += torch.stack([task.confusions[m].cpu() for m in methods])
     if not trainer.is_global_zero:
@@ -399,181 +394,3 @@ def _evaluate(config: DatasetOptions, model: ModelSource, verbose: bool) -> Eval
                                    len(todo) / seconds if seconds else None, params[method],
                                    found["confusion_matrix"].tolist()))
     return EvalResult(scores, record)
-
-
-@dataclass(frozen=True, kw_only=True)
-class SegmentConfig(MethodOptions):
-    """Options of ``segclip segment``."""
-
-    images: tuple[Path, ...] = option(positional=True, help="image files.")
-    out: Path = option(help="output folder.")
-    classes: tuple[str, ...] | None = option(None, help='comma-separated class names, e.g. "cat,dog,grass".')
-    classes_file: Path | None = option(None, help="UTF-8 file with one class name a line.")
-    method: str = option("neuron-head", choices=METHODS, help="method (default: neuron-head).")
-    heatmaps: bool = option(False, help="also write one heatmap per class.")
-    background_threshold: float | None = option(None, help="label pixels whose top class probability is below this "
-                                                           "as background.")
-    overwrite: bool = option(False, help="replace existing outputs.")
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not self.images:
-            raise ConfigError("Name at least one image file.")
-        threshold = self.background_threshold
-        if threshold is not None and not 0 < threshold < 1:
-            raise ConfigError(f"--background-threshold must be between 0 and 1, got {threshold}.")
-        if self.classes is not None and self.classes_file is not None:
-            raise ConfigError("Pass either --classes or --classes-file, not both.")
-
-
-def read_class_list(config: SegmentConfig) -> list[str] | None:
-    """Class names from ``classes`` or ``classes_file`` (UTF-8, one a line), or None when neither is given.
-
-    Raises:
-        DataError: an unreadable or non-UTF-8 file.
-        ConfigError: blank or duplicate names.
-    """
-    if config.classes_file is not None:
-        return check_class_names(read_lines(config.classes_file, "class file", skip_blank=True))
-    if config.classes is not None:
-        return check_class_names(list(config.classes))
-    return None
-
-
-@dataclass
-class SegmentResult:
-    """What ``segment`` wrote.
-
-    Attributes:
-        files: per image id, the files written for it (label PNG, overlay, heatmaps).
-        summary: the contents of ``segment.json`` (method, parameters, label values, protocol).
-    """
-
-    files: dict[str, list[Path]]
-    summary: dict[str, Any]
-
-    def write(self, out: str | Path) -> list[Path]:
-        """Write ``segment.json`` (the label maps and overlays are written while segmenting)."""
-        return [atomic_write_json(Path(out) / "segment.json", self.summary)]
-
-
-def heatmap_file_name(index: int, name: str) -> str:
-    """A file name for class ``index``'s heatmap that is safe for any class name: its index (unique), then the name
-    with characters outside ``[A-Za-z0-9_-]`` replaced and cut to 40 characters.
-
-    Example:
-        >>> heatmap_file_name(3, "traffic light / signal " * 10)
-        '03_traffic_light___signal_traffic_light___s.png'
-    """
-    safe = "".join(ch if ch.isascii() and (ch.isalnum() or ch in "-_") else "_" for ch in name)
-    return f"{index:02d}_{safe[:40]}.png"
-
-
-def plan_outputs(config: SegmentConfig, dataset: ImageFolderDataset, names: list[str]) -> dict[str, list[Path]]:
-    """Every file a ``segment`` run will write, per image: label map, overlay, then the heatmaps (if asked).
-
-    Raises:
-        OutputError: two outputs would have the same path (e.g. images ``a.jpg`` and ``a_overlay.jpg``), an output
-            would replace one of the input images (refused even with ``overwrite``), or outputs exist already
-            (without ``overwrite``).
-    """
-    out = config.out
-    plan = {image_id: [out / f"{image_id}.png", out / f"{image_id}_overlay.png"]
-            + ([out / "heatmaps" / image_id / heatmap_file_name(i, n) for i, n in enumerate(names)]
-               if config.heatmaps else []) for image_id in dataset.ids}
-    owner: dict[Path, str] = {}
-    for image_id, paths in plan.items():
-        for path in paths:
-            key = path.resolve()
-            if key in owner:
-                raise OutputError(f"The outputs of images '{owner[key]}' and '{image_id}' would both be {path}; "
-                                  "rename one of the images, or segment them into different --out folders.")
-            owner[key] = image_id
-    inputs = {p.resolve(): p for p in dataset.paths}
-    clobbered = [inputs[k] for k in owner if k in inputs]
-    if clobbered:
-        raise OutputError(f"An output would replace the input image {clobbered[0]}; choose another --out (inputs are "
-                          "never overwritten, not even with --overwrite).")
-    existing = [p for p in [*owner, (out / "segment.json").resolve()] if p.exists()]
-    if existing and not config.overwrite:
-        raise OutputError(f"{len(existing)} output file(s) already exist (first: {existing[0]}); pass --overwrite "
-                          "or choose another --out.")
-    return plan
-
-
-def _image_bytes(picture) -> bytes:
-    buffer = io.BytesIO()
-    picture.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def run_segment(config: SegmentConfig, model: ModelSource) -> SegmentResult:
-    """Segment image files by class names: per image a label PNG (class indices in list order), a colour overlay
-    with a legend and, with ``heatmaps``, one probability heatmap per class.
-
-    Args:
-        config: the options (:class:`SegmentConfig`); without class names the bundled model's own classes are used.
-        model: the loaded model, or a loader called once the inputs are checked.
-
-    Returns:
-        The :class:`SegmentResult` (write ``segment.json`` with ``result.write(config.out)``).
-
-    Raises:
-        ImageError: an unreadable image (checked before any model work).
-        ConfigError: no class names for a model without its own, bad options.
-        OutputError: outputs exist (without ``overwrite``) or cannot be written.
-
-    Example:
-        >>> import tempfile
-        >>> from segclip.models import load_model
-        >>> from segclip.paths import example_image_path
-        >>> out = Path(tempfile.mkdtemp())
-        >>> result = run_segment(SegmentConfig(images=(example_image_path(),), out=out, progress=False), load_model())
-        >>> sorted(p.name for p in result.files["example"])
-        ['example.png', 'example_overlay.png']
-    """
-    _quiet_lightning(False)
-    dataset = ImageFolderDataset(list(config.images))
-    for path in dataset.paths:
-        check_image(path)  # a missing or unreadable file fails before any model work; decoded once, later
-    check_writable(config.out)
-    names = read_class_list(config)
-    if names is not None:  # check the outputs before any model work
-        plan_outputs(config, dataset, names)
-    model = resolve_model(model)
-    names = names or list(model.info.classes)
-    if not names:
-        raise ConfigError('Name the classes: --classes "cat,dog,grass" or --classes-file FILE.')
-    plan = plan_outputs(config, dataset, names)
-    prepared = prepare_methods(model, names, [config.method], config, None)
-    threshold = config.background_threshold
-    files: dict[str, list[Path]] = {}
-
-    def on_image(image_id: str, result, _confusions, image) -> None:
-        segmentation = result[config.method]
-        labels = segmentation.labels.numpy()  # at the original size, background threshold applied
-        files_for = plan[image_id]
-        written = [atomic_write_bytes(files_for[0], png_bytes(labels))]
-        picture = overlay(image, labels, names, background="background" if threshold is not None else None)
-        written.append(atomic_write_bytes(files_for[1], _image_bytes(picture)))
-        del picture
-        if config.heatmaps:  # one class at full resolution at a time
-            maps = segmentation.stitched.probability_maps(image.shape[:2], prepared.protocol.temperature)
-            for probability, name, path in zip(maps, names, files_for[2:]):
-                written.append(atomic_write_bytes(path, _image_bytes(heatmap(probability.cpu().numpy(), name))))
-        files[image_id] = written
-
-    task = SegmentationTask(model, prepared.methods, prepared.protocol, len(names), crops_per_pass=config.batch_size,
-                            intervention=prepared.intervention, background_threshold=threshold, on_image=on_image,
-                            autocast=config.autocast)
-    trainer = make_trainer(model.device, 1, progress=False)
-    _run_loop(trainer.predict, task, datamodule=SegmentationData(dataset, config.batch_size),
-              return_predictions=False)
-    record = segmentation_protocol(model, config, prepared, names,
-                                   "given" if config.short_side else "4/3 of the crop (512 / 384 scaled)")
-    summary = {"method": config.method, "params": prepared.params()[config.method],
-               "background_threshold": threshold, "images": [str(p) for p in dataset.paths],
-               "label_values": f"0..{len(names) - 1} in class-list order"
-                               + (f", {len(names)} = background" if threshold is not None else ""),
-               "protocol": record}
-    return SegmentResult(files, summary)
