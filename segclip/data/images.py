@@ -27,8 +27,8 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 IGNORE_INDEX = 255
 
 
-def _open(path: str | Path, exif: bool = True) -> Image.Image:
-    """Open and fully decode an image file (applying its EXIF orientation if ``exif``); failures raise ImageError."""
+def _existing_file(path: str | Path) -> Path:
+    """``path`` as a Path; ImageError unless it is an existing file (not a folder)."""
     path = Path(path)
     if not path.exists():
         raise ImageError(f"cannot read image {path}: the file does not exist")
@@ -37,6 +37,12 @@ def _open(path: str | Path, exif: bool = True) -> Image.Image:
                          f"(e.g. {path}/*.jpg)")
     if not path.is_file():
         raise ImageError(f"cannot read image {path}: not a file")
+    return path
+
+
+def _open(path: str | Path, exif: bool = True) -> Image.Image:
+    """Open and fully decode an image file (applying its EXIF orientation if ``exif``); failures raise ImageError."""
+    path = _existing_file(path)
     try:
         with Image.open(path) as opened:
             opened.load()
@@ -54,12 +60,7 @@ def check_image(path: str | Path) -> None:
     Raises:
         ImageError: missing, a folder, or not a recognised image.
     """
-    path = Path(path)
-    if not path.exists():
-        raise ImageError(f"cannot read image {path}: the file does not exist")
-    if path.is_dir():
-        raise ImageError(f"cannot read image {path}: it is a folder, not an image file; pass the image files inside it "
-                         f"(e.g. {path}/*.jpg)")
+    path = _existing_file(path)
     try:
         with Image.open(path) as opened:
             opened.verify()

@@ -42,15 +42,14 @@ from segclip.segment.lightning import (
     run_loop,
 )
 from segclip.segment.methods import METHODS
-from segclip.segment.metric import segmentation_scores
 from segclip.segment.pipeline import QueryLabelRule, distinct_queries
 from segclip.segment.results import ResultStore, check_outputs
 from segclip.segment.run import (
     RUN_ONLY,
     EvalResult,
-    MethodScores,
     RunOptions,
     check_method_list,
+    method_scores,
     prepare_methods,
     segmentation_protocol,
 )
@@ -357,12 +356,5 @@ def _run_dataset(config: BenchmarkConfig, model: CLIPResNet, trainer: Any, data:
     if not trainer.is_global_zero:
         return None
     confusion += store.load(sorted(done))
-    scores = []
-    for method, matrix in zip(methods, confusion):
-        found = segmentation_scores(matrix)
-        per_class = [None if v != v else v for v in found["per_class_iou"]]
-        scores.append(MethodScores(method, found["miou"], found["pixel_accuracy"],
-                                   dict(zip(data.class_names, per_class)), len(ids), len(todo),
-                                   len(todo) / seconds if seconds else None, params[method],
-                                   found["confusion_matrix"].tolist()))
+    scores = method_scores(methods, confusion, data.class_names, len(ids), len(todo), seconds, params)
     return DatasetScores(data.name, EvalResult(scores, record))

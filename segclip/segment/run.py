@@ -385,12 +385,18 @@ def _evaluate(config: DatasetOptions, model: ModelSource, verbose: bool) -> Eval
         return EvalResult([], record)
     if store is not None:
         confusion += store.load(sorted(done))
+    return EvalResult(method_scores(methods, confusion, data.class_names, len(ids), len(todo), seconds, params),
+                      record)
+
+
+def method_scores(methods: list[str], confusion: torch.Tensor, class_names: list[str], images: int, computed: int,
+                  seconds: float, params: dict[str, dict[str, Any]]) -> list[MethodScores]:
+    """One :class:`MethodScores` per method from its ``(C, C)`` confusion matrix (``confusion``: (M, C, C))."""
     scores = []
     for method, matrix in zip(methods, confusion):
         found = segmentation_scores(matrix)
         per_class = [None if v != v else v for v in found["per_class_iou"]]
-        scores.append(MethodScores(method, found["miou"], found["pixel_accuracy"],
-                                   dict(zip(data.class_names, per_class)), len(ids), len(todo),
-                                   len(todo) / seconds if seconds else None, params[method],
+        scores.append(MethodScores(method, found["miou"], found["pixel_accuracy"], dict(zip(class_names, per_class)),
+                                   images, computed, computed / seconds if seconds else None, params[method],
                                    found["confusion_matrix"].tolist()))
-    return EvalResult(scores, record)
+    return scores
