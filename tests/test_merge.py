@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from segclip.analysis.evaluation import ConditionAccuracy
 from segclip.analysis import statistics
+from segclip.analysis.evaluation import ConditionAccuracy
 from segclip.analysis.statistics import RunningStatistics
 from segclip.analysis.units import ConceptScores, ConceptVectors, Embeddings
 from segclip.core.trace import trace_pool
@@ -102,6 +102,33 @@ def test_one_pass_breaks_ties_by_image_index(model, traces, pending, monkeypatch
     assert torch.equal(running.state["activation_images"].T, brute_top(maps, 5))
     assert torch.equal(running.state["high_images"].movedim(-1, 0), brute_top(alpha, 5))
     assert torch.equal(running.state["low_images"].movedim(-1, 0), brute_top(alpha, 5, largest=False))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("sequential", [True, False])
+@pytest.mark.parametrize("largest", [True, False])
+def test_merge_top_follows_the_tie_rule(dtype, sequential, largest):
+    """Both selections of ``_merge_top`` (int64 keys for float32 lists, top-k with a tie fallback otherwise) against
+    numpy's lexsort, on values from a five-element set (ties everywhere, -0.0 beside 0.0) and image indices that
+    come after the listed ones (one pass) or interleave with them (shards)."""
+    generator = torch.Generator().manual_seed(3)
+    units, listed, new, k = 40, 6, 9, 6
+    palette = torch.tensor([-1.0, -0.0, 0.0, 0.5, 1.0], dtype=torch.float64)
+    images = torch.stack([torch.randperm(listed + new, generator=generator) for _ in range(units)])
+    if sequential:
+        images = images.sort(-1).values  # new images after the listed ones, each batch in index order
+    values = palette[torch.randint(0, 5, (units, listed + new), generator=generator)]
+    key = lambda v, i: np.lexsort((i, -v if largest else v))  # noqa: E731
+    old = torch.stack([torch.from_numpy(key(values[u, :listed].numpy(), images[u, :listed].numpy()))
+                       for u in range(units)])
+    old_values, old_images = values[:, :listed].gather(-1, old), images[:, :listed].gather(-1, old)
+    merged, (merged_images,) = statistics._merge_top(old_values.to(dtype), [old_images], values[:, listed:].to(dtype),
+                                                      [images[:, listed:]], k, largest)
+    expected = torch.stack([images[u, torch.from_numpy(key(values[u].numpy(), images[u].numpy()))[:k]]
+                            for u in range(units)])
+    assert torch.equal(merged_images, expected)
+    assert torch.equal(merged.double(), values.gather(-1, (images[:, :, None] == expected[:, None]).float()
+                                                      .argmax(1)))
 
 
 def test_checkpoint_of_another_layout_is_refused(model, traces):

@@ -35,15 +35,16 @@ import torch
 from segclip.analysis.stream import run_pass
 from segclip.core.attnpool import AttentionPool, HeadWeights
 from segclip.core.pairs import PairDirections
-from segclip.core.registers import sink_attention, sink_changes
+from segclip.core.registers import RegisterSearch, sink_attention
 from segclip.core.trace import Trace
 from segclip.errors import CacheError, ConfigError, DataError
 from segclip.io import atomic_save_tensors, read_tensors
 from segclip.models.loading import CLIPResNet
 
 STATISTICS_VERSION = 4  # 4: register search zeroes activations (before P) and keeps the signed mean too
-STATE_LAYOUT = 2  # of the running state in checkpoints; 2: top lists along the last dim
-PENDING_IMAGES = 64  # images whose alpha waits to enter the pair top lists together
+STATE_LAYOUT = 3  # of the running state in checkpoints; 2: top lists along the last dim; 3: pair lists in float32
+PENDING_IMAGES = 256  # at most this many images wait to enter the top lists together ...
+PENDING_BYTES = 1 << 27  # ... and at most about this much of their values (128 MB; 163 images of RN50)
 TOP_LISTS = ("high", "low", "neuron", "activation", "head")
 SAMPLES = {"neuron": "neuron_samples", "head": "head_samples"}  # per-image coordinates carried by top lists
 
@@ -52,6 +53,22 @@ def pass_key(top_k: int, registers: bool, register_variant: str) -> dict[str, An
     """What a statistics checkpoint must match to be resumed (see :func:`segclip.analysis.stream.run_pass`)."""
     return {"kind": "statistics", "version": STATISTICS_VERSION, "state": STATE_LAYOUT, "top_k": top_k,
             "registers": registers, "register_variant": register_variant}
+
+
+def _rank_keys(values: torch.Tensor, images: torch.Tensor, largest: bool) -> torch.Tensor:
+    """One int64 per entry whose ascending order is the top lists' order of float32 ``values`` (descending when
+    ``largest``), ties by the lower image index: the value's bits, mapped to a signed integer of the same order,
+    times 2^32 (negated when ``largest``), plus the image index. Keys of distinct images are distinct, so a plain
+    (smallest) top-k of them is exact.
+
+    Example:
+        >>> values = torch.tensor([[1.0, -2.0, 1.0, -0.0, 0.0]])
+        >>> _rank_keys(values, torch.arange(5)[None], largest=True).topk(5, largest=False).indices
+        tensor([[0, 2, 3, 4, 1]])
+    """
+    bits = (values + 0.0).view(torch.int32)  # + 0.0: -0.0 -> 0.0, which ties with it
+    ordered = (bits ^ ((bits >> 31) & 0x7FFFFFFF)).long()  # negative floats' bits count the wrong way: flip them
+    return torch.sub(images, ordered, alpha=1 << 32) if largest else torch.add(images, ordered, alpha=1 << 32)
 
 
 def _merge_top(values: torch.Tensor, carried: list[torch.Tensor], new_values: torch.Tensor,
@@ -83,16 +100,25 @@ def _merge_top(values: torch.Tensor, carried: list[torch.Tensor], new_values: to
             return values, carried
     values = torch.cat([values, new_values], dim)
     carried = [torch.cat([old, new], dim) for old, new in zip(carried, new_carried)]
-
-    def take(order: torch.Tensor) -> None:
-        nonlocal values, carried
-        values = values.gather(dim, order)
-        carried = [c.gather(dim, order.view(*order.shape, *[1] * (c.dim() - order.dim())).expand(
-            *order.shape, *c.shape[order.dim():])) for c in carried]
-
-    if not sequential:
-        take(carried[0].sort(dim=dim, stable=True).indices)
-    take(values.sort(dim=dim, descending=largest, stable=True).indices[..., :k])
+    if values.dtype == torch.float32 and values.numel() and int(carried[0].max()) < 1 << 32:
+        # one top-k of keys that order by (value, image index) with no ties: exact, and no sort of all candidates
+        order = _rank_keys(values, carried[0], largest).topk(min(k, values.shape[dim]), dim, largest=False).indices
+    else:
+        # one selection of the best k+1 by value, in order: where those k+1 values are distinct, the best k and
+        # their order follow from the values alone; only units with a tie among them need the rule (value, then
+        # image index), which two stable sorts give
+        best = values.topk(min(k + 1, values.shape[dim]), dim, largest=largest, sorted=True)
+        order = best.indices[..., :k]
+        tied = (best.values[..., 1:] == best.values[..., :-1]).any(dim)
+        if bool(tied.any()):
+            rows = tied.nonzero(as_tuple=True)
+            exact = carried[0][rows].argsort(dim=-1, stable=True) if not sequential else None
+            tied_values = values[rows] if exact is None else values[rows].gather(-1, exact)
+            ranked = tied_values.sort(dim=-1, descending=largest, stable=True).indices[..., :k]
+            order[rows] = ranked if exact is None else exact.gather(-1, ranked)
+    values = values.gather(dim, order)
+    carried = [c.gather(dim, order.view(*order.shape, *[1] * (c.dim() - order.dim())).expand(
+        *order.shape, *c.shape[order.dim():])) for c in carried]
     return values, carried
 
 
@@ -153,6 +179,7 @@ class RunningStatistics:
         self.register_variant = register_variant
         self.constants = pair_constants(pool, dtype)
         self.heads = pool.heads.to(dtype)
+        self.register_search = RegisterSearch(pool)
         n, h, k = pool.neurons, pool.num_heads, pool.grid ** 2
         device = pool.pool.c_proj.weight.device
         zeros = lambda *shape: torch.zeros(*shape, dtype=dtype, device=device)  # noqa: E731
@@ -161,11 +188,18 @@ class RunningStatistics:
             "alpha_sum": zeros(n, h), "alpha_outer": zeros(n, h, h), "activation_sum": zeros(n, k),
             "value_sum": zeros(h, pool.head_dim), "value_outer": zeros(h, pool.head_dim, pool.head_dim),
             "sink_sum": zeros(h), "register_sum": zeros(n), "register_decrease_sum": zeros(n)}
+        # alpha of a float32 (or narrower) model is exact in float32: the pair lists keep it so (half the memory,
+        # and keys that make their merge one top-k); norms and sums stay in ``dtype``
+        narrow = pool.pool.c_proj.weight.dtype in (torch.float32, torch.bfloat16, torch.float16)
+        self.pair_dtype = torch.float32 if narrow else dtype
+        per_image = n * h * (self.pair_dtype.itemsize + dtype.itemsize) + (2 * n + h * (pool.head_dim + 1)) * 8
+        self.pending_images = max(1, min(PENDING_IMAGES, PENDING_BYTES // per_image))
         for name, shape in zip(TOP_LISTS, [(n, h), (n, h), (n,), (n,), (h,)]):  # lists along the last dim
-            self._state[f"{name}_values"] = zeros(*shape, 0)
+            self._state[f"{name}_values"] = zeros(*shape, 0).to(self.pair_dtype if name in ("high", "low") else dtype)
             self._state[f"{name}_images"] = torch.zeros(*shape, 0, dtype=torch.long, device=device)
         self._state["neuron_samples"], self._state["head_samples"] = zeros(n, 0, h), zeros(h, 0, pool.head_dim)
-        # per batch, what waits to enter the top lists: "index" (B,), each list's values (B, ...), their samples
+        # per batch, what waits to enter the top lists: "index" (B,), each list's values (..., B) ("high" serves
+        # both pair lists), their samples
         self._pending: list[dict[str, torch.Tensor]] = []
 
     @property
@@ -175,14 +209,18 @@ class RunningStatistics:
         return self._state
 
     def _flush(self) -> None:
-        """Merge the pending images into the top lists: one sort per ``PENDING_IMAGES`` images instead of one per
-        batch (each list's k entries are re-sorted once for all of them)."""
+        """Merge the pending images into the top lists: one selection per ``pending_images`` images instead of one
+        per batch (each list's k entries take part once for all of them)."""
         if not self._pending:
             return
         pending, self._pending = self._pending, []
         index = torch.cat([entry["index"] for entry in pending])
+        joined: dict[str, torch.Tensor] = {}
         for name in TOP_LISTS:
-            values = torch.cat([entry[name] for entry in pending], -1)  # (..., M): lists run along the last dim
+            source = "high" if name == "low" else name  # both pair lists take their candidates from alpha
+            if source not in joined:
+                joined[source] = torch.cat([entry[source] for entry in pending], -1)  # (..., M): along the last dim
+            values = joined[source]
             samples = torch.cat([entry[SAMPLES[name]] for entry in pending], 1) if name in SAMPLES else None
             self._push(name, values, index.expand_as(values), samples, largest=name != "low")
 
@@ -215,18 +253,18 @@ class RunningStatistics:
         values = head_values(self.pool, alpha, self.heads)  # (B, H, hd)
         s["value_sum"] += values.sum(0)
         s["value_outer"] += torch.einsum("bhc,bhe->hce", values, values)
-        listed = alpha.permute(1, 2, 0).contiguous()  # (B, N, H) -> (N, H, B): lists run along the last dim
+        listed = trace.pair_scalars.to(self.pair_dtype).permute(1, 2, 0).contiguous()  # (N, H, B): along the last dim
         self._pending.append({
-            "index": index, "high": listed, "low": listed, "neuron": neuron_norm2.clamp_min(0).sqrt().T,
+            "index": index, "high": listed, "neuron": neuron_norm2.clamp_min(0).sqrt().T,
             "neuron_samples": alpha.transpose(0, 1), "activation": maps.norm(dim=-1).T,
             "head": head_contributions(self.pool, alpha, values, self.heads).norm(dim=-1).T,
             "head_samples": values.transpose(0, 1)})
-        if sum(len(entry["index"]) for entry in self._pending) >= PENDING_IMAGES:
+        if sum(len(entry["index"]) for entry in self._pending) >= self.pending_images:
             self._flush()
         s["sink_sum"] += sink_attention(trace.attention).to(self.dtype).sum(0)
         if self.registers:
             removed = self.pool.activations(trace.neurons) if self.register_variant == "activations" else None
-            changes = sink_changes(self.pool, trace.tokens, removed, query=trace.query, keys=trace.keys)  # (B, N)
+            changes = self.register_search(trace.tokens, removed, query=trace.query, keys=trace.keys)  # (B, N)
             changes = changes.to(self.dtype)
             s["register_sum"] += changes.abs().sum(0)
             s["register_decrease_sum"] -= changes.sum(0)
@@ -262,7 +300,7 @@ class RunningStatistics:
         if wrong:
             raise CacheError(f"statistics checkpoint has other shapes for {wrong[:3]} (another model or an older "
                              "segclip); delete it and run again")
-        self._state = {key: state[key].to(device) for key in self._state}
+        self._state = {key: state[key].to(device, self._state[key].dtype) for key in self._state}
         self._pending = []
 
     @torch.inference_mode()

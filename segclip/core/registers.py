@@ -32,24 +32,99 @@ def sink_attention(attention: torch.Tensor) -> torch.Tensor:
 REGISTER_RANKINGS = ("absolute", "signed")
 
 
-@torch.inference_mode()
-def sink_changes(pool: AttentionPool, tokens: torch.Tensor, removed: torch.Tensor | None = None, *,
-                 query: torch.Tensor | None = None, keys: torch.Tensor | None = None,
-                 block_elements: int = 1 << 21) -> torch.Tensor:
-    """Change of the sink attention (mean over heads) when each neuron is zeroed in all tokens.
+class RegisterSearch:
+    """The closed-form search of one attention pool: the sink change of every neuron, all at once.
+
+    The image-independent parts (W_q's columns a_n as contiguous rows, a_n . b_n) are computed once per dtype and
+    device, so a pass over many batches pays for them once. Per image, the change is computed in blocks of the
+    (H, neurons, images, K) tensor of relative logits x_i - x_K (small enough to stay in cache): the last token's
+    new attention is 1 / (1 + sum_{i < K} exp(x_i - x_K)), exactly the softmax's last entry without a max pass (a
+    term that overflows makes it 0, which is the float answer), and x_i - x_K is linear in the key differences
+    k_i - k_K, so one bmm per block gives it.
 
     Args:
         pool: the attention pool.
-        tokens: (B, K+1, N) pool tokens z' (class token first).
-        removed: (B, K+1, N) what zeroing a neuron removes from each token: the activations z (before the
-            positional embedding; the paper's search) or None for the whole tokens z' (segclip 0.1).
-        query, keys: the class token's query (B, H, hd) and the tokens' keys (B, >= K+1, H, hd) when known
-            (``Trace.query``, ``Trace.keys``; keys beyond K+1 are ignored); computed from ``tokens`` otherwise.
-        block_elements: bound on the (H, neurons, images, K+1) logit block computed at once (about 8 MB in
-            float32 by default: it stays in cache, which is what makes this fast on a CPU).
+        block_elements: bound on the (H, neurons, images, K) block computed at once (8 MB in float32 by default).
 
-    Returns:
-        (B, N): mean_h [a'^h_K(n) - a^h_K], signed, in float32 at least.
+    Example:
+        >>> from open_clip.modified_resnet import AttentionPool2d
+        >>> pool = AttentionPool(AttentionPool2d(7, 2048, 32, 1024))
+        >>> RegisterSearch(pool)(pool.tokens(torch.rand(1, 2048, 7, 7))).shape
+        torch.Size([1, 2048])
+    """
+
+    def __init__(self, pool: AttentionPool, *, block_elements: int = 1 << 21):
+        self.pool, self.block_elements = pool, block_elements
+        self._constants: dict[tuple[torch.dtype, torch.device], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+    def constants(self, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(a_n as rows (H, N, hd), W_k^h (H, hd, N), a_n . b_n (H, N)) in ``dtype`` on ``device``, cached."""
+        key = (dtype, device)
+        if key not in self._constants:
+            weights = self.pool.heads
+            w_q, w_k = weights.w_q.to(device, dtype), weights.w_k.to(device, dtype)  # (H, hd, N)
+            both = torch.einsum("hcn,hcn->hn", w_q, w_k)
+            self._constants[key] = (w_q.transpose(1, 2).contiguous(), w_k, both)
+        return self._constants[key]
+
+    @torch.inference_mode()
+    def __call__(self, tokens: torch.Tensor, removed: torch.Tensor | None = None, *,
+                 query: torch.Tensor | None = None, keys: torch.Tensor | None = None) -> torch.Tensor:
+        """Change of the sink attention (mean over heads) when each neuron is zeroed in all tokens.
+
+        Args:
+            tokens: (B, K+1, N) pool tokens z' (class token first).
+            removed: (B, K+1, N) what zeroing a neuron removes from each token: the activations z (before the
+                positional embedding; the paper's search) or None for the whole tokens z' (segclip 0.1).
+            query, keys: the class token's query (B, H, hd) and the tokens' keys (B, >= K+1, H, hd) when known
+                (``Trace.query``, ``Trace.keys``; keys beyond K+1 are ignored); computed from ``tokens`` otherwise.
+
+        Returns:
+            (B, N): mean_h [a'^h_K(n) - a^h_K], signed, in float32 at least.
+        """
+        pool = self.pool
+        work = torch.promote_types(tokens.dtype, torch.float32)
+        tokens = tokens.to(work)
+        removed = tokens if removed is None else removed.to(work)
+        batch, count, neurons = tokens.shape
+        heads, hd, others = pool.num_heads, pool.head_dim, count - 1
+        scale = 1 / math.sqrt(hd)
+        if query is None or keys is None:
+            query, keys = pool.query_keys(tokens)
+        query, keys = query.to(work), keys[:, :count].to(work)  # (B, H, hd), (B, T, H, hd)
+        rows_q, w_k, both = self.constants(work, tokens.device)
+        # everything relative to the last token K: x_i - x_K for i < K
+        logits = torch.einsum("bhc,bthc->hbt", query, keys[:, :-1] - keys[:, -1:]) * scale  # (H, B, K)
+        base = (logits.exp().sum(-1) + 1).reciprocal()  # a_K = 1 / (1 + sum_i exp(l_i - l_K)): (H, B)
+        keys = (keys[:, :-1] - keys[:, -1:]).permute(2, 3, 0, 1).contiguous()  # k_i - k_K: (H, hd, B, K)
+        # x_i - x_K = (l_i - l_K) - scale * (z_0[n] a_n . (k_i - k_K) + (z_i[n] - z_K[n]) (q . b_n - z_0[n] a_n . b_n))
+        first = removed[:, 0].T.contiguous()  # z_0: (N, B)
+        first_scaled = first * -scale
+        spread = ((removed[:, :-1] - removed[:, -1:]).permute(2, 0, 1) * -scale).contiguous()  # (N, B, K)
+        # q . b_n - z_0[n] a_n . b_n: (H, N, B)
+        coefficient = (torch.einsum("bhc,hcn->hnb", query, w_k) - first[None] * both[..., None]).contiguous()
+        step_b = max(1, min(batch, self.block_elements // (heads * 16 * others)))  # at least 16 neurons per block
+        step_n = max(1, self.block_elements // (heads * step_b * others))
+        out = torch.empty(neurons, batch, dtype=work, device=tokens.device)
+        for b0 in range(0, batch, step_b):
+            rows = slice(b0, min(b0 + step_b, batch))
+            images = rows.stop - rows.start
+            block_keys = keys[:, :, rows].reshape(heads, hd, images * others)  # (H, hd, b*K)
+            block_logits, block_base = logits[:, None, rows], base[:, None, rows]  # (H, 1, b, K), (H, 1, b)
+            for n0 in range(0, neurons, step_n):
+                cols = slice(n0, min(n0 + step_n, neurons))
+                x = torch.bmm(rows_q[:, cols], block_keys).view(heads, -1, images, others)  # a_n . (k_i - k_K)
+                torch.addcmul(block_logits, x, first_scaled[cols, rows, None], out=x)
+                x.addcmul_(spread[cols, rows], coefficient[:, cols, rows, None])  # x_i - x_K: (H, n, b, K)
+                changed = x.exp_().sum(-1).add_(1).reciprocal_()  # (H, n, b)
+                out[cols, rows] = (changed - block_base).mean(0)
+        return out.T
+
+
+def sink_changes(pool: AttentionPool, tokens: torch.Tensor, removed: torch.Tensor | None = None, *,
+                 query: torch.Tensor | None = None, keys: torch.Tensor | None = None,
+                 block_elements: int = 1 << 21) -> torch.Tensor:
+    """Functional form of :class:`RegisterSearch`: (B, K+1, N) tokens -> (B, N) sink changes (arguments as there).
 
     Example:
         >>> from open_clip.modified_resnet import AttentionPool2d
@@ -57,43 +132,7 @@ def sink_changes(pool: AttentionPool, tokens: torch.Tensor, removed: torch.Tenso
         >>> sink_changes(pool, pool.tokens(torch.rand(1, 2048, 7, 7))).shape
         torch.Size([1, 2048])
     """
-    work = torch.promote_types(tokens.dtype, torch.float32)
-    tokens = tokens.to(work)
-    removed = tokens if removed is None else removed.to(work)
-    batch, count, neurons = tokens.shape
-    heads, hd = pool.num_heads, pool.head_dim
-    scale = 1 / math.sqrt(hd)
-    if query is None or keys is None:
-        query, keys = pool.query_keys(tokens)
-    query, keys = query.to(work), keys[:, :count].to(work)  # (B, H, hd), (B, T, H, hd)
-    logits = torch.einsum("bhc,bthc->hbt", query, keys) * scale  # (H, B, T)
-    base = logits.softmax(-1)[..., -1]  # (H, B)
-    weights = pool.heads
-    w_q, w_k = weights.w_q.to(work), weights.w_k.to(work)  # (H, hd, N)
-    keys = keys.permute(2, 3, 0, 1).contiguous()  # (B, T, H, hd) -> (H, hd, B, T)
-    rows_q = w_q.transpose(1, 2).contiguous()  # a_n as rows: (H, N, hd)
-    # x_i = logit_i - scale * (z_0[n] (a_n . k_i) + z_i[n] (q . b_n - z_0[n] (a_n . b_n))), per (h, n, b, i)
-    first = removed[:, 0].T.contiguous()  # z_0: (N, B)
-    first_scaled = first * -scale
-    others = (removed.permute(2, 0, 1) * -scale).contiguous()  # -scale z_i: (N, B, T)
-    both = torch.einsum("hcn,hcn->hn", w_q, w_k)  # a_n . b_n: (H, N)
-    coefficient = (torch.einsum("bhc,hcn->hnb", query, w_k) - first[None] * both[..., None]).contiguous()  # (H, N, B)
-    step_b = max(1, min(batch, block_elements // (heads * 16 * count)))  # at least 16 neurons per block
-    step_n = max(1, block_elements // (heads * step_b * count))
-    out = torch.empty(neurons, batch, dtype=work, device=tokens.device)
-    for b0 in range(0, batch, step_b):
-        rows = slice(b0, min(b0 + step_b, batch))
-        images = rows.stop - rows.start
-        block_keys = keys[:, :, rows].reshape(heads, hd, images * count)  # (H, hd, b*T)
-        block_logits, block_base = logits[:, None, rows], base[:, None, rows]  # (H, 1, b, T), (H, 1, b)
-        for n0 in range(0, neurons, step_n):
-            cols = slice(n0, min(n0 + step_n, neurons))
-            x = torch.bmm(rows_q[:, cols], block_keys).view(heads, -1, images, count)  # a_n . k_i: (H, n, b, T)
-            x.mul_(first_scaled[cols, rows, None]).add_(block_logits)
-            x.addcmul_(others[cols, rows], coefficient[:, cols, rows, None])
-            changed = x.softmax(-1)[..., -1]  # (H, n, b)
-            out[cols, rows] = (changed - block_base).mean(0)
-    return out.T
+    return RegisterSearch(pool, block_elements=block_elements)(tokens, removed, query=query, keys=keys)
 
 
 def rank_registers(scores: torch.Tensor, count: int) -> torch.Tensor:
