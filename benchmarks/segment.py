@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from segclip.models import load_model
+from segclip.runtime import keep_freed_memory
 from segclip.segment.methods import METHODS, MaskCLIP, PairMethod, SelfSelf
 from segclip.segment.pipeline import protocol_for, segment_images
 from segclip.segment.windows import prepare_windows
@@ -94,7 +95,11 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=2, help="images per call (default: 2).")
     parser.add_argument("--batch-size", type=int, default=12, help="crops per backbone pass.")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--allocator", choices=("segclip", "default"), default="segclip",
+                        help="segclip: glibc keeps freed memory, as the segclip command line sets it "
+                             "(segclip.runtime); default: glibc's own settings.")
     args = parser.parse_args()
+    kept = keep_freed_memory() if args.allocator == "segclip" else False
     if args.threads:
         torch.set_num_threads(args.threads)
     load_before = os.getloadavg()[0]
@@ -113,7 +118,8 @@ def main() -> None:
         best = {name: min(values) for name, values in seconds.items()}
         print(f"\n{args.model} random init, {device} {precision}, {args.images} images 375x500 -> "
               f"{len(prepare_windows(images[:1], protocol).crops)} windows each, batch {args.batch_size} crops, "
-              f"{args.rounds} rounds, torch threads {torch.get_num_threads()}")
+              f"{args.rounds} rounds, torch threads {torch.get_num_threads()}, "
+              f"allocator {'keeps freed memory' if kept else 'glibc default'}")
         print("| variant | s / image (min) | median | spread | CPU s / image (min) | spread | images / s "
               "| vs backbone | vs maskclip |")
         print("|---|---|---|---|---|---|---|---|---|")

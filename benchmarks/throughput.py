@@ -25,6 +25,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from segclip.runtime import keep_freed_memory
+
 
 def make_images(folder: Path, count: int, size: int) -> list[Path]:
     from segclip.data.synthetic import classification_set
@@ -71,7 +73,11 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the 'with workers' rows.")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice).")
+    parser.add_argument("--allocator", choices=("segclip", "default"), default="segclip",
+                        help="segclip: glibc keeps freed memory, as the segclip command line sets it "
+                             "(segclip.runtime); default: glibc's own settings.")
     args = parser.parse_args()
+    kept = keep_freed_memory() if args.allocator == "segclip" else False
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -101,7 +107,8 @@ def main() -> None:
                              best["no_registers"]))
                 del loader
     print(f"model: {args.model} ({args.pretrained}), batch {args.batch_size}, {args.images} timed images (CPU), "
-          f"torch threads {torch.get_num_threads()}, {os.cpu_count()} CPUs, load average {load_before:.1f} before "
+          f"torch threads {torch.get_num_threads()}, allocator {'keeps freed memory' if kept else 'glibc default'}, "
+          f"{os.cpu_count()} CPUs, load average {load_before:.1f} before "
           f"and {os.getloadavg()[0]:.1f} after (other processes share the machine when it exceeds the CPU count)")
     print("| device | dtype | workers | encode_image img/s | statistics img/s | ratio | without registers img/s "
           "| ratio |")

@@ -17,6 +17,7 @@ from segclip.cli.options import add_config_arguments, read_yaml, split_values
 from segclip.config import build_config, progress_bars
 from segclip.errors import SegclipError
 from segclip.models.loading import CLIPResNet, ModelConfig
+from segclip.runtime import keep_freed_memory
 
 log = logging.getLogger("segclip")
 
@@ -71,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    keep_freed_memory()  # CPU passes: no page faults for every large activation (segclip.runtime)
     command: Command = args.command_spec
     label = " ".join(filter(None, [args.command, getattr(args, "subcommand", None)]))
     try:
