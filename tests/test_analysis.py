@@ -17,10 +17,13 @@ from segclip.analysis.statistics import (
     collect_statistics,
     head_contributions,
     head_values,
+    pass_key,
 )
+from segclip.analysis.stream import run_pass
 from segclip.core import PairDirections, trace_pool
 from segclip.core.registers import sink_changes
 from segclip.errors import DataError, ImageError
+from segclip.io import read_tensors
 from segclip.models.loading import CLIPResNet, ModelInfo
 
 SMALL_CFG = {"embed_dim": 32, "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 1], "width": 8, "head_width": 64},
@@ -217,25 +220,49 @@ def test_merged_shards_equal_one_pass():
 def test_resume_gives_identical_artifacts(tmp_path, caplog):
     model = small_model()
     paths = write_images(tmp_path / "images", 10)
-    reference = collect_statistics(model, paths, top_k=3, batch_size=2, chunk_size=4, progress=False,
+    reference = collect_statistics(model, paths, top_k=3, batch_size=2, progress=False,
                                    checkpoint=tmp_path / "reference.partial.safetensors")
     reference.save(tmp_path / "reference.safetensors")
 
     good = paths[6].read_bytes()
-    paths[6].write_bytes(b"not an image")  # the run stops in its second chunk
+    paths[6].write_bytes(b"not an image")  # the run stops at its fourth batch
     checkpoint = tmp_path / "run.partial.safetensors"
     with pytest.raises(ImageError, match="img0006"):
-        collect_statistics(model, paths, top_k=3, batch_size=2, chunk_size=4, progress=False, checkpoint=checkpoint)
-    assert checkpoint.is_file()  # the first chunk is kept
+        collect_statistics(model, paths, top_k=3, batch_size=2, progress=False, checkpoint=checkpoint)
+    assert checkpoint.is_file()  # the three batches before it are kept (no periodic checkpoint was due)
     caplog.set_level("INFO")
     paths[6].write_bytes(good)
-    resumed = collect_statistics(model, paths, top_k=3, batch_size=2, chunk_size=4, progress=False,
+    resumed = collect_statistics(model, paths, top_k=3, batch_size=2, progress=False,
                                  checkpoint=checkpoint)
-    assert "resuming statistics" in caplog.text and "4 of 10" in caplog.text
+    assert "resuming statistics" in caplog.text and "6 of 10" in caplog.text
     resumed.save(tmp_path / "resumed.safetensors")
     a, b = Statistics.load(tmp_path / "reference.safetensors"), Statistics.load(tmp_path / "resumed.safetensors")
     assert (tmp_path / "reference.safetensors").read_bytes() == (tmp_path / "resumed.safetensors").read_bytes()
     assert a.count == b.count == 10 and a.metadata == b.metadata
+
+
+class CrashAt(RunningStatistics):
+    """Statistics whose update fails at one image: a crash that is not an image error (nothing saves on it)."""
+
+    def __init__(self, pool, at: int, **kwargs):
+        super().__init__(pool, **kwargs)
+        self.at = at
+
+    def update(self, trace, first: int) -> None:
+        if first == self.at:
+            raise RuntimeError("crash")
+        super().update(trace, first)
+
+
+@pytest.mark.parametrize("every, done", [(0.0, "6"), (1e9, None)])
+def test_run_pass_checkpoints_are_spaced_in_seconds(tmp_path, every, done):
+    model = small_model()
+    paths = write_images(tmp_path / "images", 10)
+    checkpoint = tmp_path / "run.partial.safetensors"
+    with pytest.raises(RuntimeError, match="crash"):
+        run_pass(model, paths, CrashAt(model.pool, 6, top_k=3), key=pass_key(3, True, "activations"),
+                 checkpoint=checkpoint, batch_size=2, checkpoint_every=every, progress=False)
+    assert (read_tensors(checkpoint)[1]["done"] if checkpoint.is_file() else None) == done
 
 
 def test_saved_artifact_is_compact_and_reads_back(tmp_path):

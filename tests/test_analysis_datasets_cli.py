@@ -276,7 +276,7 @@ from segclip.models import load_model
 out, folder = Path(sys.argv[1]), Path(sys.argv[2])
 torch.set_num_threads(1)
 paths = sorted(folder.glob("*.png"))
-config = SimpleNamespace(devices=2, num_nodes=1, num_workers=0, batch_size=3, chunk_size=64, progress=False)
+config = SimpleNamespace(devices=2, num_nodes=1, num_workers=0, batch_size=3, checkpoint_every=300.0, progress=False)
 embeddings = run_accumulator(config, load_model(), paths, lambda m: Embeddings(len(paths), m.info.embed_dim),
                              key={"kind": "embeddings"}, checkpoint=out / "embeddings.partial.safetensors",
                              description="embeddings")

@@ -23,6 +23,7 @@ from segclip.analysis.statistics import Statistics, collect_statistics
 from segclip.analysis.units import Embeddings
 from segclip.data.synthetic import classification_set
 from segclip.errors import ConfigError, ImageError
+from segclip.io import read_tensors
 from segclip.models import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,17 +74,44 @@ def test_resume_per_process(tmp_path):
     paths[6].write_bytes(b"broken")
     with pytest.raises(ImageError, match="img006"):
         run_distributed_pass(model, paths, lambda m: Embeddings(10, m.info.embed_dim), key={"kind": "e"},
-                             batch_size=2, chunk_size=4, checkpoint=checkpoint)
+                             batch_size=2, checkpoint=checkpoint)
     assert rank_checkpoint(checkpoint, 0, 1).is_file()
     paths[6].write_bytes(good)
     result = run_distributed_pass(model, paths, lambda m: Embeddings(10, m.info.embed_dim), key={"kind": "e"},
-                                  batch_size=2, chunk_size=4, checkpoint=checkpoint)
-    assert result.resumed_batches == 2 and torch.equal(result.accumulator.values, reference)
+                                  batch_size=2, checkpoint=checkpoint)
+    assert result.resumed_batches == 3 and torch.equal(result.accumulator.values, reference)  # saved at the error
     other = run_distributed_pass(model, paths, lambda m: Embeddings(10, m.info.embed_dim), key={"kind": "other"},
-                                 batch_size=2, chunk_size=4, checkpoint=checkpoint)
+                                 batch_size=2, checkpoint=checkpoint)
     assert other.resumed_batches == 0  # another key: not resumed
     remove_checkpoints(checkpoint, 1)
     assert not rank_checkpoint(checkpoint, 0, 1).exists()
+
+
+class CrashAt(Embeddings):
+    """Embeddings whose update fails at one image (a crash that is not an image error: nothing saves on it)."""
+
+    def __init__(self, count: int, dim: int, at: int):
+        super().__init__(count, dim)
+        self.at = at
+
+    def update(self, trace, first: int) -> None:
+        if first == self.at:
+            raise RuntimeError("crash")
+        super().update(trace, first)
+
+
+@pytest.mark.parametrize("every, saved", [(0.0, 3), (1e9, None)])
+def test_checkpoints_are_spaced_in_seconds(tmp_path, every, saved):
+    """--checkpoint-every 0 saves after every batch; a long interval saves none before the end, so a crash (not an
+    unreadable image) loses what came after the last checkpoint, and only that."""
+    model = load_model()
+    paths = write_set(tmp_path / "images", 10)
+    checkpoint = tmp_path / "run.partial.safetensors"
+    with pytest.raises(RuntimeError, match="crash"):
+        run_distributed_pass(model, paths, lambda m: CrashAt(10, m.info.embed_dim, at=6), key={"kind": "e"},
+                             batch_size=2, checkpoint=checkpoint, checkpoint_every=every)
+    path = rank_checkpoint(checkpoint, 0, 1)
+    assert (int(read_tensors(path)[1]["done_batches"]) if path.is_file() else None) == saved
 
 
 def test_bad_process_options():

@@ -101,14 +101,13 @@ class CalibrateConfig(DatasetOptions, ProcessConfig):
                                         "segmentor).")
     top_k: int = option(50, help="top deviations per pair for the sign (default: 50).")
     batch_size: int = option(8, help="images per backbone pass (default: 8).")
-    chunk_size: int = option(64, help="images between checkpoints (default: 64).")
     overwrite: bool = option(False, help="replace an existing calibration at the artifact path (every later command "
                                          "that uses the default cached calibration picks up the new one).")
     progress: bool = option(True, help="show a progress bar.")
 
     def __post_init__(self) -> None:
         super().__post_init__()  # ProcessConfig's checks
-        check_positive(self, "limit", "top_k", "batch_size", "chunk_size")
+        check_positive(self, "limit", "top_k", "batch_size")
         check_positive(self, "registers", allow_zero=True)
         if (self.dataset_config() is None) == (self.from_pcs is None):
             raise ConfigError("Give --images (a folder to calibrate on) or --dataset with --data-root, or --from-pcs "
@@ -246,7 +245,7 @@ def run_calibrate(config: CalibrateConfig, model: ModelSource) -> CalibrateResul
 
     Raises:
         DataError: the folder is missing or holds no images.
-        ImageError: an image is unreadable (the finished chunks stay in the checkpoint).
+        ImageError: an image is unreadable (the images before it stay in the checkpoint).
         ConfigError: ``registers`` above the number of neurons.
         OutputError: the artifact exists (without ``overwrite``) or cannot be written.
 

@@ -54,13 +54,12 @@ class AnalysisConfig(ProcessConfig):
                                                 "default: computed (resumably) into OUT/statistics.safetensors.")
     top_k: int = option(50, help="length of the statistics' top lists (default: 50).")
     batch_size: int = option(8, help="images per backbone pass (default: 8).")
-    chunk_size: int = option(64, help="images between checkpoints (default: 64).")
     overwrite: bool = option(False, help="replace the results of an earlier run in --out.")
     progress: bool = option(True, help="show progress bars.")
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_positive(self, "limit", "top_k", "batch_size", "chunk_size")
+        check_positive(self, "limit", "top_k", "batch_size")
 
 
 def process_config(config: Any) -> ProcessConfig:
@@ -220,14 +219,15 @@ def run_accumulator(config: Any, model: CLIPResNet, paths: list[Path], make: Cal
     if not distributed(config):
         accumulator = make(model)
         run_pass(model, paths, accumulator, key=key, checkpoint=checkpoint, batch_size=config.batch_size,
-                 chunk_size=config.chunk_size, hooks=hooks, description=description, progress=config.progress)
+                 checkpoint_every=config.checkpoint_every, hooks=hooks, description=description,
+                 progress=config.progress)
         checkpoint.unlink(missing_ok=True)
         return accumulator
     options = process_config(config)
     result = run_distributed_pass(model, paths, make, key=key, devices=options.devices,
                                   num_nodes=options.num_nodes, num_workers=options.num_workers,
-                                  batch_size=config.batch_size, chunk_size=config.chunk_size, checkpoint=checkpoint,
-                                  hooks=hooks, progress=config.progress and progress_enabled())
+                                  batch_size=config.batch_size, checkpoint_every=config.checkpoint_every,
+                                  checkpoint=checkpoint, hooks=hooks, progress=config.progress and progress_enabled())
     state = from_primary({k: v.detach().cpu() for k, v in result.accumulator.state_dict().items()}
                          if result.is_primary else None)
     if not result.is_primary:
@@ -243,8 +243,8 @@ def collect_statistics_for(config: Any, model: CLIPResNet, paths: list[Path], ch
     caller removes once the result is saved; several: image lists and signs exactly, float64 sums to round-off)."""
     if not distributed(config):
         stats = collect_statistics(model, paths, top_k=config.top_k, register_variant=register_variant,
-                                   batch_size=config.batch_size, chunk_size=config.chunk_size, checkpoint=checkpoint,
-                                   progress=config.progress)
+                                   batch_size=config.batch_size, checkpoint_every=config.checkpoint_every,
+                                   checkpoint=checkpoint, progress=config.progress)
         return stats
     running = run_accumulator(
         config, model, paths,

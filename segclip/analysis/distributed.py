@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from typing import Any
 import lightning as L
 import torch
 import torch.distributed as dist
-from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 from torch.utils.data import DataLoader, Dataset, Sampler
 
@@ -35,7 +36,7 @@ from segclip.config import check_positive, option
 from segclip.core.trace import HookSpec
 from segclip.data.images import read_image
 from segclip.data.preprocess import clip_batch
-from segclip.errors import ConfigError
+from segclip.errors import ConfigError, ImageError
 from segclip.io import atomic_save_tensors, read_tensors
 from segclip.models.loading import CLIPResNet
 
@@ -100,7 +101,8 @@ def remove_checkpoints(checkpoint: Path, world_size: int) -> None:
 
 
 class AccumulatorTask(L.LightningModule):
-    """Feed every batch's trace to an accumulator; checkpoint it every ``chunk_batches`` batches; merge on rank 0.
+    """Feed every batch's trace to an accumulator; checkpoint it every ``checkpoint_every`` seconds (and at the end,
+    and when an image is unreadable: :class:`SaveOnImageError`); merge on rank 0.
 
     Args:
         model: the CLIP-ResNet (Lightning moves it to the process's device).
@@ -110,7 +112,7 @@ class AccumulatorTask(L.LightningModule):
         paths: the image list (for the checkpoint key).
         batch_size: images per batch.
         checkpoint: the checkpoint path of a one-process run; each process writes :func:`rank_checkpoint`.
-        chunk_batches: batches between checkpoints.
+        checkpoint_every: seconds between this process's checkpoints (0: after every batch).
         hooks: forwarded to :meth:`CLIPResNet.trace`.
 
     Attributes:
@@ -119,12 +121,14 @@ class AccumulatorTask(L.LightningModule):
     """
 
     def __init__(self, model: CLIPResNet, make_accumulator: AccumulatorFactory, *, key: dict[str, Any],
-                 paths: Sequence[Path], batch_size: int, checkpoint: Path | None = None, chunk_batches: int = 8,
+                 paths: Sequence[Path], batch_size: int, checkpoint: Path | None = None,
+                 checkpoint_every: float = 300.0,
                  hooks: HookSpec | None = None):
         super().__init__()
         self.model, self.make_accumulator, self.hooks = model, make_accumulator, hooks
         self.key, self.paths, self.batch_size = key, list(paths), batch_size
-        self.checkpoint, self.chunk_batches = checkpoint, chunk_batches
+        self.checkpoint, self.checkpoint_every = checkpoint, checkpoint_every
+        self.saved_batches, self.saved_at = 0, time.monotonic()
         self.accumulator: Mergeable | None = None
         self.resumed_batches = self.done_batches = 0
 
@@ -153,25 +157,28 @@ class AccumulatorTask(L.LightningModule):
                 log.info("rank %d resumes from %s: %d batches done", self.global_rank, path, self.done_batches)
             elif saved is not None:
                 log.warning("checkpoint %s belongs to another run; rank %d starts over", path, self.global_rank)
-        self.resumed_batches = self.done_batches
+        self.resumed_batches = self.saved_batches = self.done_batches
+        self.saved_at = time.monotonic()
         return self.done_batches
 
-    def _save(self) -> None:
+    def save_progress(self) -> None:
+        """Checkpoint this process's state unless the last checkpoint already holds it."""
         path = self._path()
-        if path is not None:
+        if path is not None and self.accumulator is not None and self.done_batches > self.saved_batches:
             atomic_save_tensors(path, self.accumulator.state_dict(),
                                 {"key": self.full_key(), "done_batches": str(self.done_batches)})
+        self.saved_batches, self.saved_at = self.done_batches, time.monotonic()
 
     def predict_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         indices, images = batch
         trace = self.model.trace(images.to(self.model.device, self.model.dtype), hooks=self.hooks)
         self.accumulator.update(trace, int(indices[0]))
         self.done_batches += 1
-        if self.done_batches % self.chunk_batches == 0:
-            self._save()
+        if time.monotonic() - self.saved_at >= self.checkpoint_every:
+            self.save_progress()
 
     def on_predict_epoch_end(self) -> None:
-        self._save()
+        self.save_progress()
         world = self.trainer.world_size
         if world == 1 or not dist.is_available() or not dist.is_initialized():
             return
@@ -183,6 +190,15 @@ class AccumulatorTask(L.LightningModule):
                 other = self.make_accumulator(self.model)
                 other.load_state_dict(other_state)
                 self.accumulator.merge(other)
+
+
+class SaveOnImageError(Callback):
+    """When an image turns out unreadable, checkpoint the batches the task finished (their state is whole: the
+    error comes from the DataLoader, between steps), so that the rerun after the fix resumes there."""
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if isinstance(exception, ImageError) and isinstance(pl_module, AccumulatorTask):
+            pl_module.save_progress()
 
 
 class ImageListData(L.LightningDataModule):
@@ -203,8 +219,9 @@ class ImageListData(L.LightningDataModule):
 
 @dataclass(frozen=True, kw_only=True)
 class ProcessConfig:
-    """How many processes run an analysis pass, and how many workers feed each (the ``--devices``,
-    ``--num-nodes`` and ``--num-workers`` flags of ``calibrate`` and ``analyze``).
+    """How many processes run an analysis pass, how many workers feed each, and how often each checkpoints (the
+    ``--devices``, ``--num-nodes``, ``--num-workers`` and ``--checkpoint-every`` flags of ``calibrate`` and
+    ``analyze``).
 
     Example:
         >>> ProcessConfig(devices=2).world_size
@@ -221,10 +238,13 @@ class ProcessConfig:
                                     "(MASTER_ADDR, MASTER_PORT, NODE_RANK) (default: 1).")
     num_workers: int = option(0, help="DataLoader workers per process that read and resize images (default: 0, "
                                       "in the process).")
+    checkpoint_every: float = option(300.0, help="seconds between the checkpoints a pass writes to resume from "
+                                                 "(also written at the end and when an image is unreadable; 0: "
+                                                 "after every batch) (default: 300).")
 
     def __post_init__(self) -> None:
         check_positive(self, "devices", "num_nodes")
-        check_positive(self, "num_workers", allow_zero=True)
+        check_positive(self, "num_workers", "checkpoint_every", allow_zero=True)
 
     @property
     def world_size(self) -> int:
@@ -278,13 +298,14 @@ def make_pass_trainer(device: torch.device, devices: int = 1, num_nodes: int = 1
     return L.Trainer(accelerator=accelerator, devices=chosen, num_nodes=num_nodes,
                      strategy="ddp" if devices * num_nodes > 1 else "auto", logger=False,
                      enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=progress,
-                     callbacks=[PassProgressBar()] if progress else None, use_distributed_sampler=False,
+                     callbacks=[SaveOnImageError()] + ([PassProgressBar()] if progress else []),
+                     use_distributed_sampler=False,
                      inference_mode=True)
 
 
 def run_distributed_pass(model: CLIPResNet, paths: Sequence[Path], make_accumulator: AccumulatorFactory, *,
                          key: dict[str, Any], devices: int = 1, num_nodes: int = 1, num_workers: int = 0,
-                         batch_size: int = 8, chunk_size: int = 64, checkpoint: Path | None = None,
+                         batch_size: int = 8, checkpoint_every: float = 300.0, checkpoint: Path | None = None,
                          hooks: HookSpec | None = None, progress: bool = False) -> PassResult:
     """Run any mergeable accumulator over ``paths`` on ``devices x num_nodes`` processes; resumable per process.
 
@@ -299,7 +320,7 @@ def run_distributed_pass(model: CLIPResNet, paths: Sequence[Path], make_accumula
         devices: processes per node. num_nodes: nodes.
         num_workers: DataLoader workers per process reading and resizing images (0: in the process).
         batch_size: images per batch (the unit of sharding; keep it to compare with a one-process run).
-        chunk_size: images between checkpoints, rounded up to whole batches.
+        checkpoint_every: seconds between each process's checkpoints (0: after every batch).
         checkpoint: checkpoint path; each process keeps ``*.rank<r>of<W>.safetensors`` next to it.
         hooks: forwarded to :meth:`CLIPResNet.trace`.
         progress: show a progress bar on stderr.
@@ -309,7 +330,7 @@ def run_distributed_pass(model: CLIPResNet, paths: Sequence[Path], make_accumula
 
     Raises:
         ConfigError: bad ``devices``, ``num_nodes``, ``num_workers`` or ``batch_size``.
-        ImageError: an image is unreadable (each process keeps its checkpoint up to its last chunk).
+        ImageError: an image is unreadable (each process checkpoints the batches it finished first).
 
     Example:
         >>> from segclip.models import load_model
@@ -326,9 +347,8 @@ def run_distributed_pass(model: CLIPResNet, paths: Sequence[Path], make_accumula
         raise ConfigError(f"--batch-size must be at least 1 and --num-workers at least 0, got {batch_size} and "
                           f"{num_workers}.")
     trainer = make_pass_trainer(model.device, devices, num_nodes, progress)
-    chunk_batches = max(1, -(-chunk_size // batch_size))
     task = AccumulatorTask(model, make_accumulator, key=key, paths=paths, batch_size=batch_size,
-                           checkpoint=checkpoint, chunk_batches=chunk_batches, hooks=hooks)
+                           checkpoint=checkpoint, checkpoint_every=checkpoint_every, hooks=hooks)
     trainer.predict(task, datamodule=ImageListData(task, num_workers), return_predictions=False)
     return PassResult(accumulator=task.accumulator, is_primary=trainer.global_rank == 0,
                       world_size=trainer.world_size, resumed_batches=task.resumed_batches)
@@ -336,7 +356,7 @@ def run_distributed_pass(model: CLIPResNet, paths: Sequence[Path], make_accumula
 
 def collect_statistics_distributed(model: CLIPResNet, paths: list[Path], *, top_k: int = 50, registers: bool = True,
                                    register_variant: str = "activations", top_fraction: float = 0.01,
-                                   top_images: int = 10, batch_size: int = 8, chunk_size: int = 64,
+                                   top_images: int = 10, batch_size: int = 8, checkpoint_every: float = 300.0,
                                    checkpoint: Path | None = None, devices: int = 1, num_nodes: int = 1,
                                    num_workers: int = 0, progress: bool = False):
     """:func:`~segclip.analysis.statistics.collect_statistics` on Lightning: same arguments plus ``devices``,
@@ -357,7 +377,7 @@ def collect_statistics_distributed(model: CLIPResNet, paths: list[Path], *, top_
         lambda m: RunningStatistics(m.pool, top_k=top_k, registers=registers, register_variant=register_variant),
         key=pass_key(top_k, registers, register_variant),
         devices=devices, num_nodes=num_nodes, num_workers=num_workers, batch_size=batch_size,
-        chunk_size=chunk_size, checkpoint=checkpoint, progress=progress)
+        checkpoint_every=checkpoint_every, checkpoint=checkpoint, progress=progress)
     if not result.is_primary:
         return None
     stats = result.accumulator.finalise(top_fraction=top_fraction, top_images=top_images)

@@ -541,9 +541,9 @@ def check_model_statistics(stats: Statistics, model: CLIPResNet, path: str | Pat
 
 
 def collect_statistics(model: CLIPResNet, paths: list[Path], *, top_k: int = 50, registers: bool = True,
-                       register_variant: str = "activations",
-                       top_fraction: float = 0.01, top_images: int = 10, batch_size: int = 8, chunk_size: int = 64,
-                       checkpoint: Path | None = None, progress: bool = True) -> Statistics:
+                       register_variant: str = "activations", top_fraction: float = 0.01, top_images: int = 10,
+                       batch_size: int = 8, checkpoint_every: float = 300.0, checkpoint: Path | None = None,
+                       progress: bool = True) -> Statistics:
     """One resumable pass over ``paths`` -> :class:`Statistics` (the calibration and analysis code path).
 
     Args:
@@ -551,17 +551,17 @@ def collect_statistics(model: CLIPResNet, paths: list[Path], *, top_k: int = 50,
         paths: image files (index i in the results is ``paths[i]``).
         top_k, registers, register_variant: see :class:`RunningStatistics`.
         top_fraction, top_images: see :meth:`RunningStatistics.finalise`.
-        batch_size, chunk_size, checkpoint, progress: see :func:`segclip.analysis.stream.run_pass`.
+        batch_size, checkpoint_every, checkpoint, progress: see :func:`segclip.analysis.stream.run_pass`.
 
     Returns:
         The statistics, ``metadata`` holding the model, weights hash and image names.
 
     Raises:
-        ImageError: an image is unreadable (finished chunks stay in the checkpoint).
+        ImageError: an image is unreadable (the images before it stay in the checkpoint).
     """
     running = RunningStatistics(model.pool, top_k=top_k, registers=registers, register_variant=register_variant)
     run_pass(model, paths, running, key=pass_key(top_k, registers, register_variant), checkpoint=checkpoint,
-             batch_size=batch_size, chunk_size=chunk_size, progress=progress, description="statistics")
+             batch_size=batch_size, checkpoint_every=checkpoint_every, progress=progress, description="statistics")
     stats = running.finalise(top_fraction=top_fraction, top_images=top_images)
     stats.metadata = {"model": model.info.name, "weights_hash": model.info.weights_hash,
                       "image_folder": str(Path(paths[0]).parent.resolve()) if paths else "",

@@ -1,16 +1,19 @@
 """One resumable pass of a model over an image set, feeding a streaming accumulator (constant memory).
 
 Every dataset-scale analysis (calibration statistics, reconstruction, ablation, concept scores) is an
-:class:`Accumulator` fed by :func:`run_pass`: images are read in chunks of whole batches; after each chunk the
-accumulator's state and the number of images done are written to one safetensors checkpoint, atomically (temp
-file + rename). A rerun with the same key restarts after the last finished chunk; because chunk boundaries are
-batch boundaries, every batch is the same as in an uninterrupted run and the final state is identical.
+:class:`Accumulator` fed by :func:`run_pass`: images are read in whole batches; once ``checkpoint_every`` seconds
+have passed since the last checkpoint (and when an image turns out unreadable, and at the end), the accumulator's
+state and the number of images done are written to one safetensors checkpoint, atomically (temp file + rename). A
+rerun with the same key restarts after the last saved batch; because checkpoints fall on batch boundaries, every
+batch is the same as in an uninterrupted run and the final state is identical. Checkpoints are spaced in time, not
+in images: a statistics state is ~130 MB for RN50, which a checkpoint per 64 images would write every few seconds.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -22,6 +25,7 @@ from segclip.config import progress_enabled
 from segclip.core.trace import HookSpec, Trace
 from segclip.data.images import read_image
 from segclip.data.preprocess import clip_batch
+from segclip.errors import ImageError
 from segclip.io import atomic_save_tensors, read_tensors
 from segclip.models.loading import CLIPResNet
 
@@ -89,7 +93,7 @@ def images_digest(paths: Sequence[Path]) -> str:
 
 
 def run_pass(model: CLIPResNet, paths: Sequence[Path], accumulator: Accumulator, *, key: dict[str, Any],
-             checkpoint: Path | None = None, batch_size: int = 8, chunk_size: int = 64,
+             checkpoint: Path | None = None, batch_size: int = 8, checkpoint_every: float = 300.0,
              hooks: HookSpec | None = None, progress: bool = True, description: str = "images") -> int:
     """Run the model over ``paths`` in batches and feed every trace to ``accumulator``; resumable.
 
@@ -99,9 +103,10 @@ def run_pass(model: CLIPResNet, paths: Sequence[Path], accumulator: Accumulator,
         accumulator: the state to feed.
         key: what the pass computes (kind, parameters); with the model and the image list it decides whether a
             checkpoint may be resumed. A checkpoint with another key is stale and ignored, with a warning.
-        checkpoint: safetensors file for the state after each chunk (None: no checkpoints).
+        checkpoint: safetensors file for the state (None: no checkpoints).
         batch_size: images per backbone pass.
-        chunk_size: images between checkpoints; rounded up to a multiple of ``batch_size``.
+        checkpoint_every: seconds between checkpoints (0: after every batch); one is also written at the end
+            and before an unreadable image's error is raised.
         hooks: forwarded to :meth:`CLIPResNet.trace` (e.g. neuron mean-ablation).
         progress: show a tqdm bar.
         description: the bar's label.
@@ -110,13 +115,12 @@ def run_pass(model: CLIPResNet, paths: Sequence[Path], accumulator: Accumulator,
         The number of images that came from an existing checkpoint (0 for a fresh run).
 
     Raises:
-        ImageError: an image cannot be read (the checkpoint up to the last chunk is kept).
+        ImageError: an image cannot be read (the state up to the batch before it is checkpointed first).
         OutputError: the checkpoint cannot be written.
     """
-    chunk_size = max(batch_size, -(-chunk_size // batch_size) * batch_size)
     full_key = json.dumps({**key, "model": model.info.name, "weights": model.info.weights_hash,
-                           "images": images_digest(paths), "count": len(paths), "batch_size": batch_size,
-                           "chunk_size": chunk_size}, sort_keys=True, default=str)
+                           "images": images_digest(paths), "count": len(paths), "batch_size": batch_size},
+                          sort_keys=True, default=str)
     done = 0
     if checkpoint is not None and Path(checkpoint).is_file():
         saved = read_tensors(Path(checkpoint))
@@ -132,16 +136,27 @@ def run_pass(model: CLIPResNet, paths: Sequence[Path], accumulator: Accumulator,
                disable=not (progress and progress_enabled()),
                leave=False)
     size = model.info.image_size
-    while done < len(paths):
-        stop = min(done + chunk_size, len(paths))
-        for start in range(done, stop, batch_size):
-            batch = [read_image(path) for path in paths[start:min(start + batch_size, stop)]]
-            with torch.inference_mode():
-                trace = model.trace(clip_batch(batch, size).to(model.device, model.dtype), hooks=hooks)
-                accumulator.update(trace, start)
-            bar.update(len(batch))
-        done = stop
-        if checkpoint is not None:
+    saved_done, saved_at = done, time.monotonic()
+
+    def save() -> None:  # the state after image ``done``, unless it is saved already
+        nonlocal saved_done, saved_at
+        if checkpoint is not None and done > saved_done:
             atomic_save_tensors(Path(checkpoint), accumulator.state_dict(), {"key": full_key, "done": str(done)})
+        saved_done, saved_at = done, time.monotonic()
+
+    for start in range(done, len(paths), batch_size):
+        try:
+            batch = [read_image(path) for path in paths[start:start + batch_size]]
+        except ImageError:
+            save()  # the state is that of the images before this batch: keep it
+            raise
+        with torch.inference_mode():
+            trace = model.trace(clip_batch(batch, size).to(model.device, model.dtype), hooks=hooks)
+            accumulator.update(trace, start)
+        done = start + len(batch)
+        bar.update(len(batch))
+        if time.monotonic() - saved_at >= checkpoint_every:
+            save()
+    save()
     bar.close()
     return resumed
