@@ -44,8 +44,7 @@ def child(count: int, batch: int, images: Path | None) -> dict:
         checkpoint = Path(tmp) / "partial.safetensors"
         if images is not None:
             paths = list_images(images)[:count]
-            stats = collect_statistics(model, paths, batch_size=batch, chunk_size=8 * batch, checkpoint=checkpoint,
-                                       progress=False)
+            stats = collect_statistics(model, paths, batch_size=batch, checkpoint=checkpoint, progress=False)
         else:
             running = RunningStatistics(model.pool)
             generator = torch.Generator().manual_seed(0)

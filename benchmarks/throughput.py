@@ -5,8 +5,11 @@ decode, CLIP resize + centre crop, normalise; ``--workers`` worker processes or 
 ``clip.encode_image`` on each batch, the statistics pass calls ``model.trace`` and
 :meth:`RunningStatistics.update` (float64 sums, top-k lists, register scores: what ``calibrate`` runs). Rows: CPU
 fp32 and, when CUDA is present, GPU fp32 and bf16, each with and without DataLoader workers; the statistics pass
-is also timed without register scores (``RunningStatistics(registers=False)``). Each timing is the
-best of ``--repeats`` runs, the two passes alternating, after one warm-up batch.
+is also timed without register scores (``RunningStatistics(registers=False)``). Every pass runs ``--repeats``
+times, the three in an order that rotates from round to round, each after one warm-up batch; on a CPU the time of
+each batch (its read from the loader included; the last one with the final merge of the top lists) is the fastest
+over the rounds, and a pass's rate is its images over the sum of those times (on this shared 2-core machine single
+batches stall by 10-40 %, which the minimum per batch removes and a minimum of whole passes does not).
 
     python benchmarks/throughput.py            # last line: statistics_over_forward: <ratio> (goal: >= 0.9)
 
@@ -39,13 +42,15 @@ def make_images(folder: Path, count: int, size: int) -> list[Path]:
     return paths
 
 
-def timed_pass(model, loader: DataLoader, kind: str, dtype: torch.dtype) -> float:
+def timed_pass(model, loader: DataLoader, kind: str, dtype: torch.dtype) -> list[float]:
+    """Seconds of each timed batch of one pass (reading it from the loader included), after one warm-up batch;
+    the last one includes the final merge of the pending top-list entries. On CUDA one entry: the whole pass."""
     from segclip.analysis.statistics import RunningStatistics
 
     device = model.device
     running = None if kind == "forward" else RunningStatistics(model.pool, registers=kind == "statistics")
     synchronise = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    start, count = None, 0
+    times: list[float] = []
     with torch.inference_mode():
         for step, (indices, images) in enumerate(loader):
             images = images.to(device, dtype, non_blocking=True)
@@ -53,15 +58,15 @@ def timed_pass(model, loader: DataLoader, kind: str, dtype: torch.dtype) -> floa
                 model.clip.encode_image(images)
             else:
                 running.update(model.trace(images), int(indices[0]))
-            if step == 0:  # warm-up batch: not timed
+            if device.type != "cuda" or step == 0:
                 synchronise()
-                start = time.perf_counter()
-            else:
-                count += len(indices)
+                times.append(time.perf_counter())
         if running is not None:
             running.state  # noqa: B018  (merges the images still pending into the top lists)
     synchronise()
-    return count / (time.perf_counter() - start)
+    times.append(time.perf_counter())
+    times[-2:] = [times[-1]] if device.type != "cuda" else times[-2:]  # the merge belongs to the last batch
+    return [b - a for a, b in zip(times, times[1:])]
 
 
 def main() -> None:
@@ -71,7 +76,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=64, help="images per pass (CPU); GPU passes use 8x.")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the 'with workers' rows.")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=4, help="rounds of the three passes (default: 4).")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice).")
     parser.add_argument("--allocator", choices=("segclip", "default"), default="segclip",
                         help="segclip: glibc keeps freed memory, as the segclip command line sets it "
@@ -99,12 +104,15 @@ def main() -> None:
                 loader = DataLoader(ImageList(paths[:n], model.info.image_size), batch_size=args.batch_size,
                                     collate_fn=collate_images, num_workers=workers, pin_memory=device == "cuda",
                                     persistent_workers=workers > 0)
-                best = {"forward": 0.0, "statistics": 0.0, "no_registers": 0.0}
-                for _ in range(args.repeats):
-                    for kind in best:
-                        best[kind] = max(best[kind], timed_pass(model, loader, kind, dtype))
-                rows.append((device, str(dtype).removeprefix("torch."), workers, best["forward"], best["statistics"],
-                             best["no_registers"]))
+                kinds = ["forward", "statistics", "no_registers"]
+                runs: dict[str, list[list[float]]] = {kind: [] for kind in kinds}
+                for round_ in range(args.repeats):
+                    for kind in kinds[round_ % 3:] + kinds[:round_ % 3]:  # the order rotates from round to round
+                        runs[kind].append(timed_pass(model, loader, kind, dtype))
+                # each batch's fastest time over the rounds, summed: slow moments of the machine drop out
+                rate = {kind: count_for[device] / sum(map(min, zip(*runs[kind]))) for kind in kinds}
+                rows.append((device, str(dtype).removeprefix("torch."), workers, rate["forward"], rate["statistics"],
+                             rate["no_registers"]))
                 del loader
     print(f"model: {args.model} ({args.pretrained}), batch {args.batch_size}, {args.images} timed images (CPU), "
           f"torch threads {torch.get_num_threads()}, allocator {'keeps freed memory' if kept else 'glibc default'}, "
