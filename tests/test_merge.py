@@ -2,6 +2,8 @@
 one pass over the union and brute-force top lists."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -188,3 +190,11 @@ def test_concept_vectors_norm_is_the_score_numerator(model, traces):
     alpha = traces[0].pair_scalars.double()[1, pairs[0, :, 0], pairs[0, :, 1]]
     explicit = (alpha[:, None] * w + shares[pairs[0, :, 1]]).sum(0)
     assert torch.allclose(vectors.vectors_per_image[1, 0].double(), explicit, rtol=1e-4, atol=1e-5)
+
+
+def test_a_wider_trace_is_refused(model, traces):
+    """A float32 pool keeps its pair lists in float32, where its own alpha is exact: a float64 trace would be
+    rounded there (and no longer match the float64 sums), so it is refused."""
+    wide = dataclasses.replace(traces[0], pair_scalars=traces[0].pair_scalars.double())
+    with pytest.raises(ValueError, match="trace in the pool's dtype"):
+        RunningStatistics(model.pool, top_k=3, registers=False).update(wide, 0)

@@ -122,8 +122,7 @@ class AccumulatorTask(L.LightningModule):
 
     def __init__(self, model: CLIPResNet, make_accumulator: AccumulatorFactory, *, key: dict[str, Any],
                  paths: Sequence[Path], batch_size: int, checkpoint: Path | None = None,
-                 checkpoint_every: float = 300.0,
-                 hooks: HookSpec | None = None):
+                 checkpoint_every: float = 300.0, hooks: HookSpec | None = None):
         super().__init__()
         self.model, self.make_accumulator, self.hooks = model, make_accumulator, hooks
         self.key, self.paths, self.batch_size = key, list(paths), batch_size

@@ -253,6 +253,9 @@ class RunningStatistics:
         values = head_values(self.pool, alpha, self.heads)  # (B, H, hd)
         s["value_sum"] += values.sum(0)
         s["value_outer"] += torch.einsum("bhc,bhe->hce", values, values)
+        if trace.pair_scalars.dtype.itemsize > self.pair_dtype.itemsize:
+            raise ValueError(f"a {trace.pair_scalars.dtype} trace for statistics of a {self.pair_dtype} pool: the "
+                             "pair lists would round it; trace in the pool's dtype")
         listed = trace.pair_scalars.to(self.pair_dtype).permute(1, 2, 0).contiguous()  # (N, H, B): along the last dim
         self._pending.append({
             "index": index, "high": listed, "neuron": neuron_norm2.clamp_min(0).sqrt().T,

@@ -36,11 +36,11 @@ class RegisterSearch:
     """The closed-form search of one attention pool: the sink change of every neuron, all at once.
 
     The image-independent parts (W_q's columns a_n as contiguous rows, a_n . b_n) are computed once per dtype and
-    device, so a pass over many batches pays for them once. Per image, the change is computed in blocks of the
-    (H, neurons, images, K) tensor of relative logits x_i - x_K (small enough to stay in cache): the last token's
-    new attention is 1 / (1 + sum_{i < K} exp(x_i - x_K)), exactly the softmax's last entry without a max pass (a
-    term that overflows makes it 0, which is the float answer), and x_i - x_K is linear in the key differences
-    k_i - k_K, so one bmm per block gives it.
+    device, so a pass over many batches pays for them once (make a new search if the weights change). The change is
+    computed in blocks of the (H, neurons, images, K) tensor of relative logits x_i - x_K (small enough to stay in
+    cache): the last token's new attention is 1 / (1 + sum_{i < K} exp(x_i - x_K)), exactly the softmax's last entry
+    without a max pass (a term that overflows makes it 0, which is the float answer), and x_i - x_K is linear in the
+    key differences k_i - k_K, so one bmm per block gives it.
 
     Args:
         pool: the attention pool.
@@ -94,9 +94,10 @@ class RegisterSearch:
         query, keys = query.to(work), keys[:, :count].to(work)  # (B, H, hd), (B, T, H, hd)
         rows_q, w_k, both = self.constants(work, tokens.device)
         # everything relative to the last token K: x_i - x_K for i < K
-        logits = torch.einsum("bhc,bthc->hbt", query, keys[:, :-1] - keys[:, -1:]) * scale  # (H, B, K)
+        keys = keys[:, :-1] - keys[:, -1:]  # k_i - k_K: (B, K, H, hd)
+        logits = torch.einsum("bhc,bthc->hbt", query, keys) * scale  # l_i - l_K: (H, B, K)
         base = (logits.exp().sum(-1) + 1).reciprocal()  # a_K = 1 / (1 + sum_i exp(l_i - l_K)): (H, B)
-        keys = (keys[:, :-1] - keys[:, -1:]).permute(2, 3, 0, 1).contiguous()  # k_i - k_K: (H, hd, B, K)
+        keys = keys.permute(2, 3, 0, 1).contiguous()  # (B, K, H, hd) -> (H, hd, B, K)
         # x_i - x_K = (l_i - l_K) - scale * (z_0[n] a_n . (k_i - k_K) + (z_i[n] - z_K[n]) (q . b_n - z_0[n] a_n . b_n))
         first = removed[:, 0].T.contiguous()  # z_0: (N, B)
         first_scaled = first * -scale
