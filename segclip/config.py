@@ -21,7 +21,8 @@ T = TypeVar("T")
 
 
 def option(default: Any = dataclasses.MISSING, *, help: str, choices: tuple[str, ...] | None = None,
-           positional: bool = False, metavar: str | None = None, flag: str | None = None) -> Any:
+           positional: bool = False, metavar: str | None = None, flag: str | None = None,
+           aliases: tuple[str, ...] = ()) -> Any:
     """A config field with its command-line help.
 
     Args:
@@ -31,11 +32,13 @@ def option(default: Any = dataclasses.MISSING, *, help: str, choices: tuple[str,
         positional: a positional argument on the command line instead of ``--name``.
         metavar: the placeholder shown in ``--help``.
         flag: the flag's name when it is not the field's (``--name`` with '-' for '_').
+        aliases: deprecated flag names that still work, with a warning naming the new one.
 
     Returns:
         A :func:`dataclasses.field`.
     """
-    metadata = {"help": help, "choices": choices, "positional": positional, "metavar": metavar, "flag": flag}
+    metadata = {"help": help, "choices": choices, "positional": positional, "metavar": metavar, "flag": flag,
+                "aliases": tuple(aliases)}
     if isinstance(default, list):
         default = tuple(default)
     return dataclasses.field(default=default, metadata=metadata)

@@ -93,6 +93,42 @@ def atomic_write_json(path: str | os.PathLike, value: Any) -> Path:
     return atomic_write_text(path, json.dumps(to_jsonable(value), indent=1) + "\n")
 
 
+RESULT_SCHEMA = "segclip.result/2"  # the envelope of every result file; older layouts are refused, not misread
+
+
+def write_result(path: str | os.PathLike, provenance: Mapping[str, Any], results: Any) -> Path:
+    """Write a result file in the one envelope every command uses, atomically::
+
+        {"schema": "segclip.result/2", "provenance": {...}, "results": {...}}
+
+    Example:
+        >>> import tempfile
+        >>> path = write_result(Path(tempfile.mkdtemp()) / "r.json", {"model": None}, {"miou": 1.0})
+        >>> read_result(path)["results"]
+        {'miou': 1.0}
+    """
+    return atomic_write_json(path, {"schema": RESULT_SCHEMA, "provenance": provenance, "results": results})
+
+
+def read_result(path: str | os.PathLike) -> dict[str, Any]:
+    """A result file written by :func:`write_result`.
+
+    Raises:
+        OutputError: the file is unreadable, or holds an older or foreign layout (the message says to rerun with
+            ``--overwrite`` or to choose another folder).
+    """
+    path = Path(path)
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise OutputError(f"{path} is unreadable ({err}); delete it or pass --overwrite to recompute it.") from err
+    if not isinstance(value, dict) or value.get("schema") != RESULT_SCHEMA:
+        found = value.get("schema", "no schema") if isinstance(value, dict) else "a list (segclip 0.1)"
+        raise OutputError(f"{path} is a result file of an older segclip ({found}; this version reads "
+                          f"{RESULT_SCHEMA}); pass --overwrite to recompute it, or choose another --out.")
+    return value
+
+
 def atomic_write_csv(path: str | os.PathLike, rows: list[Mapping[str, Any]]) -> Path:
     """Write rows (dicts sharing the first row's keys) as CSV, atomically; no rows -> an empty file."""
     import csv

@@ -28,7 +28,7 @@ from segclip.data.queries import (
     read_query_file,
 )
 from segclip.errors import ConfigError, DataError
-from segclip.segment.benchmark import window_protocol
+from segclip.segment.evaluate import window_protocol
 
 # mmsegmentation's label semantics per benchmark, written out independently of the readers:
 # (number of classes, reduce_zero_label, label file for image id i relative to the dataset folder)

@@ -10,7 +10,8 @@ import torch
 from test_methods import tiny_model
 
 from segclip.errors import ConfigError
-from segclip.segment.lightning import SegmentationData, SegmentationTask, make_trainer
+from segclip.process import make_trainer
+from segclip.segment.lightning import SegmentationData, SegmentationTask
 from segclip.segment.methods import METHODS, build_methods
 from segclip.segment.pipeline import protocol_for, segment_images, window_logits
 from segclip.segment.windows import prepare_windows
@@ -105,7 +106,7 @@ def test_lightning_test_matches_pipeline(setup):
             target = torch.from_numpy(sample["label"]).long().flatten()
             expected += torch.bincount(target * len(NAMES) + result[method.name].labels.flatten(),
                                        minlength=len(NAMES) ** 2).view(len(NAMES), len(NAMES))
-        assert torch.equal(task.confusions[method.name].cpu(), expected)
+        assert torch.equal(task.local_confusions()[m].cpu(), expected)
         assert torch.equal(sum(stack[m] for stack in seen.values()), expected)
     assert task.images_seen == 4
 

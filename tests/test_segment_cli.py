@@ -35,6 +35,13 @@ def data(tmp_path):
     return tmp_path / "data"
 
 
+def read_results(out: Path) -> tuple[list[dict], dict]:
+    """(per-method scores, provenance) of a results.json in the result envelope."""
+    envelope = json.loads((out / "results.json").read_text())
+    assert envelope["schema"] == "segclip.result/2"
+    return envelope["results"]["scores"], envelope["provenance"]
+
+
 def compare(data, out, *extra):
     return main(["compare", "--dataset", "pascal_context", "--data-root", str(data), "--limit", "4", "--out",
                  str(out), *FAST, *extra])
@@ -46,14 +53,14 @@ def test_progress_bar_goes_to_stderr_and_stdout_holds_the_table(tiny, data, tmp_
                  str(tmp_path / "out"), "--methods", "maskclip", *args]) == 0
     captured = capsys.readouterr()
     assert captured.out.startswith("| method |") and "it/s" not in captured.out
-    assert "it/s" in captured.err and "wrote " in captured.err  # the bar and the file note, on stderr
+    assert "image/s" in captured.err and "results: " in captured.err  # the bar (in images) and the files, on stderr
 
 
 def test_compare_results_match_saved_predictions(tiny, data, tmp_path, capsys):
     assert compare(data, tmp_path / "out", "--save-predictions") == 0
     table = capsys.readouterr().out
     assert table.count("| ") >= 6 and "neuron-head" in table and "self-self" in table
-    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    results, protocol = read_results(tmp_path / "out")
     assert [r["method"] for r in results] == ["neuron-head", "maskclip", "self-self", "neuron-only", "head-only"]
     ids = [line for line in (data / "VOCdevkit/VOC2010/ImageSets/SegmentationContext/val.txt").read_text().split()]
     for entry in results:
@@ -65,7 +72,6 @@ def test_compare_results_match_saved_predictions(tiny, data, tmp_path, capsys):
             confusion += torch.bincount(torch.from_numpy(label[keep].astype(np.int64) * 59 + predicted[keep]),
                                         minlength=59 * 59).view(59, 59)
         assert entry["miou"] == pytest.approx(miou_from_confusion(confusion), abs=1e-9)
-        protocol = entry["protocol"]
         assert protocol["window"]["short_side"] == 128 and protocol["window"]["crop"] == 128
         assert len(protocol["class_names"]) == 59 and "torch" in protocol["package_versions"]
         assert entry["params"]["text"]["templates"] == "single"
@@ -90,20 +96,30 @@ def test_interrupted_run_resumes_to_identical_numbers(tiny, data, tmp_path, monk
     assert not (tmp_path / "resumed" / "results.json").exists()
     monkeypatch.setattr(ResultStore, "write", original)
     assert compare(data, tmp_path / "resumed", "--methods", "neuron-head,maskclip") == 0
-    fresh = json.loads((tmp_path / "fresh" / "results.json").read_text())
-    resumed = json.loads((tmp_path / "resumed" / "results.json").read_text())
+    fresh, resumed = read_results(tmp_path / "fresh")[0], read_results(tmp_path / "resumed")[0]
     for a, b in zip(fresh, resumed):
         assert a["confusion_matrix"] == b["confusion_matrix"] and a["miou"] == b["miou"]
     assert resumed[0]["images_this_run"] == 2
+    assert not (tmp_path / "resumed" / "partial").exists()  # removed once the results hold everything
 
 
 def test_existing_outputs_and_other_runs_are_never_overwritten(tiny, data, tmp_path, capsys):
     out = tmp_path / "out"
     assert compare(data, out, "--methods", "maskclip") == 0
+    first = capsys.readouterr().out
+    assert compare(data, out, "--methods", "maskclip") == 0  # a finished run re-run: its result, read back
+    again = capsys.readouterr().out
+    assert again.splitlines()[:3] == first.splitlines()[:3] and "read back" in again
+    assert compare(data, out, "--methods", "maskclip", "--stride", "32") == 2  # would replace a different result
+    err = capsys.readouterr().err
+    assert "different run" in err and "--overwrite" in err
+    (out / "results.json").write_text("[]")  # an older segclip's layout: refused, not misread
     assert compare(data, out, "--methods", "maskclip") == 2
-    assert "--overwrite" in capsys.readouterr().err
+    assert "older segclip" in capsys.readouterr().err
     (out / "results.json").unlink()
     (out / "results.csv").unlink()
+    (out / "partial").mkdir()
+    (out / "partial" / "run.json").write_text("{}")
     assert compare(data, out, "--methods", "maskclip", "--stride", "32") == 2  # partial results of another run
     assert "different run" in capsys.readouterr().err
     assert compare(data, out, "--methods", "maskclip", "--stride", "32", "--overwrite") == 0
@@ -129,9 +145,10 @@ def test_config_file(tiny, data, tmp_path):
     config.write_text((CONFIGS / "pascal_context_authors.yaml").read_text() + "limit: 2\nmethod: maskclip\n")
     assert main(["eval", "--config", str(config), "--data-root", str(data), "--out", str(tmp_path / "out"),
                  "--stride", "64", *FAST]) == 0  # the tiny stand-in model has 128-pixel crops
-    entry = json.loads((tmp_path / "out" / "results.json").read_text())[0]
+    entries, protocol = read_results(tmp_path / "out")
+    entry = entries[0]
     assert entry["method"] == "maskclip" and entry["images"] == 2
-    assert entry["protocol"]["class_names"][0] == "airplane"  # the authors' text names
+    assert protocol["class_names"][0] == "airplane"  # the authors' text names
     assert tiny[0].model == "RN50x16"
 
 
@@ -164,10 +181,11 @@ def test_synthetic_dataset(tiny, tmp_path):
     out = tmp_path / "out"
     assert main(["eval", "--dataset", "synthetic", "--data-root", str(tmp_path / "syn"), "--limit", "2", "--method",
                  "neuron-head", "--out", str(out), "--templates", "single", "--k", "100", "--no-progress"]) == 0
-    entry = json.loads((out / "results.json").read_text())[0]
-    assert entry["protocol"]["window"]["crop"] == 128 and entry["protocol"]["window"]["stride"] == 64
-    assert entry["protocol"]["window"]["short_side"] == 171  # 4/3 of the crop
-    assert entry["protocol"]["dataset"]["name"] == "synthetic" and len(entry["per_class_iou"]) == 12
+    entries, protocol = read_results(out)
+    assert protocol["window"]["crop"] == 128 and protocol["window"]["stride"] == 64
+    assert protocol["window"]["short_side"] == 171  # the paper's 512 at crop 384, scaled to 128
+    assert protocol["protocol"]["name"] == "paper" and protocol["protocol"]["at_crop"]["long_side"] == 683
+    assert protocol["dataset"]["name"] == "synthetic" and len(entries[0]["per_class_iou"]) == 12
 
 
 def write_images(folder: Path) -> list[Path]:
@@ -251,11 +269,11 @@ def test_calibration_signs_and_registers(tiny, data, tmp_path):
     out = tmp_path / "out"
     assert compare(data, out, "--methods", "neuron-head,maskclip", "--calibration",
                    str(tmp_path / "calibration.safetensors"), "--registers", "4") == 0
-    results = json.loads((out / "results.json").read_text())
+    results, protocol = read_results(out)
     assert results[0]["params"]["signs"] == "calibration" and results[0]["params"]["registers"] == 4
     assert "registers" not in results[1]["params"]  # maskclip reads no attention
-    assert results[0]["protocol"]["register_intervention"]["registers"] == [10, 9, 8, 7]
-    assert results[0]["protocol"]["register_intervention"]["variant"] == "activations"
+    assert protocol["register_intervention"]["registers"] == [10, 9, 8, 7]
+    assert protocol["register_intervention"]["variant"] == "activations"
 
 
 def test_bad_label_mid_run_keeps_finished_images(tiny, data, tmp_path, capsys):

@@ -3,7 +3,7 @@
 Every ``import segclip...`` / ``from segclip... import`` statement counts, wherever it is (inside functions and
 ``if TYPE_CHECKING:`` blocks too): a cycle that only a lazy import hides is still a cycle. Layers, lowest first:
 
-    foundation  segclip.errors, segclip.paths, segclip.config, segclip.io
+    foundation  segclip.errors, segclip.paths, segclip.config, segclip.io, segclip.process, segclip.runtime
     core        segclip.core        (the decomposition; imports only the foundation)
     models      segclip.models
     data, viz   segclip.data, segclip.viz
@@ -21,7 +21,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1] / "segclip"
 LAYERS = [
-    {"segclip.errors", "segclip.paths", "segclip.config", "segclip.io"},
+    {"segclip.errors", "segclip.paths", "segclip.config", "segclip.io", "segclip.process", "segclip.runtime"},
     {"segclip.core"},
     {"segclip.models"},
     {"segclip.data", "segclip.viz"},

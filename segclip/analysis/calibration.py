@@ -20,10 +20,10 @@ import torch
 from segclip.analysis.common import (
     DatasetOptions,
     collect_statistics_for,
-    is_primary_process,
     read_image_set,
 )
 from segclip.analysis.distributed import ProcessConfig
+from segclip.process import is_primary
 from segclip.analysis.statistics import Statistics
 from segclip.config import check_positive, option
 from segclip.core.calibration import (
@@ -272,7 +272,7 @@ def run_calibrate(config: CalibrateConfig, model: ModelSource) -> CalibrateResul
     checkpoint = path.with_name(path.name.removesuffix(".safetensors") + ".partial.safetensors")
     stats = collect_statistics_for(config, model, paths, checkpoint, register_variant=config.register_variant)
     calibration = calibration_from_statistics(stats, config.registers, config.register_ranking)
-    if not is_primary_process():  # DDP: rank 0 writes the artifact
+    if not is_primary():  # DDP: rank 0 writes the artifact
         return CalibrateResult(calibration, stats, path, statistics_path(path), time.perf_counter() - start)
     stats.save(statistics_path(path))
     thin = calibration.metadata["thin_sign_share"]

@@ -1,7 +1,7 @@
 """What every analysis shares: its options, its statistics, its labelled images, and how its results are written.
 
 Each analysis is ``XConfig -> run_x(config, model) -> XResult -> result.write(out)``. A result writes
-``<name>.json`` (``{"protocol": provenance, "results": numbers}``), ``<name>.csv`` (its rows) and ``<name>.png``
+``<name>.json`` (the envelope ``{"schema", "provenance", "results"}``), ``<name>.csv`` (its rows) and ``<name>.png``
 (its plot) into the output folder, atomically; the folder also holds the run's checkpoints, so an interrupted
 analysis resumes when run again.
 """
@@ -35,9 +35,10 @@ from segclip.core.trace import HookSpec
 from segclip.data.classification import ImageSet, duplicate_names
 from segclip.data.images import list_images
 from segclip.errors import ConfigError, OutputError
-from segclip.io import atomic_write_csv, atomic_write_json, provenance
+from segclip.io import atomic_write_csv, atomic_write_json, provenance, write_result
 from segclip.models.loading import CLIPResNet
 from segclip.models.zero_shot import TIE_RULE, encode_classification_names
+from segclip.process import broadcast_from_primary, is_primary
 
 log = logging.getLogger(__name__)
 
@@ -60,15 +61,6 @@ class AnalysisConfig(ProcessConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_positive(self, "limit", "top_k", "batch_size")
-
-
-def process_config(config: Any) -> ProcessConfig:
-    """The ``--devices`` / ``--num-nodes`` / ``--num-workers`` of a config, validated.
-
-    Raises:
-        ConfigError: devices or nodes below 1, workers below 0.
-    """
-    return ProcessConfig(devices=config.devices, num_nodes=config.num_nodes, num_workers=config.num_workers)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -189,19 +181,7 @@ def check_out(out: Path, name: str, overwrite: bool) -> None:
 def distributed(config: Any) -> bool:
     """Whether the passes of ``config`` run on Lightning (several processes or DataLoader workers); otherwise
     they take the one-process :func:`~segclip.analysis.stream.run_pass` path."""
-    options = process_config(config)
-    return options.world_size > 1 or options.num_workers > 0
-
-
-def from_primary(value: Any) -> Any:
-    """``value`` as rank 0 has it, on every process of a DDP run (unchanged in a one-process run)."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return value
-    box = [value if dist.get_rank() == 0 else None]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
+    return config.world_size > 1 or config.num_workers > 0
 
 
 def run_accumulator(config: Any, model: CLIPResNet, paths: list[Path], make: Callable[[CLIPResNet], Mergeable], *,
@@ -223,12 +203,11 @@ def run_accumulator(config: Any, model: CLIPResNet, paths: list[Path], make: Cal
                  progress=config.progress)
         checkpoint.unlink(missing_ok=True)
         return accumulator
-    options = process_config(config)
-    result = run_distributed_pass(model, paths, make, key=key, devices=options.devices,
-                                  num_nodes=options.num_nodes, num_workers=options.num_workers,
+    result = run_distributed_pass(model, paths, make, key=key, devices=config.devices,
+                                  num_nodes=config.num_nodes, num_workers=config.num_workers,
                                   batch_size=config.batch_size, checkpoint_every=config.checkpoint_every,
                                   checkpoint=checkpoint, hooks=hooks, progress=config.progress and progress_enabled())
-    state = from_primary({k: v.detach().cpu() for k, v in result.accumulator.state_dict().items()}
+    state = broadcast_from_primary({k: v.detach().cpu() for k, v in result.accumulator.state_dict().items()}
                          if result.is_primary else None)
     if not result.is_primary:
         result.accumulator.load_state_dict(state)
@@ -276,17 +255,10 @@ def statistics_for(config: AnalysisConfig, model: CLIPResNet, paths: list[Path])
             return stats
     checkpoint = config.out / "statistics.partial.safetensors"
     stats = collect_statistics_for(config, model, paths, checkpoint)
-    if is_primary_process():
+    if is_primary():
         stats.save(path)
     checkpoint.unlink(missing_ok=True)
     return stats
-
-
-def is_primary_process() -> bool:
-    """True outside DDP and on rank 0 (the process that writes results and artifacts)."""
-    import torch.distributed as dist
-
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 @dataclass
@@ -355,13 +327,13 @@ class AnalysisResult:
         name: the analysis (``reconstruct``, ``ablate``, ...): the stem of its files.
         results: the numbers written to ``<name>.json`` (JSON-able).
         rows: the rows of ``<name>.csv``.
-        protocol: provenance (:func:`segclip.io.provenance`): model, weights hash, config, versions, git revision.
+        provenance: :func:`segclip.io.provenance`: model, weights hash, config, versions, git revision.
     """
 
     name: str
     results: dict[str, Any]
     rows: list[dict[str, Any]]
-    protocol: dict[str, Any] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
 
     def plot(self, path: Path) -> bool:
         """Draw the result's figure at ``path``; False when it has none."""
@@ -381,7 +353,7 @@ class AnalysisResult:
             OutputError: a file cannot be written.
         """
         out = Path(out)
-        written = [atomic_write_json(out / f"{self.name}.json", {"protocol": self.protocol, "results": self.results}),
+        written = [write_result(out / f"{self.name}.json", self.provenance, self.results),
                    atomic_write_csv(out / f"{self.name}.csv", self.rows)]
         if self.plot(out / f"{self.name}.png"):
             written.append(out / f"{self.name}.png")
@@ -398,6 +370,6 @@ class Timer:
         return round(time.perf_counter() - self.start, 3)
 
 
-def analysis_protocol(model: CLIPResNet, config: Any, seconds: float, name: str) -> dict[str, Any]:
+def analysis_provenance(model: CLIPResNet, config: Any, seconds: float, name: str) -> dict[str, Any]:
     """The provenance of an analysis result."""
     return provenance(model.info, config, analysis=name, device=str(model.device), seconds=seconds)

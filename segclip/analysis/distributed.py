@@ -8,17 +8,16 @@ and the merged state equals the one-process state: per-image rows and top-k list
 bit for bit, float64 sums to round-off (the partial sums are added in another order).
 
 DataLoader workers read, resize (CLIP's short side + centre crop) and normalise the images; the module only
-moves the batch to the device and feeds the trace to the accumulator. After the loop every process sends its
-state to rank 0 (``torch.distributed.gather_object``), which merges them in rank order with the accumulator's
-``merge``.
+moves the batch to the device and feeds the trace to the accumulator. After the loop returns, every process (one
+with no batch left included: Lightning skips its loop hooks) sends its state to rank 0
+(:func:`segclip.process.gather_to_primary`), which merges them in rank order with the accumulator's ``merge``.
+Trainer, progress bar and process options are :mod:`segclip.process`'s.
 """
 from __future__ import annotations
 
 import json
 import logging
-import sys
 import time
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,9 +25,7 @@ from typing import Any
 
 import lightning as L
 import torch
-import torch.distributed as dist
-from lightning.pytorch.callbacks import Callback, TQDMProgressBar
-from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
+from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from segclip.analysis.stream import Mergeable, images_digest
@@ -39,6 +36,7 @@ from segclip.data.preprocess import clip_batch
 from segclip.errors import ConfigError, ImageError
 from segclip.io import atomic_save_tensors, read_tensors
 from segclip.models.loading import CLIPResNet
+from segclip.process import ProcessOptions, gather_to_primary, make_trainer
 
 log = logging.getLogger(__name__)
 
@@ -178,13 +176,24 @@ class AccumulatorTask(L.LightningModule):
 
     def on_predict_epoch_end(self) -> None:
         self.save_progress()
-        world = self.trainer.world_size
-        if world == 1 or not dist.is_available() or not dist.is_initialized():
-            return
+
+    def progress_total(self) -> int:
+        """Images this process still has to read (the progress bar's total)."""
+        sampler = ShardBatches(len(self.paths), self.batch_size, self.global_rank, self.trainer.world_size,
+                               self.resumed_batches)
+        return sum(len(batch) for batch in sampler)
+
+    @staticmethod
+    def progress_count(batch: tuple[torch.Tensor, torch.Tensor]) -> int:
+        return len(batch[0])
+
+    def merge_processes(self) -> None:
+        """After the loop, on every process (also one that had no batch): rank 0 merges every process's state in
+        rank order; the others keep their own."""
+        self.save_progress()
         state = {k: v.detach().cpu() for k, v in self.accumulator.state_dict().items()}
-        gathered: list[dict[str, torch.Tensor]] | None = [None] * world if self.global_rank == 0 else None
-        dist.gather_object(state, gathered, dst=0)
-        if self.global_rank == 0:
+        gathered = gather_to_primary(state)
+        if gathered is not None:
             for other_state in gathered[1:]:
                 other = self.make_accumulator(self.model)
                 other.load_state_dict(other_state)
@@ -217,37 +226,26 @@ class ImageListData(L.LightningDataModule):
 
 
 @dataclass(frozen=True, kw_only=True)
-class ProcessConfig:
-    """How many processes run an analysis pass, how many workers feed each, and how often each checkpoints (the
-    ``--devices``, ``--num-nodes``, ``--num-workers`` and ``--checkpoint-every`` flags of ``calibrate`` and
-    ``analyze``).
+class ProcessConfig(ProcessOptions):
+    """The process options of an analysis pass (:class:`segclip.process.ProcessOptions`) and how often each process
+    checkpoints (the ``--checkpoint-every`` flag of ``calibrate`` and ``analyze``).
 
     Example:
         >>> ProcessConfig(devices=2).world_size
         2
-        >>> ProcessConfig(num_workers=-1)
+        >>> ProcessConfig(checkpoint_every=-1)
         Traceback (most recent call last):
         ...
-        segclip.errors.ConfigError: --num-workers must be at least 0, got -1.
+        segclip.errors.ConfigError: --checkpoint-every must be at least 0, got -1.
     """
 
-    devices: int = option(1, help="processes (devices) per node of every pass; DDP when devices x num_nodes > 1 "
-                                  "(gloo on CPU, one GPU per process on CUDA) (default: 1).")
-    num_nodes: int = option(1, help="nodes; launch the same command on every node with Lightning's environment "
-                                    "(MASTER_ADDR, MASTER_PORT, NODE_RANK) (default: 1).")
-    num_workers: int = option(0, help="DataLoader workers per process that read and resize images (default: 0, "
-                                      "in the process).")
     checkpoint_every: float = option(300.0, help="seconds between the checkpoints a pass writes to resume from "
                                                  "(also written at the end and when an image is unreadable; 0: "
                                                  "after every batch) (default: 300).")
 
     def __post_init__(self) -> None:
-        check_positive(self, "devices", "num_nodes")
-        check_positive(self, "num_workers", "checkpoint_every", allow_zero=True)
-
-    @property
-    def world_size(self) -> int:
-        return self.devices * self.num_nodes
+        super().__post_init__()
+        check_positive(self, "checkpoint_every", allow_zero=True)
 
 
 @dataclass(frozen=True)
@@ -265,41 +263,6 @@ class PassResult:
     is_primary: bool
     world_size: int
     resumed_batches: int
-
-
-class PassProgressBar(TQDMProgressBar):
-    """Lightning's bar on stderr (its default is stdout), so that stdout holds only results."""
-
-    def init_predict_tqdm(self) -> Tqdm:
-        return Tqdm(desc="images", position=2 * self.process_position, disable=self.is_disabled, leave=False,
-                    dynamic_ncols=True, file=sys.stderr, smoothing=0, bar_format=self.BAR_FORMAT)
-
-
-def make_pass_trainer(device: torch.device, devices: int = 1, num_nodes: int = 1,
-                      progress: bool = False) -> L.Trainer:
-    """A Trainer for an analysis pass: DDP when ``devices * num_nodes > 1`` (gloo on CPU, nccl on GPUs).
-
-    Args:
-        device: where the model lives (its type picks the accelerator; one process on ``cuda:i`` uses GPU i).
-        devices: processes per node. num_nodes: nodes.
-        progress: show a progress bar on stderr.
-
-    Raises:
-        ConfigError: ``devices`` or ``num_nodes`` below 1.
-    """
-    if devices < 1 or num_nodes < 1:
-        raise ConfigError(f"--devices and --num-nodes must be at least 1, got {devices} and {num_nodes}.")
-    accelerator = "gpu" if device.type == "cuda" else "cpu"
-    chosen: Any = devices if devices * num_nodes > 1 or device.type != "cuda" else [device.index or 0]
-    for message in (r".*treespec, LeafSpec.*", r".*custom batch sampler `ShardBatches`.*",
-                    r".*predict returned None.*"):
-        warnings.filterwarnings("ignore", message=message)  # Lightning's notices: nothing a user can act on
-    return L.Trainer(accelerator=accelerator, devices=chosen, num_nodes=num_nodes,
-                     strategy="ddp" if devices * num_nodes > 1 else "auto", logger=False,
-                     enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=progress,
-                     callbacks=[SaveOnImageError()] + ([PassProgressBar()] if progress else []),
-                     use_distributed_sampler=False,
-                     inference_mode=True)
 
 
 def run_distributed_pass(model: CLIPResNet, paths: Sequence[Path], make_accumulator: AccumulatorFactory, *,
@@ -345,10 +308,12 @@ def run_distributed_pass(model: CLIPResNet, paths: Sequence[Path], make_accumula
     if batch_size < 1 or num_workers < 0:
         raise ConfigError(f"--batch-size must be at least 1 and --num-workers at least 0, got {batch_size} and "
                           f"{num_workers}.")
-    trainer = make_pass_trainer(model.device, devices, num_nodes, progress)
+    options = ProcessOptions(devices=devices, num_nodes=num_nodes, num_workers=num_workers)
+    trainer = make_trainer(model.device, options, progress=progress, callbacks=[SaveOnImageError()])
     task = AccumulatorTask(model, make_accumulator, key=key, paths=paths, batch_size=batch_size,
                            checkpoint=checkpoint, checkpoint_every=checkpoint_every, hooks=hooks)
     trainer.predict(task, datamodule=ImageListData(task, num_workers), return_predictions=False)
+    task.merge_processes()  # every process, idle ones included
     return PassResult(accumulator=task.accumulator, is_primary=trainer.global_rank == 0,
                       world_size=trainer.world_size, resumed_batches=task.resumed_batches)
 

@@ -21,7 +21,7 @@ from segclip.analysis.common import (
     AnalysisResult,
     DatasetOptions,
     Timer,
-    analysis_protocol,
+    analysis_provenance,
     check_out,
     evaluate,
     labelled_set,
@@ -244,6 +244,6 @@ def run_label(config: LabelConfig, model: ModelSource) -> LabelResult:
                                            "neurons": pc_source(config.pc_samples, stats),
                                            "heads": ("TextSpan over the covariance of " if textspan else "")
                                            + pc_source(config.pc_samples, stats)}
-    return LabelResult("label", results, rows, analysis_protocol(model, config, timer(), "label"),
+    return LabelResult("label", results, rows, analysis_provenance(model, config, timer(), "label"),
                        accuracy=accuracy, curves=curves, labelled=labelled, vocabulary_size=len(vocabulary),
                        title=f"Sparse text decomposition ({info.name})")

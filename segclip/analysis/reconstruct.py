@@ -13,7 +13,7 @@ from segclip.analysis.common import (
     AnalysisResult,
     LabelledConfig,
     Timer,
-    analysis_protocol,
+    analysis_provenance,
     check_out,
     evaluate,
     labelled_set,
@@ -113,7 +113,7 @@ def run_reconstruct(config: ReconstructConfig, model: ModelSource) -> Reconstruc
     results = {"accuracy": accuracy, "images": len(labelled.paths), "statistics_images": stats.count,
                "neuron_pcs_from": pc_source(config.pc_samples, stats), "dataset": labelled.description}
     return ReconstructResult("reconstruct", results, [{"condition": k, "accuracy": v} for k, v in accuracy.items()],
-                             analysis_protocol(model, config, timer(), "reconstruct"), accuracy=accuracy,
+                             analysis_provenance(model, config, timer(), "reconstruct"), accuracy=accuracy,
                              title=f"Reconstruction ({model.info.name}, {len(labelled.paths)} images)")
 
 
@@ -194,6 +194,6 @@ def run_ablate(config: AblateConfig, model: ModelSource) -> AblateResult:
     rows = [{"unit": u, "kept_fraction": f, "accuracy": accuracy[f"{u} {f:g}"]} for u in units for f in fractions]
     results = {"accuracy": accuracy, "images": len(labelled.paths), "ranking": f"mean of the top {stats.norm_k} norms",
                "dataset": labelled.description}
-    return AblateResult("ablate", results, rows, analysis_protocol(model, config, timer(), "ablate"),
+    return AblateResult("ablate", results, rows, analysis_provenance(model, config, timer(), "ablate"),
                         accuracy=accuracy, units=units, fractions=fractions,
                         title=f"Mean-ablation ({model.info.name})")

@@ -21,7 +21,7 @@ from segclip.analysis.common import (
     AnalysisResult,
     DatasetOptions,
     Timer,
-    analysis_protocol,
+    analysis_provenance,
     check_out,
     read_image_set,
     run_accumulator,
@@ -258,6 +258,6 @@ def run_shift(config: ShiftConfig, model: ModelSource) -> ShiftResult:
                                  "confidence": drift.confidence, "permutations": drift.permutations,
                                  "seed": drift.seed, "features": "summed contribution vector of each concept's "
                                                                  "pairs (mmd, classifier); the score (ks)"}}
-    return ShiftResult("shift", results, rows, analysis_protocol(model, config, timer(), "shift"), groups=names,
+    return ShiftResult("shift", results, rows, analysis_provenance(model, config, timer(), "shift"), groups=names,
                        scores_by_group=by_group, truth_by_group=truth, drift=reports, drift_method=method,
                        xlabel=config.group or "group", title=f"Concept scores by group ({model.info.name})")

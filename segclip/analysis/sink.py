@@ -12,7 +12,7 @@ from segclip.analysis.common import (
     AnalysisResult,
     DatasetOptions,
     Timer,
-    analysis_protocol,
+    analysis_provenance,
     check_out,
     read_image_set,
     statistics_for,
@@ -95,5 +95,5 @@ def run_sink(config: SinkConfig, model: ModelSource) -> SinkResult:
             for r, n in enumerate(registers.tolist())]
     results = {"sink_attention": attention, "uniform_attention": 1 / (model.info.grid ** 2 + 1),
                "registers": registers.tolist(), "images": stats.count}
-    return SinkResult("sink", results, rows, analysis_protocol(model, config, timer(), "sink"), attention=attention,
+    return SinkResult("sink", results, rows, analysis_provenance(model, config, timer(), "sink"), attention=attention,
                       registers=registers.tolist(), title=f"Attention sink ({model.info.name})")

@@ -29,7 +29,7 @@ import torch
 
 from segclip.config import check_positive, option
 from segclip.errors import ConfigError, DataError, OutputError
-from segclip.io import atomic_write_csv, atomic_write_json, provenance
+from segclip.io import atomic_write_csv, provenance, write_result
 from segclip.models.loading import ModelSource, resolve_model
 
 log = logging.getLogger(__name__)
@@ -105,6 +105,16 @@ class SubconceptsResult:
     json: Path
     csv: Path
     seconds: float
+
+    def summary(self) -> str:
+        lines = [f"{self.found} sub-concept pairs of {self.pairs:,} ({len(self.hits)} kept, best first):"]
+        lines += [f"  {hit.rank:3d}. pair {hit.neuron}:{hit.head} (neuron {hit.neuron}) score {hit.score:.3f}: "
+                  f"{hit.words}" for hit in self.hits[:10]]
+        return "\n".join(lines) + "\n"
+
+    def write(self, out: str | Path) -> list[Path]:
+        """The files are written by :func:`run_subconcepts` itself (with its montages); this lists them."""
+        return [self.json, self.csv]
 
 
 @dataclass
@@ -295,12 +305,13 @@ def run_subconcepts(config: SubconceptsConfig, model: ModelSource) -> Subconcept
              "words": " ".join(f"{w}({c:+.3f})" for w, c in hit.words), "montage": str(hit.montage.relative_to(out))}
             for hit in hits]
     seconds = time.perf_counter() - start
-    json_path = atomic_write_json(out / "subconcepts.json", {
-        "protocol": provenance(model.info, config, seconds=round(seconds, 3), images_traced=len(paths),
-                               top_images=t, vocabulary=len(vocabulary)),
-        "found": found, "pairs": int(scores.hit.numel()),
-        "hits": [{**dataclasses.asdict(hit), "words": [list(w) for w in hit.words],
-                  "montage": str(hit.montage.relative_to(out))} for hit in hits]})
+    json_path = write_result(
+        out / "subconcepts.json",
+        provenance(model.info, config, analysis="subconcepts", seconds=round(seconds, 3), images_traced=len(paths),
+                   top_images=t, vocabulary=len(vocabulary)),
+        {"found": found, "pairs": int(scores.hit.numel()),
+         "hits": [{**dataclasses.asdict(hit), "words": [list(w) for w in hit.words],
+                   "montage": str(hit.montage.relative_to(out))} for hit in hits]})
     csv_path = atomic_write_csv(out / "subconcepts.csv", rows)
     log.info("sub-concepts: %d of %d pairs (%d kept) in %.1f s", found, scores.hit.numel(), len(hits), seconds)
     return SubconceptsResult(hits=hits, found=found, pairs=int(scores.hit.numel()), images=len(paths),

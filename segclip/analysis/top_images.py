@@ -10,7 +10,7 @@ from segclip.analysis.common import (
     AnalysisResult,
     DatasetOptions,
     Timer,
-    analysis_protocol,
+    analysis_provenance,
     check_out,
     read_image_set,
     run_accumulator,
@@ -124,6 +124,6 @@ def run_top_images(config: TopImagesConfig, model: ModelSource) -> TopImagesResu
             for kind, index, images, value in shown]
     results = {"mean_inertia": {"neurons": neuron_inertia.mean().item(), "pairs": pair_inertia.mean().item(),
                                 "heads": head_inertia.mean().item()}, "images_per_unit": count, "images": len(paths)}
-    return TopImagesResult("top-images", results, rows, analysis_protocol(model, config, timer(), "top-images"),
+    return TopImagesResult("top-images", results, rows, analysis_provenance(model, config, timer(), "top-images"),
                            units=shown, inertia={"neurons": neuron_inertia.numpy(),
                                                  "pairs": pair_inertia.flatten().numpy()}, count=count)

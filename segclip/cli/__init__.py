@@ -8,29 +8,35 @@ loads the model, calls the function and writes its result. User errors
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
 
-from segclip.cli.commands import COMMANDS, Command
-from segclip.cli.options import add_config_arguments, read_yaml, split_values
-from segclip.config import build_config, progress_bars
+from collections.abc import Callable
+from typing import Any
+
+from segclip.cli.fast_help import help_parser, wants_help
 from segclip.errors import SegclipError
-from segclip.models.loading import CLIPResNet, ModelConfig
-from segclip.runtime import keep_freed_memory
 
 log = logging.getLogger("segclip")
 
 
-def load_model_for(config: ModelConfig, devices: int = 1) -> CLIPResNet:
-    """Load the model of the model options; one GPU per process under multi-GPU DDP."""
+def load_model_for(config: Any, devices: int = 1) -> Any:
+    """Load the model of the model options (:class:`~segclip.models.loading.ModelConfig`); one GPU per process under
+    multi-GPU DDP."""
+    from segclip.models.loading import ModelConfig
+
     if devices > 1 and config.resolve_device().type == "cuda":
         config = ModelConfig(config.model, config.pretrained, f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}",
                              config.precision)
     return config.load()
 
 
-def _common(parser: argparse.ArgumentParser, command: Command) -> None:
+def _common(parser: argparse.ArgumentParser, command: Any) -> None:
+    from segclip.cli.options import add_config_arguments
+    from segclip.models.loading import ModelConfig
+
     if command.needs_model:
         add_config_arguments(parser, ModelConfig, "model and device")
     add_config_arguments(parser, command.config, "options")
@@ -39,15 +45,21 @@ def _common(parser: argparse.ArgumentParser, command: Command) -> None:
                        help="YAML file of option values (keys are option names with '_' or '-'); options given on "
                             "the command line win.")
     group.add_argument("-v", "--verbose", action="store_true", help="log progress details.")
+    if "json" not in {f.name for f in dataclasses.fields(command.config)}:  # prepare pascal_context: a file
+        group.add_argument("--json", dest="as_json", action="store_true",
+                           help="print the result as JSON on stdout (a machine-readable summary) instead of text.")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser(make: Callable[..., Any] = argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The real parser: every command's flags from its config dataclass (imports every command: seconds)."""
+    from segclip.cli.commands import COMMANDS
+
+    parser = make(
         prog="segclip",
         description="Interpret CLIP-ResNet through its neuron-head pairs, and segment images with them, "
                     "training-free. Run 'segclip COMMAND --help' for each command's options.")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    groups: dict[str, argparse._SubParsersAction] = {}
+    groups: dict[str, Any] = {}
     for command in COMMANDS:
         target = subparsers
         if command.group:
@@ -65,6 +77,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``segclip`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if wants_help(argv):  # instant: no torch, Lightning or open_clip
+        parser = help_parser()
+        parser.parse_args(argv or ["--help"])
+        return 2
+    from segclip.cli.commands import emit
+    from segclip.cli.options import read_yaml, split_values
+    from segclip.config import build_config, progress_bars
+    from segclip.models.loading import ModelConfig
+    from segclip.runtime import keep_freed_memory
+
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
@@ -73,11 +95,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     keep_freed_memory()  # CPU passes: no page faults for every large activation (segclip.runtime)
-    command: Command = args.command_spec
+    command = args.command_spec
     label = " ".join(filter(None, [args.command, getattr(args, "subcommand", None)]))
     try:
         given = {k: v for k, v in vars(args).items()
-                 if k not in ("command", "subcommand", "command_spec", "config_file", "verbose")}
+                 if k not in ("command", "subcommand", "command_spec", "config_file", "verbose", "as_json")}
         classes = [ModelConfig, command.config] if command.needs_model else [command.config]
         from_yaml = ({} if args.config_file is None else read_yaml(args.config_file))
         yaml_parts = split_values(from_yaml, classes, f"Config file {args.config_file}")
@@ -91,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
             devices = getattr(config, "devices", 1)
             loader = lambda: load_model_for(model_config, devices)  # noqa: E731  (loaded once inputs are checked)
         with progress_bars(getattr(config, "progress", True)):
-            return command.emit(command.run(config, loader, args.verbose), config)
+            return emit(command.run(config, loader, args.verbose), config, getattr(args, "as_json", False))
     except SegclipError as err:
         print(f"segclip {label}: error: {err}", file=sys.stderr)
         return 2

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 import typing
 from pathlib import Path
 from typing import Any
@@ -46,11 +47,23 @@ def add_config_arguments(parser: argparse.ArgumentParser | Any, cls: type, title
                                    help=help_text)
         else:
             is_list = typing.get_origin(inner) is tuple
+            for alias in meta.get("aliases", ()):  # deprecated names: still accepted, with a warning
+                group.add_argument(alias, dest=field.name, default=argparse.SUPPRESS, help=argparse.SUPPRESS,
+                                   choices=None if is_list else meta.get("choices"),
+                                   action=_deprecated(alias, flag_name(field)))
             group.add_argument(flag_name(field), dest=field.name, default=argparse.SUPPRESS,
                                choices=None if is_list else meta.get("choices"),
                                metavar=meta.get("metavar") or ("LIST" if is_list else "PATH" if inner is Path
                                                                else None),
                                help=help_text)
+
+
+def _deprecated(old: str, new: str) -> type[argparse.Action]:
+    class Deprecated(argparse.Action):
+        def __call__(self, parser, namespace, values, option_string=None):
+            print(f"segclip: warning: {old} is deprecated; use {new}.", file=sys.stderr)
+            setattr(namespace, self.dest, values)
+    return Deprecated
 
 
 def config_fields(cls: type) -> set[str]:

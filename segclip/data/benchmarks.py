@@ -37,7 +37,9 @@ from torch.utils.data import Dataset
 
 from segclip.data.images import IGNORE_INDEX, read_image, read_label
 from segclip.data.queries import benchmark_class_file, read_query_file
+from segclip.data.synthetic import SYNTHETIC_CLASSES, SYNTHETIC_VAL, generate_benchmark
 from segclip.errors import ConfigError, DataError, SegclipError
+from segclip.paths import cache_dir
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +57,9 @@ class BenchmarkSpec:
         label_suffix: what replaces ``image_suffix`` in the label file name.
         split_file: the id list inside ``folder`` (``{split}`` replaced by the split), or None to list ``image_dir``.
         split_dirs: ``(split, folder name)`` pairs for ``{split}``; other splits are used as written.
+        class_file: the class file inside ``folder`` (the synthetic benchmark's ``classnames.txt``), or None for
+            the shipped ``segclip/data/classnames/<name>.txt``.
+        suite: one of the field's benchmarks (``segclip benchmark --datasets all``); the synthetic benchmark is not.
         num_classes: classes after the label mapping.
         reduce_zero_label: raw 0 -> 255 and ``c`` -> ``c - 1`` (mmsegmentation's ``reduce_zero_label``).
         val_size: the standard number of validation images.
@@ -75,6 +80,8 @@ class BenchmarkSpec:
     label_mapping: str
     prepare: str
     split_dirs: tuple[tuple[str, str], ...] = field(default=())
+    class_file: str | None = None
+    suite: bool = True
 
     def split_dir(self, split: str) -> str:
         """The folder name standing for ``split`` in ``image_dir`` / ``label_dir``."""
@@ -121,9 +128,15 @@ SPECS: dict[str, BenchmarkSpec] = {s.name: s for s in (
     BenchmarkSpec("ade20k", "ade/ADEChallengeData2016", "images/{split}", "annotations/{split}", ".jpg", ".png",
                   None, 150, True, 2000, "reduce_zero_label: 0 (other) -> 255, c -> c - 1", _ADE,
                   (("val", "validation"), ("train", "training"))),
+    BenchmarkSpec("synthetic", ".", "VOCdevkit/VOC2010/JPEGImages", "VOCdevkit/VOC2010/SegmentationClassContext",
+                  ".jpg", ".png", "VOCdevkit/VOC2010/ImageSets/SegmentationContext/{split}.txt", len(SYNTHETIC_CLASSES),
+                  True, SYNTHETIC_VAL, "raw c + 1 -> class c, raw 0 ignored (PASCAL Context 59's encoding)",
+                  "It is generated on first use (segclip.data.synthetic.generate_benchmark); delete the folder to "
+                  "regenerate it.", class_file="classnames.txt", suite=False),
 )}
-BENCHMARKS: tuple[str, ...] = tuple(SPECS)
+BENCHMARKS: tuple[str, ...] = tuple(name for name, spec in SPECS.items() if spec.suite)  # the field's column order
 ALIASES = {"coco_stuff164k": "coco_stuff", "city_scapes": "cityscapes", "ade": "ade20k"}
+SYNTHETIC_SEED = 0
 
 
 def canonical_name(name: str) -> str:
@@ -138,7 +151,7 @@ def canonical_name(name: str) -> str:
     """
     name = ALIASES.get(name, name)
     if name not in SPECS:
-        raise ConfigError(f"Unknown dataset {name!r}; choose from {', '.join(BENCHMARKS)}.")
+        raise ConfigError(f"Unknown dataset {name!r}; choose from {', '.join(SPECS)}.")
     return name
 
 
@@ -149,7 +162,10 @@ def label_names(name: str) -> list[str]:
         >>> label_names("voc21")[:2], len(label_names("coco_stuff"))
         (['background', 'aeroplane'], 171)
     """
-    text = resources.files("segclip.data").joinpath("classnames", f"{canonical_name(name)}_labels.txt")
+    name = canonical_name(name)
+    if name == "synthetic":
+        return list(SYNTHETIC_CLASSES)
+    text = resources.files("segclip.data").joinpath("classnames", f"{name}_labels.txt")
     return text.read_text(encoding="utf-8").splitlines()
 
 
@@ -252,7 +268,15 @@ class BenchmarkDataset(Dataset):
                 shown = ", ".join(str(p) for p in missing[:3]) + (", ..." if len(missing) > 3 else "")
                 raise DataError(f"{spec.name}: {len(missing)} of {len(paths)} {kind} listed in {self.source} are "
                                 f"missing (first: {shown}). {spec.prepare}")
-        self.class_file = Path(class_file) if class_file is not None else benchmark_class_file(spec.name)
+        if class_file is not None:
+            self.class_file = Path(class_file)
+        elif spec.class_file is not None:
+            self.class_file = self.root / spec.class_file
+            if not self.class_file.is_file():
+                raise DataError(f"{spec.name} is incomplete: the class file {self.class_file} does not exist. "
+                                f"{spec.prepare}")
+        else:
+            self.class_file = benchmark_class_file(spec.name)
         self.queries, self.query_to_class, self.class_names = read_query_file(
             self.class_file, allow_duplicates=class_file is None)  # the shipped COCO-Object file repeats 'bed'
         if len(self.class_names) != spec.num_classes:
@@ -342,6 +366,34 @@ def benchmark_dataset(name: str, data_root: str | Path | None = None,
     name = canonical_name(name)
     overrides = {canonical_name(k): v for k, v in (roots or {}).items()}
     return BenchmarkDataset(name, data_root=data_root, root=overrides.get(name), **kwargs)
+
+
+def dataset_root(name: str, data_root: str | Path | None) -> Path:
+    """The folder of dataset ``name``: ``data_root/<its folder>``, or ``data_root`` itself when that already is
+    the dataset's folder (e.g. ``VOCdevkit`` or ``VOC2010`` given for PASCAL Context); the synthetic benchmark's
+    default is ``<segclip cache>/synthetic/seed0-n200``, generated on first use.
+
+    Raises:
+        ConfigError: no ``data_root`` for a dataset that needs one.
+    """
+    spec = SPECS[canonical_name(name)]
+    if spec.name == "synthetic":
+        root = Path(data_root) if data_root is not None else \
+            cache_dir() / "synthetic" / f"seed{SYNTHETIC_SEED}-n{SYNTHETIC_VAL}"
+        generate_benchmark(root, n_val=SYNTHETIC_VAL, seed=SYNTHETIC_SEED)
+        return root
+    if data_root is None:
+        raise ConfigError(f"{spec.name} needs --data-root: the folder laid out as mmsegmentation's data/ (holding "
+                          f"{spec.folder}).")
+    data_root = Path(data_root)
+    parts = Path(spec.folder).parts
+    for depth in range(len(parts)):  # data/ given, then e.g. VOCdevkit given for VOCdevkit/VOC2010
+        candidate = data_root.joinpath(*parts[depth:])
+        if candidate.is_dir():
+            return candidate
+    if data_root.name == parts[-1] and data_root.is_dir():  # the dataset's own folder given
+        return data_root
+    return data_root / spec.folder
 
 
 @dataclass(frozen=True)

@@ -13,11 +13,14 @@ Images come back as ``(H, W, 3)`` uint8 RGB whatever the file holds:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
+from torch.utils.data import Dataset
 
 from segclip.errors import DataError, ImageError
 
@@ -203,3 +206,60 @@ def normalise(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     mean = torch.tensor(CLIP_MEAN, device=images.device).view(1, 3, 1, 1)
     std = torch.tensor(CLIP_STD, device=images.device).view(1, 3, 1, 1)
     return images.sub_(mean).div_(std).contiguous()
+
+
+class ImageFolderDataset(Dataset):
+    """Unlabelled images given by path, for ``segment``; ids are file stems.
+
+    Args:
+        paths: image files.
+
+    Raises:
+        ImageError: a path is not an existing file.
+        DataError: no paths, or two paths share a stem (their outputs would collide).
+    """
+
+    def __init__(self, paths: Sequence[str | Path]):
+        self.paths = [Path(p) for p in paths]
+        if not self.paths:
+            raise DataError("no images given")
+        folders = [p for p in self.paths if p.is_dir()]
+        if folders:
+            raise ImageError(f"{folders[0]} is a folder, not an image file; pass the image files inside it (e.g. "
+                             f"{folders[0]}/*.jpg)")
+        missing = [p for p in self.paths if not p.is_file()]
+        if missing:
+            raise ImageError(f"{len(missing)} image file(s) do not exist: {', '.join(map(str, missing[:5]))}")
+        seen: dict[str, Path] = {}
+        for path in self.paths:
+            if path.stem in seen:
+                raise DataError(f"{seen[path.stem]} and {path} have the same name stem; their outputs would collide")
+            seen[path.stem] = path
+        self.ids = list(seen)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        """Return ``{"id": str, "image": (H, W, 3) uint8 RGB}``.
+
+        Raises:
+            ImageError: the image cannot be read.
+        """
+        return {"id": self.ids[index], "image": read_image(self.paths[index])}
+
+
+def collate_samples(samples: Sequence[dict[str, Any]]) -> dict[str, list[Any]]:
+    """Collate dataset samples into lists per key (images of different sizes are not stacked).
+
+    Args:
+        samples: dicts with the same keys (``id``, ``image``, optionally ``label``).
+
+    Returns:
+        ``{key: [value of each sample]}``.
+
+    Example:
+        >>> collate_samples([{"id": "a"}, {"id": "b"}])
+        {'id': ['a', 'b']}
+    """
+    return {key: [sample[key] for sample in samples] for key in samples[0]}

@@ -132,6 +132,15 @@ class PreparePascalContextResult:
     all_background: int
     duplicate_annotation_ids: int
 
+    def summary(self) -> str:
+        text = (f"PASCAL Context: {self.ids['train']} train and {self.ids['val']} val ids, {self.labels_written} "
+                f"label maps in {self.label_dir} ({self.all_background} all background); split files "
+                f"{self.split_files['train']} and {self.split_files['val']}\n")
+        if self.duplicate_annotation_ids:
+            text += (f"{self.duplicate_annotation_ids} annotations repeated an earlier id; the later one was kept, "
+                     "as the Detail API does\n")
+        return text
+
 
 def _load_json(path: Path) -> dict[str, Any]:
     try:
@@ -331,6 +340,12 @@ class PrepareLabelsResult:
     out_dirs: dict[str, Path]
     unmapped: dict[str, list[int]] = field(default_factory=dict)
 
+    def summary(self) -> str:
+        lines = [f"{split}: {count} label maps written in {self.out_dirs[split]}" for split, count in self.written.items()]
+        lines += [f"{path}: values {values} outside the table were left unchanged"
+                  for path, values in self.unmapped.items()]
+        return "\n".join(lines) + "\n"
+
 
 _COCO_SIZES = {"val2017": 5000, "train2017": 118287}
 
@@ -508,6 +523,10 @@ class CheckResult:
     def valid(self) -> list[str]:
         """The benchmarks ready to run."""
         return [name for name, status in self.statuses.items() if status.valid]
+
+    def summary(self) -> str:
+        return (format_check(self) + "\n"
+                + f"{len(self.valid)} of {len(self.statuses)} ready: {', '.join(self.valid) or 'none'}\n")
 
 
 def run_check(config: CheckConfig, roots: Mapping[str, Path] | None = None) -> CheckResult:

@@ -8,8 +8,10 @@ must be that size; to keep the geometry the same (each window covering the same 
 of the protocol is scaled by ``crop / 224``: RN50x16 gets crop 384, stride 192, short side 576 (VOC) and long side
 3511. Lengths are rounded half up. Logit scale and thresholds carry over unchanged.
 
-The paper's PASCAL Context 59 protocol is the other table entry: short side 512, crop 384, stride 192, long side
-2048 for RN50x16 (reference crop 384), logit scale 40, no thresholds.
+The paper's PASCAL Context protocol is the other entry (``paper``, for context59, context60 and the synthetic
+benchmark; the default of ``segclip eval`` and ``compare``): short side 512, crop 384, stride 192, long side 2048 for
+RN50x16 (reference crop 384), logit scale 40, no thresholds; other models get it scaled by crop / 384 (RN50: short
+side 299, stride 112, long side 1195). Every command reads this one table.
 """
 from __future__ import annotations
 
@@ -119,8 +121,25 @@ PROTOCOLS: dict[tuple[str, str], BenchmarkProtocol] = {
         BenchmarkProtocol("cityscapes", "sclip", 224, 560, 2048, 112, 40.0, 0.0, None, _SCLIP.format("city_scapes")),
         BenchmarkProtocol("ade20k", "sclip", 224, 336, 2048, 112, 40.0, 0.0, None, _SCLIP.format("ade20k")),
         BenchmarkProtocol("context59", "paper", 384, 512, 2048, 192, 40.0, 0.0, None, _PAPER),
+        BenchmarkProtocol("context60", "paper", 384, 512, 2048, 192, 40.0, 0.0, None, _PAPER),
+        BenchmarkProtocol("synthetic", "paper", 384, 512, 2048, 192, 40.0, 0.0, None,
+                          "the paper's PASCAL Context protocol; the scenes are 256 x 320, short side 4/3 of the "
+                          "bundled model's 192 crop, as 512 is of 384"),
     )
 }
+
+
+PROTOCOL_NAMES = ("sclip", "paper")
+
+
+def protocols_of(dataset: str) -> list[str]:
+    """The protocol names shipped for ``dataset``.
+
+    Example:
+        >>> protocols_of("context59"), protocols_of("synthetic")
+        (['sclip', 'paper'], ['paper'])
+    """
+    return [n for d, n in PROTOCOLS if d == dataset]
 
 
 def benchmark_protocol(dataset: str, name: str = "sclip") -> BenchmarkProtocol:
@@ -128,7 +147,7 @@ def benchmark_protocol(dataset: str, name: str = "sclip") -> BenchmarkProtocol:
 
     Args:
         dataset: a benchmark name (``voc21``, ..., ``ade20k``).
-        name: ``"sclip"`` (every dataset) or ``"paper"`` (``context59`` only).
+        name: ``"sclip"`` (every suite dataset) or ``"paper"`` (``context59``, ``context60``, ``synthetic``).
 
     Returns:
         The protocol.

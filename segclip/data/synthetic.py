@@ -38,6 +38,7 @@ OBJECT_CLASSES: tuple[str, ...] = ("ball", "box", "star", "triangle", "diamond",
 SYNTHETIC_CLASSES: tuple[str, ...] = STUFF_CLASSES + OBJECT_CLASSES
 BENCHMARK_STREAM = (0xBE4C,)  # spawn key of benchmark scenes
 GENERATOR_VERSION = 2  # 2: benchmark scenes on a stream of their own, disjoint from training batches
+SYNTHETIC_VAL = 200  # images of the synthetic benchmark (segclip eval --dataset synthetic)
 BENCHMARK_SIZE = (256, 320)  # (height, width): short side 4/3 of the tiny model's 192 crop, as 512 is of 384
 
 # Base colour per class in HSV (hue, saturation, value), each in [0, 1]; jittered per instance.

@@ -59,6 +59,7 @@ from segclip.io import (
     git_revision,
     package_versions,
     read_lines,
+    read_result,
     to_jsonable,
 )
 from segclip.models.loading import ModelSource, resolve_model
@@ -134,6 +135,11 @@ class ExploreResult:
     bytes: int
     seconds: float
     command: str
+
+    def summary(self) -> str:
+        return (f"wrote the explorer to {self.index} ({self.pairs_kept:,} of {self.pairs_total:,} pairs with a page, "
+                f"contribution >= {self.threshold:.4g}; {self.images_traced} images traced; {self.bytes / 1e6:.1f} "
+                f"MB in {self.seconds:.0f} s); open it in a browser\n")
 
 
 def encode_maps(maps: torch.Tensor) -> list[dict[str, Any]]:
@@ -366,8 +372,8 @@ def _read_subconcepts(path: Path | None) -> dict[int, list[dict[str, Any]]]:
     if path is None:
         return {}
     try:
-        hits = json.loads(Path(path).read_text(encoding="utf-8"))["hits"]
-    except (OSError, ValueError, KeyError, TypeError) as err:
+        hits = read_result(path)["results"]["hits"]
+    except (OutputError, KeyError, TypeError) as err:
         raise DataError(f"Cannot read sub-concepts {path} ({err}); pass the subconcepts.json of `segclip analyze "
                         "subconcepts`.") from None
     by_neuron: dict[int, list[dict[str, Any]]] = {}

@@ -8,72 +8,37 @@ window feeds every method, and labels come from the query rule (:class:`~segclip
 with the protocol's logit scale and thresholds. An output folder holds::
 
     results.json, results.csv          the table: per dataset mIoU per method, and the average over datasets
-    <dataset>/partial/                 per-image confusion stacks (resume), as ``segclip eval`` writes them
-    <dataset>/results.json, .csv       per dataset, ``eval``'s files (per-class IoU, the full protocol)
-    <dataset>/predictions/<method>/<image id>.png   with ``save_predictions``: 0-based class indices
+    <dataset>/...                      per dataset, exactly what ``segclip eval --out`` writes (the same code:
+                                       :func:`segclip.segment.evaluate.evaluate_dataset`): results.json / .csv
+                                       (per-class IoU, confusion matrices, the full protocol), partial/ while it runs,
+                                       predictions/<method>/<image id>.png with ``save_predictions``
 
-An interrupted run resumes per dataset and per image when run again with the same options.
+An interrupted run resumes per dataset and per image when run again with the same options; a finished dataset is
+read back, not recomputed.
 """
 from __future__ import annotations
 
-import dataclasses
+import csv
 import io
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch.utils.data import Subset
-
 from segclip.config import check_positive, option
-from segclip.data.benchmarks import BENCHMARKS, SPECS, BenchmarkDataset, canonical_name
-from segclip.data.protocols import BenchmarkProtocol, benchmark_protocol
+from segclip.data.benchmarks import BENCHMARKS, SPECS, BenchmarkDataset, canonical_name, dataset_root
+from segclip.data.protocols import PROTOCOL_NAMES, benchmark_protocol
 from segclip.data.queries import read_query_file
 from segclip.errors import ConfigError, DataError, SegclipError
-from segclip.io import atomic_write_bytes, atomic_write_json, provenance
-from segclip.models.loading import CLIPResNet, ModelSource, resolve_model
-from segclip.segment.lightning import (
-    SegmentationData,
-    SegmentationTask,
-    is_primary,
-    make_trainer,
-    quiet_lightning,
-    run_loop,
-)
+from segclip.io import atomic_write_bytes, provenance, write_result
+from segclip.models.loading import ModelSource, resolve_model
+from segclip.process import is_primary, make_trainer, quiet_lightning
+from segclip.segment.evaluate import DatasetRun, DatasetScores, evaluate_dataset
 from segclip.segment.methods import METHODS
-from segclip.segment.pipeline import QueryLabelRule, distinct_queries
-from segclip.segment.results import ResultStore, check_outputs
-from segclip.segment.run import (
-    RUN_ONLY,
-    EvalResult,
-    RunOptions,
-    check_method_list,
-    method_scores,
-    prepare_methods,
-    segmentation_protocol,
-)
-from segclip.segment.windows import SlidingWindowProtocol
+from segclip.segment.options import RunOptions, check_method_list
+from segclip.segment.results import check_outputs
 
 log = logging.getLogger(__name__)
-
-PROTOCOLS = ("sclip", "paper")
-# Config fields the per-dataset fingerprint leaves out: what does not change a dataset's numbers, and what the
-# dataset description records in effect (its root and class file).
-NOT_IN_FINGERPRINT = (*RUN_ONLY, "datasets", "roots", "class_files", "data_root")
-
-
-def window_protocol(protocol: BenchmarkProtocol, crop: int) -> SlidingWindowProtocol:
-    """A dataset protocol's sliding window at a model's crop (its lengths scaled, its logit scale as temperature).
-
-    Example:
-        >>> window_protocol(benchmark_protocol("context59", "paper"), 384)
-        SlidingWindowProtocol(short_side=512, long_side=2048, crop=384, stride=192, temperature=40.0)
-    """
-    values = protocol.for_crop(crop)
-    return SlidingWindowProtocol(**{k: values[k] for k in ("short_side", "long_side", "crop", "stride",
-                                                           "temperature")})
-
 
 def _pairs(values: tuple[str, ...], what: str) -> dict[str, Path]:
     """``("name=path", ...)`` -> ``{canonical name: path}``."""
@@ -97,10 +62,10 @@ class BenchmarkConfig(RunOptions):
     datasets: tuple[str, ...] = option(("all",), help=f"comma-separated datasets, or all (default): "
                                                       f"{','.join(BENCHMARKS)}.")
     methods: tuple[str, ...] = option(METHODS, help=f"comma-separated methods (default: all: {','.join(METHODS)}).")
-    protocol: str = option("sclip", choices=PROTOCOLS,
+    protocol: str = option("sclip", choices=PROTOCOL_NAMES,
                            help="sclip (every dataset: SCLIP's sizes, logit scales and thresholds scaled to the "
-                                "model's crop; default) or paper (the paper's PASCAL Context 59 protocol; "
-                                "context59 only).")
+                                "model's crop; default) or paper (the paper's PASCAL Context protocol, the default "
+                                "of `segclip eval`; context59 and context60 only).")
     roots: tuple[str, ...] = option((), help="per-dataset folders overriding the data root, NAME=PATH "
                                              "comma-separated (e.g. voc21=/data/VOC2012).")
     class_files: tuple[str, ...] = option((), help="your own class files in the SCLIP format (one line per class, "
@@ -109,15 +74,16 @@ class BenchmarkConfig(RunOptions):
                                                "protocol's).")
     stride: int | None = option(None, help="override every dataset's protocol stride (default: the protocol's).")
     limit: int | None = option(None, help="evaluate the first N images of each dataset only.")
-    save_predictions: bool = option(False, help="write OUT/<dataset>/predictions/<method>/<id>.png (uint8, 0-based "
-                                                "class indices).")
+    save_predictions: bool = option(False, help="write OUT/<dataset>/predictions/<method>/<id>.png (0-based class "
+                                                "indices).")
+    per_class: bool = option(False, help="also print each dataset's per-class IoU table.")
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_positive(self, "limit")
         check_method_list(self.methods)
-        if self.protocol not in PROTOCOLS:
-            raise ConfigError(f"Unknown protocol {self.protocol!r}; choose from {', '.join(PROTOCOLS)}.")
+        if self.protocol not in PROTOCOL_NAMES:
+            raise ConfigError(f"Unknown protocol {self.protocol!r}; choose from {', '.join(PROTOCOL_NAMES)}.")
         names = self.dataset_names  # unknown names fail here
         if len(set(names)) != len(names):
             raise ConfigError(f"Datasets are listed more than once: {list(self.datasets)}.")
@@ -130,18 +96,6 @@ class BenchmarkConfig(RunOptions):
         if tuple(self.datasets) == ("all",):
             return list(BENCHMARKS)
         return [canonical_name(name) for name in self.datasets]
-
-
-@dataclass
-class DatasetScores:
-    """One dataset's result: every method's scores (``eval``'s :class:`EvalResult`) and the images run."""
-
-    name: str
-    result: EvalResult
-
-    @property
-    def miou(self) -> dict[str, float]:
-        return {s.method: s.miou for s in self.result.scores}
 
 
 @dataclass
@@ -183,24 +137,29 @@ class BenchmarkResult:
         return "\n".join(lines) + "\n"
 
     def to_dict(self) -> dict[str, Any]:
-        """The contents of ``results.json``."""
+        """The ``results`` of ``results.json`` (its ``provenance`` is :attr:`provenance`)."""
         return {"table": {row["method"]: {k: v for k, v in row.items() if k != "method"} for row in self.rows()},
-                "datasets": {d.name: {"images": d.result.scores[0].images, "protocol": d.result.protocol,
+                "datasets": {d.name: {"images": d.scores[0].images, "provenance": d.provenance,
                                       "scores": [{k: v for k, v in vars(s).items() if k != "confusion_matrix"}
-                                                 for s in d.result.scores],
+                                                 for s in d.scores],
                                       "files": f"{d.name}/results.json (confusion matrices), {d.name}/results.csv"}
                              for d in self.datasets},
                 "skipped": self.skipped, "column_order": [d.name for d in self.datasets],
-                "average_over": [d.name for d in self.datasets], "provenance": self.provenance}
+                "average_over": [d.name for d in self.datasets]}
+
+    def summary(self, per_class: bool = False) -> str:
+        """The table, and with ``per_class`` each dataset's per-class IoU."""
+        text = self.table()
+        if per_class:
+            for d in self.datasets:
+                text += f"\n{d.name}\n\n" + d.table(per_class=True)
+        return text
 
     def write(self, out: str | Path) -> list[Path]:
-        """Write ``results.json`` / ``results.csv`` into ``out`` and each dataset's own pair into
-        ``out/<dataset>/``, atomically."""
-        import csv
+        """Write ``results.json`` / ``results.csv`` into ``out`` (each dataset's own pair is in ``out/<dataset>/``,
+        written when it finished), atomically."""
 
         out = Path(out)
-        for dataset in self.datasets:
-            dataset.result.write(out / dataset.name)
         buffer = io.StringIO()
         writer = csv.writer(buffer)
         names = [d.name for d in self.datasets]
@@ -208,7 +167,7 @@ class BenchmarkResult:
         for row in self.rows():
             writer.writerow([row["method"], *(row[n] for n in names), row["average"]])
         atomic_write_bytes(out / "results.csv", buffer.getvalue().encode())
-        atomic_write_json(out / "results.json", self.to_dict())
+        write_result(out / "results.json", self.provenance, self.to_dict())
         return [out / "results.json", out / "results.csv"]
 
 
@@ -238,7 +197,7 @@ def check_benchmarks(config: BenchmarkConfig) -> tuple[dict[str, BenchmarkDatase
     skipped: dict[str, dict[str, str]] = {}
     for name in sorted(config.dataset_names, key=BENCHMARKS.index):
         spec = SPECS[name]
-        folder = roots.get(name, Path(config.data_root) / spec.folder)
+        folder = roots.get(name) or dataset_root(name, config.data_root)
         try:
             benchmark_protocol(name, config.protocol)
         except ConfigError as error:
@@ -295,66 +254,16 @@ def run_benchmark(config: BenchmarkConfig, model: ModelSource, *, verbose: bool 
     """
     quiet_lightning(verbose)
     datasets, skipped = check_benchmarks(config)
-    primary = is_primary()
-    if primary:
-        check_outputs(Path(config.out), config.overwrite)  # before any model work
+    if is_primary():
+        check_outputs(Path(config.out), True)  # writable, before any model work; finished datasets are read back
     model = resolve_model(model)
-    trainer = make_trainer(model.device, config.devices, progress=config.progress, num_nodes=config.num_nodes)
-    results = [_run_dataset(config, model, trainer, dataset, primary) for dataset in datasets.values()]
+    trainer = make_trainer(model.device, config, progress=config.progress)
+    results = [evaluate_dataset(model, DatasetRun(data, benchmark_protocol(data.name, config.protocol)),
+                                list(config.methods), config, trainer, out=Path(config.out) / data.name,
+                                save_predictions=config.save_predictions)
+               for data in datasets.values()]
     record = provenance(model.info, config, protocol=config.protocol, datasets_run=list(datasets),
                         skipped=skipped, device=str(model.device), dtype=str(model.dtype).removeprefix("torch."))
-    if not trainer.is_global_zero:
+    if not is_primary():
         return BenchmarkResult([], skipped, list(config.methods), record)
     return BenchmarkResult([r for r in results if r is not None], skipped, list(config.methods), record)
-
-
-def _run_dataset(config: BenchmarkConfig, model: CLIPResNet, trainer: Any, data: BenchmarkDataset,
-                 primary: bool) -> DatasetScores | None:
-    """One dataset: methods on its queries, its protocol, resumable per image under ``out/<dataset>``."""
-    methods = list(config.methods)
-    protocol = benchmark_protocol(data.name, config.protocol)
-    crop = model.info.image_size
-    names, rows = distinct_queries(data.queries)
-    prepared = prepare_methods(model, names, methods, config, None)
-    window = window_protocol(protocol, crop)
-    window = dataclasses.replace(window, short_side=config.short_side or window.short_side,
-                                 stride=config.stride or window.stride)
-    prepared = dataclasses.replace(prepared, protocol=window)
-    rule = QueryLabelRule(tuple(rows), tuple(data.query_to_class), protocol.logit_scale, protocol.prob_threshold,
-                          protocol.area_threshold)
-    given = [f for f in ("short_side", "stride") if getattr(config, f)]
-    source = f"{protocol.name} protocol scaled to crop {crop}" + (f" ({', '.join(given)} given)" if given else "")
-    record = segmentation_protocol(model, config, prepared, list(data.class_names), source,
-                                   dataset=data.description, benchmark_protocol=protocol.to_dict(crop),
-                                   queries=list(data.queries), query_to_class=list(data.query_to_class),
-                                   distinct_queries=names, label_rule=rule.to_dict())
-    params = prepared.params()
-    stable = {k: v for k, v in record.items() if k not in ("package_versions", "git_revision", "device", "config")}
-    stable["config"] = {k: v for k, v in record["config"].items() if k not in NOT_IN_FINGERPRINT}
-    store = ResultStore(Path(config.out) / data.name, {"protocol": stable, "methods": params}, methods,
-                        data.num_classes, save_predictions=config.save_predictions, overwrite=config.overwrite,
-                        primary=primary)
-    ids = list(data.ids)
-    done = store.done(ids)
-    todo = [i for i, image_id in enumerate(ids) if image_id not in done]
-    if done:
-        log.warning("%s: resuming, %d of %d images already done", data.name, len(done), len(ids))
-
-    def on_image(image_id: str, result, confusions, _image) -> None:
-        store.write(image_id, confusions, [result[m].labels for m in methods])
-
-    confusion = torch.zeros(len(methods), data.num_classes, data.num_classes, dtype=torch.long)
-    seconds = 0.0
-    if todo:
-        task = SegmentationTask(model, prepared.methods, window, data.num_classes, crops_per_pass=config.batch_size,
-                                intervention=prepared.intervention, on_image=on_image, label_rule=rule,
-                                autocast=config.autocast)
-        loader = SegmentationData(Subset(data, todo), config.batch_size, config.num_workers)
-        run_loop(trainer.test, task, datamodule=loader, verbose=False)
-        seconds = task.seconds
-        confusion += torch.stack([task.confusions[m].cpu() for m in methods])
-    if not trainer.is_global_zero:
-        return None
-    confusion += store.load(sorted(done))
-    scores = method_scores(methods, confusion, data.class_names, len(ids), len(todo), seconds, params)
-    return DatasetScores(data.name, EvalResult(scores, record))

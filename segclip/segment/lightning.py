@@ -4,28 +4,24 @@ The LightningModule is thin: each step calls :func:`~segclip.segment.pipeline.se
 for all crops of the step's images, every method on it) and updates one
 :class:`~segclip.segment.metric.SegmentationMetric` per method. Under DDP every image is seen exactly once
 (an unrepeated distributed sampler, not Lightning's padding one), and the confusion matrices are summed across
-processes, so a 2-process run gives the single-process confusion matrix.
+processes after the loop (:func:`segclip.process.all_reduce_sum`, reached by every process, also one that had no
+image), so a 2-process run gives the single-process confusion matrix. Trainer, progress bar and rank checks are
+:mod:`segclip.process`'s.
 """
 from __future__ import annotations
 
-import logging
-import os
-import sys
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import TQDMProgressBar
-from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
-from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
-from torch.utils.data import DataLoader, Dataset, SequentialSampler
+from torch.utils.data import DataLoader, Dataset
 
 from segclip.core.trace import RegisterIntervention
-from segclip.data.pascal_context import collate_samples
+from segclip.data.images import collate_samples
 from segclip.models.loading import CLIPResNet
+from segclip.process import strided_indices
 from segclip.segment.methods import SegmentationMethod
 from segclip.segment.metric import SegmentationMetric
 from segclip.segment.pipeline import LabelRule, Segmentation, segment_images
@@ -56,8 +52,6 @@ class SegmentationTask(L.LightningModule):
             twice).
 
     Attributes:
-        confusions: after ``trainer.test``, per method the ``(C, C)`` confusion matrix of this run's images, summed
-            over all processes.
         images_seen: images processed by this process.
         seconds: wall time of this process's test or predict loop.
     """
@@ -73,7 +67,6 @@ class SegmentationTask(L.LightningModule):
         self.background_threshold, self.on_image, self.label_rule = background_threshold, on_image, label_rule
         self.autocast = autocast
         self.metrics = torch.nn.ModuleDict({m.name: SegmentationMetric(num_classes) for m in self.methods})
-        self.confusions: dict[str, torch.Tensor] = {}
         self.images_seen, self.seconds, self._start = 0, 0.0, 0.0
 
     def _start_loop(self) -> None:
@@ -102,7 +95,21 @@ class SegmentationTask(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self.seconds = time.perf_counter() - self._start
-        self.confusions = {name: metric.compute()["confusion_matrix"] for name, metric in self.metrics.items()}
+
+    def local_confusions(self) -> torch.Tensor:
+        """(M, C, C) confusion matrices of this process's images, methods in order (zeros when it had none); sum
+        them over processes with :func:`segclip.process.all_reduce_sum` after the loop."""
+        return torch.stack([self.metrics[m.name].confusion for m in self.methods])
+
+    def progress_total(self) -> int | None:
+        """Images this process will segment (the progress bar's total)."""
+        loaders = self.trainer.test_dataloaders if self.trainer.testing else self.trainer.predict_dataloaders
+        loader = loaders[0] if isinstance(loaders, list) else loaders
+        return len(loader.sampler) if loader is not None else None
+
+    @staticmethod
+    def progress_count(batch: dict[str, list[Any]]) -> int:
+        return len(batch["id"])
 
     def on_predict_start(self) -> None:
         self._start_loop()
@@ -132,12 +139,10 @@ class SegmentationData(L.LightningDataModule):
 
     def _loader(self) -> DataLoader:
         trainer = self.trainer
-        if trainer is not None and trainer.world_size > 1:
-            sampler = UnrepeatedDistributedSampler(self.dataset, num_replicas=trainer.world_size,
-                                                   rank=trainer.global_rank, shuffle=False)
-        else:
-            sampler = SequentialSampler(self.dataset)
-        return DataLoader(self.dataset, batch_size=self.images_per_step, sampler=sampler, collate_fn=collate_samples,
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        # images rank, rank + W, ...: every image once, any count per process (none included)
+        return DataLoader(self.dataset, batch_size=self.images_per_step,
+                          sampler=strided_indices(len(self.dataset), rank, world), collate_fn=collate_samples,
                           num_workers=self.num_workers)
 
     def test_dataloader(self) -> DataLoader:
@@ -145,61 +150,3 @@ class SegmentationData(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader()
-
-
-class StderrProgressBar(TQDMProgressBar):
-    """Lightning's bar on stderr (its default is stdout), so that stdout holds only results (``> table.md``)."""
-
-    def _bar(self, description: str) -> Tqdm:
-        return Tqdm(desc=description, position=2 * self.process_position, disable=self.is_disabled, leave=False,
-                    dynamic_ncols=True, file=sys.stderr, smoothing=0, bar_format=self.BAR_FORMAT)
-
-    def init_test_tqdm(self) -> Tqdm:
-        return self._bar("images")
-
-    def init_predict_tqdm(self) -> Tqdm:
-        return self._bar("images")
-
-
-def make_trainer(device: torch.device, devices: int = 1, progress: bool = True, num_nodes: int = 1) -> L.Trainer:
-    """A Trainer for inference: CPU or GPU, ``devices`` processes with DDP when more than one.
-
-    Args:
-        device: where the model lives (its type picks the accelerator).
-        devices: number of devices (processes) per node.
-        progress: show a progress bar (on stderr).
-        num_nodes: machines of a multi-node DDP run.
-
-    Returns:
-        The trainer (no logger, no checkpoints, our own distributed sampler).
-    """
-    accelerator = "gpu" if device.type == "cuda" else "cpu"
-    # Lightning's own deprecation notice about torch's pytree API: nothing a user can act on.
-    warnings.filterwarnings("ignore", message=r".*treespec, LeafSpec.*")
-    chosen: Any = devices if devices > 1 or device.type != "cuda" else [device.index or 0]
-    distributed = devices > 1 or num_nodes > 1
-    return L.Trainer(accelerator=accelerator, devices=chosen, strategy="ddp" if distributed else "auto",
-                     num_nodes=num_nodes,
-                     logger=False, enable_checkpointing=False, enable_model_summary=False,
-                     enable_progress_bar=progress, callbacks=[StderrProgressBar()] if progress else None,
-                     use_distributed_sampler=False, inference_mode=True)
-
-
-def quiet_lightning(verbose: bool) -> None:
-    """Lightning's INFO banners (devices, tips) only when ``verbose``."""
-    for name in ("lightning.pytorch", "lightning.fabric"):
-        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
-
-
-def run_loop(loop: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
-    """Run ``trainer.test`` / ``trainer.predict``; Lightning turns Ctrl-C into ``sys.exit(1)`` after its teardown,
-    which becomes the KeyboardInterrupt the command line reports as resumable."""
-    try:
-        loop(*args, **kwargs)
-    except SystemExit as err:
-        raise KeyboardInterrupt from err
-
-
-def is_primary() -> bool:
-    """Whether this is the first process of a (possibly distributed) run, before Lightning starts the others."""
-    return int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0

@@ -10,15 +10,16 @@ from typing import Any
 
 from segclip.config import option
 from segclip.data.images import check_image
-from segclip.data.pascal_context import ImageFolderDataset
+from segclip.data.images import ImageFolderDataset
 from segclip.errors import ConfigError, OutputError
 from segclip.io import atomic_write_bytes, atomic_write_json, read_lines
 from segclip.models.loading import ModelSource, resolve_model
 from segclip.models.text import check_class_names
-from segclip.segment.lightning import SegmentationData, SegmentationTask, make_trainer, quiet_lightning, run_loop
+from segclip.process import make_trainer, quiet_lightning, run_loop
+from segclip.segment.lightning import SegmentationData, SegmentationTask
 from segclip.segment.methods import METHODS
 from segclip.segment.results import check_writable, png_bytes
-from segclip.segment.run import MethodOptions, prepare_methods, segmentation_protocol
+from segclip.segment.options import MethodOptions, prepare_methods, segmentation_provenance
 from segclip.viz.overlay import heatmap, overlay
 
 
@@ -67,15 +68,18 @@ class SegmentResult:
 
     Attributes:
         files: per image id, the files written for it (label PNG, overlay, heatmaps).
-        summary: the contents of ``segment.json`` (method, parameters, label values, protocol).
+        record: the contents of ``segment.json`` (method, parameters, label values, protocol).
     """
 
     files: dict[str, list[Path]]
-    summary: dict[str, Any]
+    record: dict[str, Any]
 
     def write(self, out: str | Path) -> list[Path]:
         """Write ``segment.json`` (the label maps and overlays are written while segmenting)."""
-        return [atomic_write_json(Path(out) / "segment.json", self.summary)]
+        return [atomic_write_json(Path(out) / "segment.json", self.record)]
+
+    def summary(self) -> str:
+        return f"segmented {len(self.files)} image(s): {sum(len(f) for f in self.files.values())} files\n"
 
 
 def heatmap_file_name(index: int, name: str) -> str:
@@ -187,10 +191,10 @@ def run_segment(config: SegmentConfig, model: ModelSource) -> SegmentResult:
     task = SegmentationTask(model, prepared.methods, prepared.protocol, len(names), crops_per_pass=config.batch_size,
                             intervention=prepared.intervention, background_threshold=threshold, on_image=on_image,
                             autocast=config.autocast)
-    trainer = make_trainer(model.device, 1, progress=False)
+    trainer = make_trainer(model.device, progress=config.progress and len(dataset) > 1)
     run_loop(trainer.predict, task, datamodule=SegmentationData(dataset, config.batch_size),
               return_predictions=False)
-    record = segmentation_protocol(model, config, prepared, names,
+    record = segmentation_provenance(model, config, prepared, names,
                                    "given" if config.short_side else "4/3 of the crop (512 / 384 scaled)")
     summary = {"method": config.method, "params": prepared.params()[config.method],
                "background_threshold": threshold, "images": [str(p) for p in dataset.paths],

@@ -2,9 +2,10 @@
 
 An output folder holds::
 
-    results.json, results.csv            written last, atomically (temporary file + rename)
+    results.json, results.csv            written last, atomically (:mod:`segclip.segment.evaluate`)
     partial/run.json                     the run's fingerprint (model, methods, protocol, classes, dataset)
     partial/<image id>.npy               (M, C, C) int64 confusion contributions of the M methods, one per image
+                                         (removed once results.json is written)
     predictions/<method>/<image id>.png  uint8 labels (0-based, class-list order), with --save-predictions
 
 Every per-image file is written atomically, so an interrupted run resumes from the images whose file exists and
@@ -147,24 +148,3 @@ class ResultStore:
                                  "pass --overwrite.")
             total += stack
         return total
-
-
-def write_results(out: Path, entries: list[dict[str, Any]]) -> None:
-    """Write ``results.json`` (the entries) and ``results.csv`` (method, mIoU, pixel accuracy, images/s, per-class
-    IoU), each atomically.
-
-    Args:
-        out: output folder.
-        entries: one dict per method with at least ``method``, ``miou``, ``pixel_accuracy``, ``images_per_second``,
-            ``per_class_iou`` and ``protocol`` (holding ``class_names``).
-    """
-    entries = to_jsonable(entries)
-    atomic_write_bytes(out / "results.json", (json.dumps(entries, indent=1) + "\n").encode())
-    names = entries[0]["protocol"]["class_names"]
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["method", "miou", "pixel_accuracy", "images_per_second"] + [f"iou_{n}" for n in names])
-    for entry in entries:
-        writer.writerow([entry["method"], entry["miou"], entry["pixel_accuracy"], entry["images_per_second"]]
-                        + ["" if v is None else v for v in entry["per_class_iou"]])
-    atomic_write_bytes(out / "results.csv", buffer.getvalue().encode())
