@@ -126,12 +126,24 @@ def e2e(fake, model, tmp_path_factory):
             "readme": readme}
 
 
+def top(out: Path) -> dict:
+    """The ``results`` of a benchmark's results.json (the result envelope)."""
+    envelope = json.loads((out / "results.json").read_text())
+    assert envelope["schema"] == "segclip.result/2" and "provenance" in envelope
+    return {**envelope["results"], "provenance": envelope["provenance"]}
+
+
+def dataset_scores(folder: Path) -> list[dict]:
+    """The per-method scores of one dataset's results.json."""
+    return json.loads((folder / "results.json").read_text())["results"]["scores"]
+
+
 def check_against_predictions(root: Path, out: Path, ids: dict[str, list[str]], methods: list[str]) -> dict:
     """results.json (table, per-dataset scores) against the mIoU recomputed from the saved predictions."""
-    results = json.loads((out / "results.json").read_text())
+    results = top(out)
     assert list(results["datasets"]) == list(BENCHMARKS) == results["column_order"]
     for name in BENCHMARKS:
-        per_dataset = {e["method"]: e for e in json.loads((out / name / "results.json").read_text())}
+        per_dataset = {e["method"]: e for e in dataset_scores(out / name)}
         for method in methods:
             written = sorted(p.stem for p in (out / name / "predictions" / method).glob("*.png"))
             assert written == sorted(ids[name][:2])
@@ -162,11 +174,11 @@ def test_benchmark_all_eight_matches_saved_predictions(e2e):
 
 
 def test_every_result_records_its_protocol(e2e):
-    results = json.loads((e2e["out"] / "results.json").read_text())
+    results = top(e2e["out"])
     for name in BENCHMARKS:
         protocol = benchmark_protocol(name)
-        record = results["datasets"][name]["protocol"]
-        assert record["benchmark_protocol"] == to_jsonable(protocol.to_dict(128))
+        record = results["datasets"][name]["provenance"]
+        assert record["protocol"] == to_jsonable(protocol.to_dict(128))
         at = protocol.for_crop(128)
         assert {k: record["window"][k] for k in ("short_side", "long_side", "crop", "stride", "temperature")} == {
             k: at[k] for k in ("short_side", "long_side", "crop", "stride", "temperature")}
@@ -175,11 +187,11 @@ def test_every_result_records_its_protocol(e2e):
         assert record["label_rule"]["area_threshold"] == protocol.area_threshold
         assert record["dataset"]["name"] == name and record["dataset"]["images"] == 2
         assert len(record["class_names"]) == LABELS[name][2] == record["dataset"]["num_classes"]
-        entry = json.loads((e2e["out"] / name / "results.json").read_text())[0]
-        assert entry["protocol"]["benchmark_protocol"] == record["benchmark_protocol"]
-    voc = results["datasets"]["voc21"]["protocol"]["window"]
+        own = json.loads((e2e["out"] / name / "results.json").read_text())["provenance"]
+        assert own["protocol"] == record["protocol"] and own["window"] == record["window"]
+    voc = results["datasets"]["voc21"]["provenance"]["window"]
     assert (voc["short_side"], voc["stride"], voc["temperature"]) == (192, 64, 65.0)  # 336, 112 at crop 128 / 224
-    coco = results["datasets"]["coco_object"]["protocol"]
+    coco = results["datasets"]["coco_object"]["provenance"]
     assert coco["queries"].count("bed") == 2 and coco["distinct_queries"].count("bed") == 1
     assert coco["label_rule"]["queries"] == len(coco["queries"]) == len(coco["distinct_queries"]) + 1
     pairs = results["datasets"]["voc20"]["scores"][0]["params"]
@@ -204,26 +216,26 @@ def test_resume_after_one_dataset_gives_the_same_table(tiny, fake, tmp_path, mon
     monkeypatch.setattr(ResultStore, "write", interrupt_after_one_dataset)
     resumed = tmp_path / "resumed"
     assert run_cli([*args, "--out", str(resumed), "--limit", "1"])[0] == 130
-    assert len(list((resumed / "voc21" / "partial").glob("*.npy"))) == 1
+    assert (resumed / "voc21" / "results.json").is_file() and not (resumed / "voc21" / "partial").exists()
     assert not list((resumed / "context59" / "partial").glob("*.npy")) and not (resumed / "results.json").exists()
+    finished = (resumed / "voc21" / "results.json").stat().st_mtime_ns
     monkeypatch.setattr(ResultStore, "write", original)
-    code, _, stderr = run_cli([*args, "--out", str(resumed), "--limit", "2"])  # another run's partial results
+    code, _, stderr = run_cli([*args, "--out", str(resumed), "--limit", "2"])  # another run's results
     assert code == 2 and "different run" in stderr
-    caplog.clear()
     code, table, stderr = run_cli([*args, "--out", str(resumed), "--limit", "1"])
     assert code == 0 and table == fresh_table
-    assert "voc21: resuming, 1 of 1 images already done" in caplog.text
-    fresh = json.loads((tmp_path / "fresh" / "results.json").read_text())
-    again = json.loads((resumed / "results.json").read_text())
+    assert (resumed / "voc21" / "results.json").stat().st_mtime_ns == finished  # read back, not recomputed
+    fresh, again = top(tmp_path / "fresh"), top(resumed)
     assert fresh["table"] == again["table"]
     assert again["column_order"] == ["voc21", "context59", "ade20k"]  # the peers' order, whatever the order given
-    this_run = {n: again["datasets"][n]["scores"][0]["images_this_run"] for n in ("voc21", "context59", "ade20k")}
-    assert this_run == {"voc21": 0, "context59": 1, "ade20k": 1}
     for name in ("voc21", "context59", "ade20k"):
-        assert (json.loads((resumed / name / "results.json").read_text())[0]["confusion_matrix"]
-                == json.loads((tmp_path / "fresh" / name / "results.json").read_text())[0]["confusion_matrix"])
-    code, _, stderr = run_cli([*args, "--out", str(resumed), "--limit", "1"])  # a finished run is kept
-    assert code == 2 and "--overwrite" in stderr
+        assert (dataset_scores(resumed / name)[0]["confusion_matrix"]
+                == dataset_scores(tmp_path / "fresh" / name)[0]["confusion_matrix"])
+        assert not (resumed / name / "partial").exists()  # removed once the dataset's results are written
+    code, again_table, stderr = run_cli([*args, "--out", str(resumed), "--limit", "1"])  # finished: read back
+    assert code == 0 and again_table == table
+    code, _, stderr = run_cli([*args, "--out", str(resumed), "--limit", "1", "--stride", "32"])
+    assert code == 2 and "different run" in stderr and "--overwrite" in stderr
 
 
 def test_skipped_datasets_are_reported(tiny, fake, tmp_path):
@@ -239,7 +251,7 @@ def test_skipped_datasets_are_reported(tiny, fake, tmp_path):
     assert re.search(r"skipped cityscapes \(missing\): .*cityscapes does not exist.*segclip prepare cityscapes",
                      stderr)
     assert re.search(r"skipped ade20k \(invalid\): .*1 of 1 label maps .* missing", stderr)
-    results = json.loads((out / "results.json").read_text())
+    results = top(out)
     assert {n: s["state"] for n, s in results["skipped"].items()} == {"cityscapes": "missing", "ade20k": "invalid"}
     ran = ["voc20"]
     assert results["column_order"] == ran == results["average_over"]
@@ -259,9 +271,9 @@ def test_skipped_datasets_are_reported(tiny, fake, tmp_path):
                                    "voc21,context59", "--methods", "maskclip", "--limit", "1", "--out",
                                    str(tmp_path / "paper"), *FAST])
     assert code == 0 and table.splitlines()[0] == "| method | context59 | average |"
-    paper = json.loads((tmp_path / "paper" / "results.json").read_text())
+    paper = top(tmp_path / "paper")
     assert paper["skipped"]["voc21"]["state"] == "no protocol"
-    window = paper["datasets"]["context59"]["protocol"]["window"]
+    window = paper["datasets"]["context59"]["provenance"]["window"]
     assert (window["short_side"], window["stride"]) == (171, 64)  # 512 / 192 at crop 384, scaled to 128
 
 
@@ -274,7 +286,7 @@ def test_own_class_files(tiny, fake, tmp_path):
     code, _, stderr = run_cli(["benchmark", "--data-root", str(root), "--datasets", "voc20", "--class-files",
                                f"voc20={own}", "--methods", "maskclip", "--limit", "1", "--out", str(out), *FAST])
     assert code == 0, stderr
-    record = json.loads((out / "results.json").read_text())["datasets"]["voc20"]["protocol"]
+    record = top(out)["datasets"]["voc20"]["provenance"]
     assert record["dataset"]["class_file"] == str(own) and "jet" in record["queries"]
     own.write_text("\n".join(lines[1:]) + "\n")
     code, _, stderr = run_cli(["benchmark", "--data-root", str(root), "--datasets", "voc20", "--class-files",
@@ -474,7 +486,7 @@ def test_acceptance_rn50_all_eight(fake, tmp_path):
     results = check_against_predictions(root, out, ids, ["neuron-head", "maskclip", "self-self", "neuron-only",
                                                          "head-only"])
     assert table.splitlines()[0] == "| method | " + " | ".join(BENCHMARKS) + " | average |"
-    record = results["datasets"]["voc21"]["protocol"]
+    record = results["datasets"]["voc21"]["provenance"]
     assert record["model"]["name"] == "RN50" and record["window"]["crop"] == 224
     assert record["window"]["short_side"] == 336 and record["window"]["stride"] == 112
 
@@ -497,7 +509,28 @@ def test_ddp_two_processes_equal_one(fake, tmp_path):
         done = subprocess.run(command, capture_output=True, text=True, timeout=900, env=env,
                               cwd=Path(__file__).resolve().parents[1])
         assert done.returncode == 0, done.stderr[-3000:]
-        matrices.append({name: [e["confusion_matrix"] for e in json.loads((out / name / "results.json").read_text())]
+        matrices.append({name: [e["confusion_matrix"] for e in dataset_scores(out / name)]
                          for name in ("voc21", "cityscapes")})
-        assert len(list((out / "cityscapes" / "partial").glob("*.npy"))) == 3
+        assert dataset_scores(out / "cityscapes")[0]["images"] == 3
     assert matrices[0] == matrices[1] and sum(map(sum, matrices[0]["voc21"][0])) > 0
+
+
+@pytest.mark.parametrize("protocol", ["paper", "sclip"])
+def test_eval_and_benchmark_run_the_identical_protocol(tiny, fake, tmp_path, protocol):
+    """`eval --dataset pascal_context --protocol P` and `benchmark --datasets context59 --protocol P` are one code
+    path: the same window, label rule, queries and confusion matrices."""
+    root = fake[0]
+    common = ["--limit", "2", "--templates", "single", "--k", "50", "--no-progress", "--protocol", protocol]
+    code, _, stderr = run_cli(["eval", "--dataset", "pascal_context", "--data-root", str(root), "--method",
+                               "neuron-head", "--out", str(tmp_path / "eval"), *common])
+    assert code == 0, stderr
+    code, _, stderr = run_cli(["benchmark", "--data-root", str(root), "--datasets", "context59", "--methods",
+                               "neuron-head", "--out", str(tmp_path / "bench"), *common])
+    assert code == 0, stderr
+    evaluated = json.loads((tmp_path / "eval" / "results.json").read_text())
+    benchmarked = json.loads((tmp_path / "bench" / "context59" / "results.json").read_text())
+    for key in ("window", "protocol", "label_rule", "queries", "class_names", "register_intervention"):
+        assert evaluated["provenance"][key] == benchmarked["provenance"][key], key
+    assert evaluated["provenance"]["protocol"]["name"] == protocol
+    assert evaluated["results"]["scores"][0]["confusion_matrix"] == \
+        benchmarked["results"]["scores"][0]["confusion_matrix"]

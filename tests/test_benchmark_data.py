@@ -301,7 +301,13 @@ def test_shipped_protocols_are_sclips():
     sclip = {"voc21": (336, 65, 0.1, 0.1), "voc20": (336, 40, 0.0, None), "context60": (336, 50, 0.1, None),
              "context59": (336, 40, 0.0, None), "coco_object": (336, 50, 0.1, None),
              "coco_stuff": (448, 40, 0.0, None), "cityscapes": (560, 40, 0.0, None), "ade20k": (336, 40, 0.0, None)}
-    assert sorted(PROTOCOLS) == sorted([(n, "sclip") for n in BENCHMARKS] + [("context59", "paper")])
+    paper = [("context59", "paper"), ("context60", "paper"), ("synthetic", "paper")]
+    assert sorted(PROTOCOLS) == sorted([(n, "sclip") for n in BENCHMARKS] + paper)
+    for name, _ in paper:  # the paper's RN50x16 numbers exactly at crop 384, scaled for other crops
+        assert benchmark_protocol(name, "paper").for_crop(384) == {
+            "short_side": 512, "long_side": 2048, "crop": 384, "stride": 192, "temperature": 40.0,
+            "prob_threshold": 0.0, "area_threshold": None}
+        assert benchmark_protocol(name, "paper").for_crop(224)["short_side"] == 299
     for name, (short, scale, prob, area) in sclip.items():
         at = benchmark_protocol(name).for_crop(224)
         assert (at["short_side"], at["crop"], at["stride"], at["long_side"]) == (short, 224, 112, 2048)

@@ -6,13 +6,16 @@ from fake_data import make_fake_pascal_context
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from segclip.data.pascal_context import (
-    ImageFolderDataset,
-    PascalContext,
-    class_names,
-    collate_samples,
-)
+from segclip.data.benchmarks import BenchmarkDataset, dataset_root
+from segclip.data.images import ImageFolderDataset, collate_samples
+from segclip.data.pascal_context import class_names
 from segclip.errors import ConfigError, DataError, ImageError
+
+
+def PascalContext(root: Path, num_classes: int = 59, limit: int | None = None, split: str = "val"):
+    """PASCAL Context as ``eval --dataset pascal_context`` opens it: a row of the one dataset table."""
+    name = f"context{num_classes}"
+    return BenchmarkDataset(name, root=dataset_root(name, root), limit=limit, split=split)
 
 
 @pytest.fixture
@@ -38,7 +41,7 @@ def test_class_names() -> None:
 def test_fake_data_layout_and_samples(root: Path) -> None:
     dataset = PascalContext(root)
     assert len(dataset) == 3 and dataset.ids == ["2008_000000", "2008_000001", "2008_000002"]
-    assert dataset.class_names("text")[0] == "airplane"
+    assert dataset.class_names[0] == "aeroplane"
     sample = dataset[1]
     assert sample["id"] == "2008_000001"
     assert sample["image"].shape == (24, 16, 3) and sample["image"].dtype == np.uint8
@@ -60,7 +63,7 @@ def test_missing_entries_are_named_with_count_and_fix(root: Path) -> None:
         PascalContext(root)
     message = str(info.value)
     assert "2 of 5 images" in message and "2010_000007.jpg" in message and "2010_000009.jpg" in message
-    assert "tools/dataset_converters/pascal_context.py" in message and "Detail API" in message
+    assert "segclip prepare pascal_context" in message
     assert len(PascalContext(root, limit=3)) == 3  # only the ids in use are checked
     (root / "VOCdevkit/VOC2010/SegmentationClassContext/2008_000002.png").unlink()
     with pytest.raises(DataError, match=r"1 of 3 label maps .*2008_000002\.png"):
@@ -87,17 +90,17 @@ def test_missing_parts(root: Path, remove: str, match: str) -> None:
 
 
 def test_bad_roots_and_arguments(root: Path, tmp_path: Path) -> None:
-    with pytest.raises(DataError, match="does not exist.*mmsegmentation"):
+    with pytest.raises(DataError, match="does not exist.*segclip prepare pascal_context"):
         PascalContext(tmp_path / "nowhere")
     (tmp_path / "other").mkdir()
-    with pytest.raises(DataError, match="does not hold PASCAL Context"):
+    with pytest.raises(DataError, match="VOCdevkit/VOC2010 does not exist"):
         PascalContext(tmp_path / "other")
     with pytest.raises(DataError, match="test.txt does not exist"):
         PascalContext(root, split="test")
     (root / "VOCdevkit/VOC2010/ImageSets/SegmentationContext/val.txt").write_text("\n\n")
-    with pytest.raises(DataError, match="lists no image ids"):
+    with pytest.raises(DataError, match="lists no images"):
         PascalContext(root)
-    with pytest.raises(ConfigError, match="59 or 60"):
+    with pytest.raises(ConfigError, match="Unknown dataset 'context21'"):
         PascalContext(root, num_classes=21)
     with pytest.raises(ConfigError, match="limit"):
         PascalContext(root, limit=0)
