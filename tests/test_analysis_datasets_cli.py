@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import torch_threads
 import torch
 from test_analysis import small_model
 from test_classification_data import image, write_cars
@@ -300,7 +301,8 @@ def test_every_process_gets_the_merged_state(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     model = load_model()
     reference = Embeddings(len(paths), model.info.embed_dim)
-    run_pass(model, paths, reference, key={}, batch_size=3, progress=False)
+    with torch_threads(1):  # the children's thread count (see conftest.torch_threads)
+        run_pass(model, paths, reference, key={}, batch_size=3, progress=False)
     for rank in (0, 1):
         assert torch.equal(torch.load(tmp_path / f"rank{rank}.pt"), reference.values), rank
     assert not list(tmp_path.glob("embeddings.partial*"))

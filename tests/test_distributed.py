@@ -2,6 +2,7 @@
 2-process CPU DDP (gloo) equals one process for the calibration statistics and a zero-shot accuracy pass."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import torch_threads
 from PIL import Image
 
 from segclip.analysis.distributed import (
@@ -166,13 +168,15 @@ def test_two_processes_equal_one(tmp_path):
     assert rank_checkpoint(out / "statistics.partial.safetensors", 1, 2).is_file()
 
     model = load_model()
-    reference = collect_statistics(model, paths, top_k=4, batch_size=3, progress=False)
+    with torch_threads(1):  # the children's thread count (see conftest.torch_threads)
+        reference = collect_statistics(model, paths, top_k=4, batch_size=3, progress=False)
     reference.save(tmp_path / "reference.safetensors")
     assert_same_statistics(Statistics.load(tmp_path / "reference.safetensors"),
                            Statistics.load(out / "statistics.safetensors"))
     texts = encode_classes(model, list(SYNTHETIC_CLASSES), "single", cache=False)
     accuracy = ConditionAccuracy({"plain": lambda t: t.output}, texts, torch.arange(16) % len(SYNTHETIC_CLASSES))
-    run_pass(model, paths, accuracy, key={}, batch_size=3, progress=False)
+    with torch_threads(1):
+        run_pass(model, paths, accuracy, key={}, batch_size=3, progress=False)
     assert torch.equal(torch.load(out / "predictions.pt"), accuracy.predictions)
     assert (accuracy.predictions >= 0).all()
 
@@ -184,3 +188,69 @@ def test_process_config():
     assert build_config(ProcessConfig, {"devices": "2", "num-nodes": "3"}).world_size == 6
     with pytest.raises(ConfigError, match="--devices"):
         ProcessConfig(devices=0)
+
+
+IDLE_SCRIPT = """
+import json
+import sys
+from pathlib import Path
+
+import torch
+from segclip.analysis.distributed import run_distributed_pass
+from segclip.models import load_model
+
+
+class Seen:
+    '''How often each image was fed (exact, mergeable): every image must be seen exactly once.'''
+
+    def __init__(self, count):
+        self.seen = torch.zeros(count, dtype=torch.long)
+
+    def update(self, trace, first):
+        self.seen[first:first + len(trace)] += 1
+
+    def state_dict(self):
+        return {"seen": self.seen}
+
+    def load_state_dict(self, state):
+        self.seen = state["seen"].clone()
+
+    def merge(self, other):
+        self.seen += other.seen
+
+
+devices, out, folder = int(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
+torch.set_num_threads(1)
+paths = sorted(folder.glob("*.png"))
+model = load_model()
+found = {}
+for count in (0, 1, 2, 3, 4, 5, 3 * 5):
+    for attempt in ("fresh", "resumed"):  # resumed: every process already finished its share
+        result = run_distributed_pass(model, paths[:count], lambda m: Seen(count), key={"count": count},
+                                      devices=devices, batch_size=1, checkpoint=out / f"seen{count}.safetensors",
+                                      checkpoint_every=0)
+        if result.is_primary:
+            found[f"{count} {attempt}"] = result.accumulator.seen.tolist()
+if found:
+    (out / "seen.json").write_text(json.dumps(found))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("devices", [1, 2, 3])
+def test_idle_processes_take_part_in_the_merge(tmp_path, devices):
+    """Any number of batches per process, none included (fewer images than processes, or a resume after every
+    process finished its share): the pass ends, and rank 0 holds every image exactly once."""
+    write_set(tmp_path / "images", 15)
+    script = tmp_path / "idle.py"
+    script.write_text(textwrap.dedent(IDLE_SCRIPT))
+    out = tmp_path / "out"
+    out.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "SEGCLIP_CACHE": str(tmp_path / "cache")}
+    done = subprocess.run([sys.executable, str(script), str(devices), str(out), str(tmp_path / "images")],
+                          capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    found = json.loads((out / "seen.json").read_text())
+    for count in (0, 1, 2, 3, 4, 5, 15):
+        for attempt in ("fresh", "resumed"):
+            assert found[f"{count} {attempt}"] == [1] * count, (count, attempt)

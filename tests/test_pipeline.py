@@ -1,5 +1,6 @@
 """The segmentation pipeline: batch N equals batch 1, any image size, one trace per chunk, Lightning and DDP."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -128,6 +129,28 @@ def test_ddp_two_processes_equal_one(tmp_path):
                    "--no-progress", "--device", "cpu"]
         done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
         assert done.returncode == 0, done.stderr[-3000:]
-        matrices.append(json.loads((out / "results.json").read_text())[0]["confusion_matrix"])
-        assert len(list((out / "partial").glob("*.npy"))) == 5
+        scores = json.loads((out / "results.json").read_text())["results"]["scores"][0]
+        matrices.append(scores["confusion_matrix"])
+        assert scores["images"] == 5
+    assert matrices[0] == matrices[1] and sum(map(sum, matrices[0])) > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("limit", [1, 3])
+def test_ddp_with_fewer_images_than_processes(tmp_path, limit):
+    """`eval --devices 3 --limit 1` (two processes without an image) and `--limit 3` end with the one-process
+    confusion matrix; before, an idle process crashed Lightning's loop or left the others waiting."""
+    env = {**os.environ, "SEGCLIP_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    matrices = []
+    for devices in (1, 3):
+        out = tmp_path / f"out{devices}"
+        command = [sys.executable, "-m", "segclip.cli", "eval", "--dataset", "synthetic", "--data-root",
+                   str(tmp_path / "synthetic"), "--templates", "single", "--method", "maskclip", "--limit",
+                   str(limit), "--devices", str(devices), "--out", str(out), "--no-progress", "--device", "cpu"]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env,
+                              cwd=Path(__file__).resolve().parents[1])
+        assert done.returncode == 0, done.stderr[-3000:]
+        scores = json.loads((out / "results.json").read_text())["results"]["scores"][0]
+        assert scores["images"] == limit
+        matrices.append(scores["confusion_matrix"])
     assert matrices[0] == matrices[1] and sum(map(sum, matrices[0])) > 0

@@ -128,6 +128,7 @@ class AccumulatorTask(L.LightningModule):
         self.saved_batches, self.saved_at = 0, time.monotonic()
         self.accumulator: Mergeable | None = None
         self.resumed_batches = self.done_batches = 0
+        self.allow_zero_length_dataloader_with_multiple_devices = True  # a process may have no batch left
 
     def full_key(self) -> str:
         info = self.model.info

@@ -68,6 +68,7 @@ class SegmentationTask(L.LightningModule):
         self.autocast = autocast
         self.metrics = torch.nn.ModuleDict({m.name: SegmentationMetric(num_classes) for m in self.methods})
         self.images_seen, self.seconds, self._start = 0, 0.0, 0.0
+        self.allow_zero_length_dataloader_with_multiple_devices = True  # fewer images than processes
 
     def _start_loop(self) -> None:
         self.images_seen, self._start = 0, time.perf_counter()
