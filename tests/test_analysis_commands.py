@@ -84,7 +84,7 @@ def test_label_sink_top_images_shift_run(model, labelled, tmp_path):
         table[-1].startswith("head,,3,2,") and table[-1].count("(") == 4
     flat = tmp_path / "flat"
     write_images(flat, 6, seed=5)
-    run("analyze", "sink", "--images", str(flat), "--registers", "4", "--out", str(out / "sink"))
+    run("analyze", "sink", "--images", str(flat), "--show-registers", "4", "--out", str(out / "sink"))
     assert len(results(out / "sink", "sink")["registers"]) == 4
     run("analyze", "top-images", "--images", str(flat), "--count", "3", "--units", "2", "--out", str(out / "top"))
     assert (out / "top" / "top-images-montage.png").is_file()

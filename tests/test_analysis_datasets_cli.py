@@ -173,7 +173,7 @@ def _calibrate(tmp_path: Path, images: Path, devices: int) -> Path:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "SEGCLIP_CACHE": str(tmp_path / "cache")}
     done = subprocess.run([sys.executable, "-m", "segclip.cli", "calibrate", "--images", str(images), "--out",
                            str(out), "--devices", str(devices), "--batch-size", "3", "--top-k", "4",
-                           "--registers", "8", "--no-progress"],
+                           "--keep-registers", "8", "--no-progress"],
                           capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("calibrated ") == 1  # rank 0 reports, once

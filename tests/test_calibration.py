@@ -16,7 +16,7 @@ def calibrate(model, images, **options):
 def test_calibrate_and_find_again(tmp_path, caplog):
     model = small_model()
     write_images(tmp_path / "images", 6)
-    made = calibrate(model, tmp_path / "images", registers=5, top_k=4, batch_size=4)
+    made = calibrate(model, tmp_path / "images", keep_registers=5, top_k=4, batch_size=4)
     assert made.signs.shape == (256, 4) and set(made.signs.unique().tolist()) <= {-1.0, 1.0}
     assert made.registers.dtype == torch.long and len(made.registers) == 5
     scores = made.register_scores[made.registers]
@@ -40,7 +40,7 @@ def test_out_path_and_limit(tmp_path):
     model = small_model()
     write_images(tmp_path / "images", 5)
     out = tmp_path / "cal.safetensors"
-    made = calibrate(model, tmp_path / "images", out=out, limit=3, registers=2, top_k=2)
+    made = calibrate(model, tmp_path / "images", out=out, limit=3, keep_registers=2, top_k=2)
     assert made.metadata["count"] == 3 and out.is_file()
     assert (tmp_path / "cal.statistics.safetensors").is_file()
     assert load_calibration(model.info) is None and load_calibration(model.info, out) is not None
@@ -61,22 +61,22 @@ def test_calibrate_refuses_to_replace_an_artifact_without_overwrite(tmp_path):
 
     model = small_model()
     write_images(tmp_path / "images", 3)
-    first = calibrate(model, tmp_path / "images", registers=2, top_k=2)
+    first = calibrate(model, tmp_path / "images", keep_registers=2, top_k=2)
     with pytest.raises(OutputError, match="already exists .* in the cache every later command uses.*--overwrite"):
-        calibrate(model, tmp_path / "images", registers=2, top_k=2)  # the default: the cached artifact
+        calibrate(model, tmp_path / "images", keep_registers=2, top_k=2)  # the default: the cached artifact
     out = tmp_path / "mine.safetensors"
-    calibrate(model, tmp_path / "images", out=out, registers=2, top_k=2)
+    calibrate(model, tmp_path / "images", out=out, keep_registers=2, top_k=2)
     with pytest.raises(OutputError, match="mine.safetensors already exists"):
-        calibrate(model, tmp_path / "images", out=out, registers=2, top_k=2)
-    again = calibrate(model, tmp_path / "images", out=out, registers=2, top_k=2, overwrite=True)
+        calibrate(model, tmp_path / "images", out=out, keep_registers=2, top_k=2)
+    again = calibrate(model, tmp_path / "images", out=out, keep_registers=2, top_k=2, overwrite=True)
     assert torch.equal(again.signs, first.signs)
 
 
 def test_register_search_is_recorded_and_ranked_both_ways(tmp_path):
     model = small_model()
     write_images(tmp_path / "images", 4)
-    absolute = calibrate(model, tmp_path / "images", out=tmp_path / "a.safetensors", registers=6, top_k=2)
-    signed = calibrate(model, tmp_path / "images", out=tmp_path / "s.safetensors", registers=6, top_k=2,
+    absolute = calibrate(model, tmp_path / "images", out=tmp_path / "a.safetensors", keep_registers=6, top_k=2)
+    signed = calibrate(model, tmp_path / "images", out=tmp_path / "s.safetensors", keep_registers=6, top_k=2,
                        register_ranking="signed")
     assert absolute.register_search == {"variant": "activations", "ranking": "absolute"}
     assert signed.register_search["ranking"] == "signed"
@@ -90,7 +90,7 @@ def test_thin_sign_margins_are_reported_and_warned_about(tmp_path, caplog):
     model = small_model()
     write_images(tmp_path / "images", 6)
     caplog.set_level(logging.WARNING)
-    made = calibrate(model, tmp_path / "images", top_k=6, registers=2)
+    made = calibrate(model, tmp_path / "images", top_k=6, keep_registers=2)
     share = made.metadata["thin_sign_share"]
     assert 0 < share <= 1 and "thin margin" in caplog.text  # 6 images: most signs are a coin flip
     assert load_calibration(model.info).metadata["thin_sign_share"] == share
@@ -113,7 +113,7 @@ def test_signs_imported_from_the_authors_pcs(tmp_path):
     diffs = np.random.default_rng(0).normal(size=(5, info.neurons)).astype(np.float32)
     np.save(tmp_path / "sink_diffs.npy", diffs)
     made = run_calibrate(CalibrateConfig(from_pcs=tmp_path / "pcs.npy", sink_diffs=tmp_path / "sink_diffs.npy",
-                                         registers=3, register_ranking="signed", out=tmp_path / "c.safetensors"),
+                                         keep_registers=3, register_ranking="signed", out=tmp_path / "c.safetensors"),
                          model).calibration
     assert torch.equal(made.signs, signs)
     assert made.registers.tolist() == np.argsort(-diffs.mean(0))[:3].tolist()  # their segmentor: the signed mean

@@ -73,3 +73,32 @@ def test_readme_command_runs_as_written(command, tmp_path):
                             text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "neuron-head" in result.stdout and "maskclip" in result.stdout
+
+
+def test_help_is_instant_and_equals_the_real_parser(capsys):
+    """`segclip --help` and `segclip COMMAND --help` come from segclip/cli/help.json without importing torch; the
+    file must equal a fresh recording of the real parser (regenerate: python -m segclip.cli.fast_help)."""
+    import json
+    import subprocess
+    import sys
+    from importlib import resources
+
+    from segclip.cli.fast_help import HELP_FILE, record
+
+    shipped = json.loads(resources.files("segclip.cli").joinpath(HELP_FILE).read_text(encoding="utf-8"))
+    assert shipped == json.loads(json.dumps(record())), "stale help.json: run python -m segclip.cli.fast_help"
+    probe = ("import sys; from segclip.cli import main\n"
+             "try:\n    main(['eval', '--help'])\nexcept SystemExit:\n    pass\n"
+             "print('torch' in sys.modules, 'lightning' in sys.modules, 'open_clip' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.stdout.splitlines()[-1] == "False False False", done.stderr[-2000:]
+    assert "--zero-registers" in done.stdout and "--protocol" in done.stdout
+
+
+def test_deprecated_flag_names_still_work_and_warn(capsys):
+    from segclip.cli import build_parser
+
+    args = build_parser().parse_args(["compare", "--registers", "4", "--class-names", "text"])
+    assert args.zero_registers == "4" and args.class_set == "text"
+    err = capsys.readouterr().err
+    assert "--registers is deprecated; use --zero-registers" in err and "use --class-set" in err

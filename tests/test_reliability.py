@@ -106,9 +106,9 @@ def test_registers_above_the_neurons_and_absurd_short_sides_are_errors(tiny, tmp
     image = write_image(tmp_path / "in" / "x.png")
     base = ["segment", str(image), "--classes", "cat,dog", "--out", str(tmp_path / "o"), "--templates", "single",
             "--calibration", str(tmp_path / "c.safetensors")]
-    assert main([*base, "--registers", "300"]) == 2  # used to be clamped to 32 silently
-    assert "--registers 300 is more than the model's 256 neurons" in capsys.readouterr().err
-    assert main([*base, "--registers", "40"]) == 2
+    assert main([*base, "--zero-registers", "300"]) == 2  # used to be clamped to 32 silently
+    assert "--zero-registers 300 is more than the model's 256 neurons" in capsys.readouterr().err
+    assert main([*base, "--zero-registers", "40"]) == 2
     assert "more than the 32 register neurons the calibration holds" in capsys.readouterr().err
     assert main([*base, "--short-side", "16"]) == 2
     assert "--short-side 16 is below the stride" in capsys.readouterr().err

@@ -136,7 +136,7 @@ def test_bad_inputs_fail_before_model_work(tiny, data, tmp_path, capsys):
     assert "--data-root" in capsys.readouterr().err
     assert main(["compare", "--dataset", "pascal_context", "--data-root", str(data), "--methods", "nope"]) == 2
     assert tiny == []
-    assert compare(data, tmp_path / "out", "--registers", "4") == 2
+    assert compare(data, tmp_path / "out", "--zero-registers", "4") == 2
     assert "calibration" in capsys.readouterr().err
 
 
@@ -268,7 +268,7 @@ def test_calibration_signs_and_registers(tiny, data, tmp_path):
     calibration.save(tmp_path / "calibration.safetensors")
     out = tmp_path / "out"
     assert compare(data, out, "--methods", "neuron-head,maskclip", "--calibration",
-                   str(tmp_path / "calibration.safetensors"), "--registers", "4") == 0
+                   str(tmp_path / "calibration.safetensors"), "--zero-registers", "4") == 0
     results, protocol = read_results(out)
     assert results[0]["params"]["signs"] == "calibration" and results[0]["params"]["registers"] == 4
     assert "registers" not in results[1]["params"]  # maskclip reads no attention

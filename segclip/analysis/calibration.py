@@ -90,7 +90,8 @@ class CalibrateConfig(DatasetOptions, ProcessConfig):
     out: Path | None = option(None, help="artifact path (default: <segclip cache>/calibration/<model>-<weights>"
                                          ".safetensors); the full statistics are written next to it.")
     limit: int | None = option(None, help="use at most N images (sorted by name).")
-    registers: int = option(32, help="register neurons kept (default: 32).")
+    keep_registers: int = option(32, aliases=("--registers",), help="register neurons kept in the artifact, the most "
+                                 "a later --zero-registers can use (default: 32).")
     register_variant: str = option("activations", choices=("activations", "tokens"),
                                    help="the register search zeroes each neuron's activation before the positional "
                                         "embedding (activations: the paper's and the authors' code; default) or its "
@@ -108,7 +109,7 @@ class CalibrateConfig(DatasetOptions, ProcessConfig):
     def __post_init__(self) -> None:
         super().__post_init__()  # ProcessConfig's checks
         check_positive(self, "limit", "top_k", "batch_size")
-        check_positive(self, "registers", allow_zero=True)
+        check_positive(self, "keep_registers", allow_zero=True)
         if (self.dataset_config() is None) == (self.from_pcs is None):
             raise ConfigError("Give --images (a folder to calibrate on) or --dataset with --data-root, or --from-pcs "
                               "(the authors' pcs.npy), exactly one of them.")
@@ -226,7 +227,7 @@ def calibration_from_pcs(model: CLIPResNet, pcs: np.ndarray | torch.Tensor, sink
 def _import_pcs(config: CalibrateConfig, model: CLIPResNet, start: float) -> CalibrateResult:
     path = _artifact_path(config, model)
     diffs = None if config.sink_diffs is None else _load_array(config.sink_diffs, "sink differences")
-    calibration = calibration_from_pcs(model, _load_array(config.from_pcs, "PCs file"), diffs, config.registers,
+    calibration = calibration_from_pcs(model, _load_array(config.from_pcs, "PCs file"), diffs, config.keep_registers,
                                        config.register_ranking)
     calibration.save(path)
     return CalibrateResult(calibration, None, path, None, time.perf_counter() - start)
@@ -265,13 +266,13 @@ def run_calibrate(config: CalibrateConfig, model: ModelSource) -> CalibrateResul
         return _import_pcs(config, resolve_model(model), start)
     paths = read_image_set(config, what="calibration images").paths[:config.limit]
     model = resolve_model(model)
-    if config.registers > model.info.neurons:
-        raise ConfigError(f"--registers {config.registers} is more than the model's {model.info.neurons} neurons; "
+    if config.keep_registers > model.info.neurons:
+        raise ConfigError(f"--keep-registers {config.keep_registers} is more than the model's {model.info.neurons} neurons; "
                           f"use at most {model.info.neurons}.")
     path = _artifact_path(config, model)
     checkpoint = path.with_name(path.name.removesuffix(".safetensors") + ".partial.safetensors")
     stats = collect_statistics_for(config, model, paths, checkpoint, register_variant=config.register_variant)
-    calibration = calibration_from_statistics(stats, config.registers, config.register_ranking)
+    calibration = calibration_from_statistics(stats, config.keep_registers, config.register_ranking)
     if not is_primary():  # DDP: rank 0 writes the artifact
         return CalibrateResult(calibration, stats, path, statistics_path(path), time.perf_counter() - start)
     stats.save(statistics_path(path))

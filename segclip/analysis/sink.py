@@ -29,14 +29,14 @@ class SinkConfig(DatasetOptions, AnalysisConfig):
     """Options of ``segclip analyze sink``."""
 
     images: Path | None = option(None, help="image folder (or --dataset with --data-root).")
-    registers: int = option(32, help="register neurons listed (default: 32).")
+    show_registers: int = option(32, aliases=("--registers",), help="register neurons listed (default: 32).")
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.dataset_config() is None:
             raise ConfigError("Give --images (an image folder) or --dataset with --data-root.")
-        if self.registers < 1:
-            raise ConfigError(f"--registers must be at least 1, got {self.registers}.")
+        if self.show_registers < 1:
+            raise ConfigError(f"--show-registers must be at least 1, got {self.show_registers}.")
 
 
 @dataclass
@@ -77,7 +77,7 @@ def run_sink(config: SinkConfig, model: ModelSource) -> SinkResult:
         >>> from segclip.models import load_model
         >>> folder = Path(tempfile.mkdtemp())
         >>> _ = write_scene_folder(folder / "scenes", 3, seed=5)
-        >>> result = run_sink(SinkConfig(images=folder / "scenes", out=folder / "out", registers=4, progress=False),
+        >>> result = run_sink(SinkConfig(images=folder / "scenes", out=folder / "out", show_registers=4, progress=False),
         ...                   load_model())
         >>> len(result.attention), len(result.registers)
         (8, 4)
@@ -86,11 +86,11 @@ def run_sink(config: SinkConfig, model: ModelSource) -> SinkResult:
     check_out(config.out, "sink", config.overwrite)
     paths = read_image_set(config).paths[:config.limit]
     model = resolve_model(model)
-    if config.registers > model.info.neurons:
-        raise ConfigError(f"--registers {config.registers} is more than the model's {model.info.neurons} neurons.")
+    if config.show_registers > model.info.neurons:
+        raise ConfigError(f"--show-registers {config.show_registers} is more than the model's {model.info.neurons} neurons.")
     stats = statistics_for(config, model, paths)
     attention = stats.sink_attention.tolist()
-    registers = rank_registers(stats.register_scores, config.registers)
+    registers = rank_registers(stats.register_scores, config.show_registers)
     rows = [{"rank": r, "neuron": n, "score": stats.register_scores[n].item()}
             for r, n in enumerate(registers.tolist())]
     results = {"sink_attention": attention, "uniform_attention": 1 / (model.info.grid ** 2 + 1),

@@ -98,7 +98,8 @@ class ExploreConfig:
                                                 "else the model's class names).")
     search_results: int = option(20, help="units of each kind listed per search word (default: 20).")
     histogram_bins: int = option(12, help="bins of each pair's scalar histogram (default: 12).")
-    registers: int = option(32, help="register neurons flagged (top by sink change; default: 32).")
+    show_registers: int = option(32, aliases=("--registers",),
+                                 help="register neurons flagged (top by sink change; default: 32).")
     batch_size: int = option(16, help="images per forward pass when tracing the top images (default: 16).")
     overwrite: bool = option(False, help="replace an existing site in --out.")
 
@@ -107,7 +108,7 @@ class ExploreConfig:
             raise ConfigError(f"--keep-pairs must be in (0, 1] (a fraction of all pairs), got {self.keep_pairs}.")
         check_positive(self, "images_per_unit", "thumbnail_size", "neurons_per_shard", "landing_units",
                        "search_words", "search_results", "histogram_bins", "batch_size")
-        check_positive(self, "registers", allow_zero=True)
+        check_positive(self, "show_registers", allow_zero=True)
 
 
 @dataclass(frozen=True)
@@ -492,7 +493,7 @@ def run_explore(config: ExploreConfig, model: ModelSource) -> ExploreResult:
     signs = stats.signs.cpu().numpy()
     kept_of = kept.numpy()
     tops = pair_images.numpy()
-    registers = set(rank_registers(stats.register_scores.cpu(), config.registers).tolist()) if config.registers \
+    registers = set(rank_registers(stats.register_scores.cpu(), config.show_registers).tolist()) if config.show_registers \
         else set()
     register_scores = stats.register_scores.float().cpu().numpy()
     neuron_norms = stats.neuron_top_norm.float().cpu().numpy()

@@ -37,8 +37,9 @@ class MethodOptions:
                                                "the paper, 384 is the authors' config; 4/3 of the model's crop "
                                                "otherwise).")
     stride: int | None = option(None, help="sliding-window stride (default: half a crop).")
-    registers: int = option(0, help="register neurons zeroed by the intervention (method.md section 6; the authors "
-                                    "use 32; needs a calibration; default: 0 = off). Applies to neuron-head and "
+    zero_registers: int = option(0, aliases=("--registers",),
+                                 help="register neurons zeroed by the intervention (method.md section 6; the "
+                                      "authors use 32; needs a calibration; default: 0 = off). Applies to neuron-head and "
                                     "head-only.")
     register_variant: str = option("activations", choices=RegisterIntervention.VARIANTS,
                                    help="where register neurons are zeroed: activations (their activation z_n "
@@ -63,7 +64,7 @@ class MethodOptions:
 
     def __post_init__(self) -> None:
         check_positive(self, "k", "short_side", "stride", "batch_size")
-        check_positive(self, "registers", allow_zero=True)
+        check_positive(self, "zero_registers", allow_zero=True)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -117,17 +118,17 @@ def prepare_methods(model: CLIPResNet, names: list[str], methods: list[str], opt
         raise ConfigError(f"--calibration {options.calibration} is missing, stale or not for {model.info.name}; run "
                           "`segclip calibrate` for this model.")
     intervention = None
-    if options.registers:
-        if options.registers > model.info.neurons:
-            raise ConfigError(f"--registers {options.registers} is more than the model's {model.info.neurons} "
+    if options.zero_registers:
+        if options.zero_registers > model.info.neurons:
+            raise ConfigError(f"--zero-registers {options.zero_registers} is more than the model's {model.info.neurons} "
                               "neurons.")
         if calibration is None:
-            raise ConfigError("--registers needs a calibration artifact (the register neurons are found there); run "
+            raise ConfigError("--zero-registers needs a calibration artifact (the register neurons are found there); run "
                               f"`segclip calibrate --model {model.info.name} --images DIR` first.")
-        if options.registers > len(calibration.registers):
-            raise ConfigError(f"--registers {options.registers} is more than the {len(calibration.registers)} "
-                              "register neurons the calibration holds; calibrate with a larger --registers.")
-        intervention = RegisterIntervention(calibration.registers[:options.registers].tolist(),
+        if options.zero_registers > len(calibration.registers):
+            raise ConfigError(f"--zero-registers {options.zero_registers} is more than the {len(calibration.registers)} "
+                              "register neurons the calibration holds; calibrate with a larger --keep-registers.")
+        intervention = RegisterIntervention(calibration.registers[:options.zero_registers].tolist(),
                                             options.register_variant)
     protocol = protocol_for(model, options.short_side or default_short_side, options.stride)
     built = build_methods(model, names, methods, k=options.k,
