@@ -65,7 +65,7 @@ class MethodOptions:
                                                "the paper, 384 is the authors' config; 4/3 of the model's crop "
                                                "otherwise).")
     stride: int | None = option(None, help="sliding-window stride (default: half a crop).")
-    registers: int = option(0, help="register neurons zeroed by the intervention (method.md section 6; the authors "
+    registers: int = option(0, help="register neurons zeroed by the intervention (docs/method.md §6.2; the authors "
                                     "use 32; needs a calibration; default: 0 = off). Applies to neuron-head and "
                                     "head-only.")
     register_variant: str = option("activations", choices=RegisterIntervention.VARIANTS,
