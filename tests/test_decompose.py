@@ -1,4 +1,4 @@
-"""Exact identities of the decomposition, in float64, on every CLIP-ResNet architecture (method.md, section 2)."""
+"""Exact identities of the decomposition, in float64, on every CLIP-ResNet architecture (docs/method.md §2)."""
 import open_clip
 import pytest
 import torch
@@ -9,7 +9,7 @@ from segclip.errors import ConfigError, ModelError
 from segclip.models import load_model
 
 ARCHITECTURES = ["RN50", "RN101", "RN50x4", "RN50x16", "RN50x64"]
-TABLE = {  # method.md, section 1: (grid, N, H, d)
+TABLE = {  # docs/method.md §1.1: (grid, N, H, d)
     "RN50": (7, 2048, 32, 1024), "RN101": (7, 2048, 32, 512), "RN50x4": (9, 2560, 40, 640),
     "RN50x16": (12, 3072, 48, 768), "RN50x64": (14, 4096, 64, 1024),
 }

@@ -8,7 +8,7 @@ M = diag(lam^1/2) U^T (W = Q M, Q orthonormal on the range of W), the covariance
 eigenvectors Y of M S M^T (unit norm and orthonormal by construction, also when W is rank deficient), and the
 coefficient of an image on v_j is c_j = (Y^T M)_j (x - mean). Only G, S and means are needed: nothing of size
 N x H x d. Each component is oriented so that the unit's top images by contribution norm project positively on
-average (the pairs' sign rule, method.md section 2, with the mean in place of the vote).
+average (the pairs' sign rule, docs/method.md §7.1, with the mean in place of the vote).
 """
 from __future__ import annotations
 

@@ -117,7 +117,7 @@ def rank_one_condition(pool: AttentionPool, stats: Statistics) -> Condition:
     """Each r[n, h] replaced by mean + ((r - mean) . u) u with u = s w / |w| (the first principal component).
 
     In alpha space the coefficient is (alpha - mean) |w| s and the reconstruction alpha_hat = mean +
-    coefficient s / |w|; it equals alpha up to rounding, so accuracy equals the baseline (method.md section 2).
+    coefficient s / |w|; it equals alpha up to rounding, so accuracy equals the baseline (docs/method.md §2.2).
     """
     norms = pair_constants(pool)["norms2"].sqrt()
     mean, signs = stats.mean_scalars, stats.signs

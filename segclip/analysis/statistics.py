@@ -1,6 +1,6 @@
 """Streaming statistics of neuron-head pairs, neurons and heads over an image set, in constant memory.
 
-Per image only alpha (N, H), the layer4 maps and the attention are seen (method.md section 2); nothing of size
+Per image only alpha (N, H), the layer4 maps and the attention are seen (docs/method.md §2.5); nothing of size
 N x H x d is formed. The running state holds sums and, per unit, running top-k lists:
 
 - pairs: the k largest and k smallest alpha[n, h] with their image indices. The top-k deviations
@@ -155,7 +155,7 @@ class RunningStatistics:
 
     Args:
         pool: the model's attention pool.
-        top_k: length of every running top list (and of the stored top deviations; method.md uses 50).
+        top_k: length of every running top list (and of the stored top deviations; docs/method.md §7.1 uses 50).
         registers: also accumulate register-neuron scores (the sink change of every neuron; costs about one
             extra attention computation per neuron chunk).
         dtype: accumulation dtype (float64 by default, so sums do not depend on chunking).
@@ -418,7 +418,7 @@ class Statistics:
         mean_scalars: (N, H) mean alpha.
         deviations: (k, N, H) alpha - mean of the top-k images by |alpha - mean|, largest first (signed).
         deviation_images: (k, N, H) their image indices.
-        signs: (N, H) int8 +-1: majority sign of the top-k deviations, ties +1 (method.md section 2).
+        signs: (N, H) int8 +-1: majority sign of the top-k deviations, ties +1 (docs/method.md §7.1).
         pair_top_norm: (N, H) mean of the top ``norm_k`` |r[n, h]|; pair_top_images: (t, N, H) top images by it.
         neuron_covariance: (N, H, H) covariance of alpha[n, :] over images.
         neuron_top_norm, neuron_top_images: (N,), (t, N) the same for |r[n]|.

@@ -1,4 +1,4 @@
-"""CLIP-ResNet's attention pool, re-implemented from its parameters (method.md, section 1).
+"""CLIP-ResNet's attention pool, re-implemented from its parameters (docs/method.md §1).
 
 open_clip's ``AttentionPool2d.forward`` changed between versions; its parameters did not. This module reads
 ``positional_embedding``, ``q_proj``, ``k_proj``, ``v_proj``, ``c_proj`` and ``num_heads`` and exposes every

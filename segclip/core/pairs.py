@@ -1,4 +1,4 @@
-"""Pair directions w[n, h] = W_O^h W_v^h[:, n] in closed form, without forming N x H x d (method.md, section 2).
+"""Pair directions w[n, h] = W_O^h W_v^h[:, n] in closed form, without forming N x H x d (docs/method.md §2.5).
 
     cos(w[n, h], t) = W_v^h[:, n] . (W_O^h^T t) / |w[n, h]|
     |w[n, h]|^2     = W_v^h[:, n]^T G_h W_v^h[:, n],     G_h = W_O^h^T W_O^h  (head_dim x head_dim)

@@ -1,4 +1,4 @@
-"""CLIP-ResNet's attention sink and the register-neuron search (paper A.6; method.md section 6).
+"""CLIP-ResNet's attention sink and the register-neuron search (paper A.6; docs/method.md §6.3).
 
 The class token attends strongly to the last spatial token. A neuron's effect on that sink is the change of the
 class token's attention to the last token (mean over heads) when the neuron is zeroed in all K+1 pool tokens.
@@ -12,7 +12,7 @@ exactly: removing e_i[n] from every token changes the per-head logits by
 with a_n = W_q^h[:, n], b_n = W_k^h[:, n] (head h's columns); a softmax over the K+1 corrected logits gives the
 new attention. No forward pass per neuron; memory is bounded by chunking neurons.
 
-Ranking (method.md section 6): by the mean |change| over images (the authors' ``find_registers``; default), or by
+Ranking (docs/method.md §6.4): by the mean |change| over images (the authors' ``find_registers``; default), or by
 the signed mean decrease of the sink (their segmentor's ``mean(default - zeroed)``).
 """
 from __future__ import annotations

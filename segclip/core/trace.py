@@ -1,4 +1,4 @@
-"""The exact neuron-head and token-head decomposition of one batched forward pass (method.md, section 2).
+"""The exact neuron-head and token-head decomposition of one batched forward pass (docs/method.md §2).
 
     out = sum_n sum_h alpha[n, h] w[n, h] + sum_h beta[h] + b_O          (pairs)
     out = sum_h sum_i r^h_i                                              (token-heads)
@@ -82,7 +82,7 @@ def run_hooks(hooks: Mapping[str, tuple[Hook, ...]], name: str, value: torch.Ten
 
 @dataclass(frozen=True)
 class RegisterIntervention:
-    """The register-neuron intervention of paper A.5 / method.md section 6, as a set of hooks.
+    """The register-neuron intervention of paper A.5 / docs/method.md §6.2, as a set of hooks.
 
     The original last token s = z_K + P_K is appended as an extra key/value token, the register neurons are
     zeroed in all K+1 tokens, the softmax runs over K+2 keys and the extra column is dropped without

@@ -1,4 +1,4 @@
-"""Class-name text embeddings with template sets, optional centring, cached on disk (method.md, section 3).
+"""Class-name text embeddings with template sets, optional centring, cached on disk (docs/method.md §4).
 
 Recipe: every prompt is encoded and L2-normalised; the per-class mean is L2-normalised again. Centring
 subtracts the mean over a set of embeddings (the class set, or a reference vocabulary) and re-normalises.

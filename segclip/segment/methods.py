@@ -1,4 +1,4 @@
-"""Segmentation methods reading one shared attention-pool trace (method.md sections 3-6).
+"""Segmentation methods reading one shared attention-pool trace (docs/method.md §3, §4, §6).
 
 Every method maps a :class:`~segclip.core.trace.Trace` of B crops to window logits ``(B, C, g, g)``:
 
@@ -18,7 +18,7 @@ Methods run under ``torch.inference_mode``. The attention-sink fix (``sink_fix``
 by the mean of its west, north and north-west neighbours, in the neuron maps and in the head contributions before
 they are normalised.
 
-Register neurons (method.md section 6 is ambiguous; this is the decision, :class:`~segclip.core.trace.
+Register neurons (docs/method.md §6.2 admits two readings; this is the decision, :class:`~segclip.core.trace.
 RegisterIntervention`): zeroing a register neuron zeroes its *activation* z_n in all K+1 tokens before the
 positional embedding is added (P stays), as the paper's text and the authors' code do, in the intervention and in
 the register search alike; the appended sink copy is the original last token with its own positional embedding,
@@ -32,7 +32,7 @@ Head maps are computed from the per-head values ``u^h_i = a^h_i (W_v^h z'_i + b_
 the Gram matrices of ``W_O^h``, never from the (B, K+1, H, d) token-head tensor: ``r^h_i = W_O^h u^h_i +
 b_O / ((K+1) H)`` is linear in ``u``, so the sink fix and the cosine are exact.
 
-Text recipes (method.md section 3): the pair methods use the 80 OpenAI templates, centred; ``maskclip`` MaskCLIP's
+Text recipes (docs/method.md §4.3): the pair methods use the 80 OpenAI templates, centred; ``maskclip`` MaskCLIP's
 85, not centred; ``self-self`` the 80 OpenAI templates, not centred (as SCLIP's released code). Centring over the
 class set degenerates for small sets (two centred vectors are opposite), so ``centring="auto"`` centres over the
 class set when it has at least :data:`CENTRING_MIN_CLASSES` classes and otherwise against a fixed reference
@@ -227,7 +227,7 @@ class SegmentationMethod(ABC):
 
 
 class MaskCLIP(SegmentationMethod):
-    """MaskCLIP for CLIP-ResNet: ``cos(c_proj(v_proj(z_i)), t_c)`` per spatial location (method.md section 5).
+    """MaskCLIP for CLIP-ResNet: ``cos(c_proj(v_proj(z_i)), t_c)`` per spatial location (docs/method.md §3.2).
 
     Example:
         >>> from segclip.models import load_model
@@ -251,7 +251,7 @@ class MaskCLIP(SegmentationMethod):
 
 
 def self_self_features(model: CLIPResNet, neurons: torch.Tensor) -> torch.Tensor:
-    """Self-self attention outputs of the spatial tokens (method.md section 5).
+    """Self-self attention outputs of the spatial tokens (docs/method.md §3.3).
 
     Args:
         model: the model.
@@ -273,7 +273,7 @@ def self_self_features(model: CLIPResNet, neurons: torch.Tensor) -> torch.Tensor
 
 
 class SelfSelf(SegmentationMethod):
-    """Self-self attention in the attention pool (method.md section 5); reads only the layer4 neurons, so the
+    """Self-self attention in the attention pool (docs/method.md §3.3); reads only the layer4 neurons, so the
     register intervention does not apply to it."""
 
     name = "self-self"

@@ -1,4 +1,4 @@
-"""Segmentation metrics from a dataset-level confusion matrix (method.md section 8, mmseg ``IoUMetric``).
+"""Segmentation metrics from a dataset-level confusion matrix (docs/method.md §5.6, mmseg ``IoUMetric``).
 
 Pixels whose target is the ignore index (255) are dropped; the confusion matrix (rows = target, columns =
 prediction) is summed over the whole dataset (and over processes under DDP). Per-class IoU is

@@ -38,7 +38,7 @@ class MethodOptions:
                                                "otherwise).")
     stride: int | None = option(None, help="sliding-window stride (default: half a crop).")
     zero_registers: int = option(0, aliases=("--registers",),
-                                 help="register neurons zeroed by the intervention (method.md section 6; the "
+                                 help="register neurons zeroed by the intervention (docs/method.md §6.2; the "
                                       "authors use 32; needs a calibration; default: 0 = off). Applies to neuron-head and "
                                     "head-only.")
     register_variant: str = option("activations", choices=RegisterIntervention.VARIANTS,

@@ -1,4 +1,4 @@
-"""Images -> windows -> one batched trace -> every method -> stitched logits and labels (method.md section 7).
+"""Images -> windows -> one batched trace -> every method -> stitched logits and labels (docs/method.md §5).
 
 All crops of all given images are stacked (:func:`~segclip.segment.windows.prepare_windows`) and traced in chunks
 of ``batch_size`` crops; every method reads the same trace. Nothing depends on how images are grouped: batch N
@@ -176,7 +176,7 @@ def window_logits(model: CLIPResNet, crops: torch.Tensor, methods: Sequence[Segm
         crops: ``(N, 3, S, S)`` normalised crops (finite: they come from uint8 images).
         methods: the methods.
         batch_size: crops per backbone pass.
-        intervention: the register intervention (method.md section 6), or None.
+        intervention: the register intervention (docs/method.md §6.2), or None.
         autocast: ``off``, ``bf16`` or ``fp16`` (GPU): the convolutional backbone under autocast
             (:data:`AUTOCAST`); the attention pool, its decomposition, the maps and the labels are computed in the
             model's dtype whatever it is.

@@ -1,8 +1,8 @@
 """Stitched logits kept factorised: the sliding window's stitching and the resize, as two small matrices.
 
 Upsampling a window's g x g logits to the crop (bilinear, ``align_corners=False``), adding the valid part into a
-canvas, dividing by the overlap count and resizing the canvas bilinearly to the original image (method.md
-section 7) are all linear and separable, and the windows form a grid (every row start times every column start),
+canvas, dividing by the overlap count and resizing the canvas bilinearly to the original image (docs/method.md
+§5.2) are all linear and separable, and the windows form a grid (every row start times every column start),
 so the overlap count is a row count times a column count. Per class c the original-size logits are therefore
 
     logits_c = rows @ grid_c @ cols^T,
@@ -77,7 +77,7 @@ def axis_spans(boxes: Sequence[Box]) -> tuple[list[tuple[int, int]], list[tuple[
 
 @dataclass
 class StitchedLogits:
-    """One image's window logits with the linear maps that stitch them (method.md section 7), not multiplied out.
+    """One image's window logits with the linear maps that stitch them (docs/method.md §5.2), not multiplied out.
 
     Attributes:
         grids: (C, n_y g, n_x g) float32: window (i, j)'s (C, g, g) logits at block (i, j).

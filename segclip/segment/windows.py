@@ -1,4 +1,4 @@
-"""The sliding-window protocol (method.md section 7), with mmsegmentation's arithmetic.
+"""The sliding-window protocol (docs/method.md §5.1), with mmsegmentation's arithmetic.
 
 An image is resized keeping its aspect (mmcv ``imrescale``: ``Resize(scale=(long_side, short_side),
 keep_ratio=True)``, cv2 bilinear), CLIP-normalised, and cut into ``crop x crop`` windows every ``stride`` pixels,
