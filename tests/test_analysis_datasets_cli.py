@@ -306,3 +306,20 @@ def test_every_process_gets_the_merged_state(tmp_path):
     for rank in (0, 1):
         assert torch.equal(torch.load(tmp_path / f"rank{rank}.pt"), reference.values), rank
     assert not list(tmp_path.glob("embeddings.partial*"))
+
+
+def test_limit_is_the_first_images_and_sample_a_seeded_subset(tmp_path):
+    """--limit means the first N everywhere; --sample N --seed S is the random subset (it used to be --limit's
+    meaning in the labelled analyses only)."""
+    from segclip.analysis.common import read_labelled
+    from segclip.analysis.reconstruct import ReconstructConfig
+
+    for i, name in enumerate(["cat", "dog", "owl"]):
+        write_set(tmp_path / "labelled" / name, 4)
+    everything = read_labelled(ReconstructConfig(images=tmp_path / "labelled", out=tmp_path / "o"))[0].paths
+    first = read_labelled(ReconstructConfig(images=tmp_path / "labelled", out=tmp_path / "o", limit=5))[0].paths
+    assert first == everything[:5]
+    picked = {seed: read_labelled(ReconstructConfig(images=tmp_path / "labelled", out=tmp_path / "o", sample=5,
+                                                    seed=seed))[0].paths for seed in (0, 1)}
+    expected = [everything[i] for i in sorted(torch.randperm(12, generator=torch.Generator().manual_seed(0))[:5])]
+    assert picked[0] == expected and picked[0] != picked[1] and len(picked[1]) == 5

@@ -50,7 +50,12 @@ class AnalysisConfig(ProcessConfig):
     """Options every analysis shares."""
 
     out: Path = option(help="output folder (numbers, plot, checkpoints).")
-    limit: int | None = option(None, help="use at most N images of each folder.")
+    limit: int | None = option(None, help="use the first N images of each folder (sorted by name), as --limit does "
+                                          "everywhere.")
+    sample: int | None = option(None, help="use a random subset of N labelled images instead (seeded by --seed), "
+                                           "so that a small run still sees every class.")
+    seed: int = option(0, help="seed of random choices: the --sample subset (and, where a command has them, "
+                               "permutations and folds) (default: 0).")
     statistics: Path | None = option(None, help="statistics artifact to reuse (e.g. from `segclip calibrate`); "
                                                 "default: computed (resumably) into OUT/statistics.safetensors.")
     top_k: int = option(50, help="length of the statistics' top lists (default: 50).")
@@ -60,7 +65,7 @@ class AnalysisConfig(ProcessConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_positive(self, "limit", "top_k", "batch_size")
+        check_positive(self, "limit", "sample", "top_k", "batch_size")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -281,11 +286,13 @@ class LabelledSet:
 
 
 def read_labelled(config: LabelledConfig) -> tuple[ImageSet, list[Path]]:
-    """The labelled images (a seeded random subset of ``limit``) and the statistics' images, read and validated
-    before any model work."""
+    """The labelled images (the first ``limit``, or a random subset of ``sample`` seeded by ``seed``) and the
+    statistics' images, read and validated before any model work."""
     data = read_image_set(config, labelled=True, what="labelled images")
     if config.limit is not None:
-        keep = torch.randperm(len(data.paths), generator=torch.Generator().manual_seed(0))[:config.limit]
+        data = subset(data, torch.arange(min(config.limit, len(data.paths))))
+    if config.sample is not None:
+        keep = torch.randperm(len(data.paths), generator=torch.Generator().manual_seed(config.seed))[:config.sample]
         data = subset(data, keep.sort().values)
     calibration = list_images(config.calibration_images)[:config.limit] if config.calibration_images else data.paths
     return data, calibration

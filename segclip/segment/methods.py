@@ -46,7 +46,7 @@ from __future__ import annotations
 import logging
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,9 +66,6 @@ from segclip.models.text import (
 
 log = logging.getLogger(__name__)
 
-METHODS = ("neuron-head", "maskclip", "self-self", "neuron-only", "head-only")
-PAIR_METHODS = ("neuron-head", "neuron-only", "head-only")
-REGISTER_METHODS = ("neuron-head", "head-only")  # those reading the class-token attention
 CENTRING_MIN_CLASSES = 10
 CENTRING_CHOICES = ("auto", "classes", "reference", "none")
 DEFAULT_K = 20000  # the authors' k for RN50x16 (147,456 pairs); other models keep the same fraction
@@ -91,13 +88,6 @@ class TextRecipe:
     def to_dict(self) -> dict[str, Any]:
         return {"templates": self.templates, "template_count": len(resolve_templates(self.templates)),
                 "centring": self.centring}
-
-
-DEFAULT_RECIPES = {
-    "neuron-head": TextRecipe("openai", "auto"), "neuron-only": TextRecipe("openai", "auto"),
-    "head-only": TextRecipe("openai", "auto"), "maskclip": TextRecipe("maskclip", "none"),
-    "self-self": TextRecipe("openai", "none"),
-}
 
 
 def reference_vocabulary(model: CLIPResNet) -> list[str]:
@@ -239,9 +229,9 @@ class MaskCLIP(SegmentationMethod):
 
     name = "maskclip"
 
-    def __init__(self, model: CLIPResNet, names: Sequence[str], recipe: TextRecipe = DEFAULT_RECIPES["maskclip"],
+    def __init__(self, model: CLIPResNet, names: Sequence[str], recipe: TextRecipe | None = None,
                  texts: torch.Tensor | None = None, texts_centring: str | None = None):
-        super().__init__(model, names, recipe, texts, texts_centring)
+        super().__init__(model, names, recipe or REGISTRY["maskclip"].recipe, texts, texts_centring)
 
     def window_logits(self, trace: Trace) -> torch.Tensor:
         pool = self.model.pool.pool
@@ -278,9 +268,9 @@ class SelfSelf(SegmentationMethod):
 
     name = "self-self"
 
-    def __init__(self, model: CLIPResNet, names: Sequence[str], recipe: TextRecipe = DEFAULT_RECIPES["self-self"],
+    def __init__(self, model: CLIPResNet, names: Sequence[str], recipe: TextRecipe | None = None,
                  texts: torch.Tensor | None = None, texts_centring: str | None = None):
-        super().__init__(model, names, recipe, texts, texts_centring)
+        super().__init__(model, names, recipe or REGISTRY["self-self"].recipe, texts, texts_centring)
 
     def window_logits(self, trace: Trace) -> torch.Tensor:
         features = self_self_features(self.model, trace.neurons)
@@ -410,6 +400,47 @@ class PairMethod(SegmentationMethod):
         return to_window_logits(per_token, trace.grid)
 
 
+@dataclass(frozen=True)
+class MethodSpec:
+    """One row of the method registry: adding a method is one class and one row.
+
+    Attributes:
+        name: the name commands and results use.
+        build: ``(model, names, name, recipe, pair_options) -> SegmentationMethod``.
+        recipe: the default text recipe (templates, centring).
+        uses_registers: whether the method reads the class-token attention, so that the register intervention
+            changes it.
+        takes_pairs: whether it selects neuron-head pairs (takes ``k`` and the calibrated signs).
+        section: where docs/method.md explains it.
+    """
+
+    name: str
+    build: Callable[..., SegmentationMethod]
+    recipe: TextRecipe
+    uses_registers: bool
+    takes_pairs: bool
+    section: str
+
+
+def _pair_method(model: CLIPResNet, names: Sequence[str], name: str, recipe: TextRecipe, **pair: Any) -> PairMethod:
+    return PairMethod(model, names, name, recipe=recipe, **pair)
+
+
+REGISTRY: dict[str, MethodSpec] = {spec.name: spec for spec in (
+    MethodSpec("neuron-head", _pair_method, TextRecipe("openai", "auto"), True, True, "docs/method.md §3.1"),
+    MethodSpec("maskclip", lambda model, names, name, recipe, **_: MaskCLIP(model, names, recipe),
+               TextRecipe("maskclip", "none"), False, False, "docs/method.md §3.2"),
+    MethodSpec("self-self", lambda model, names, name, recipe, **_: SelfSelf(model, names, recipe),
+               TextRecipe("openai", "none"), False, False, "docs/method.md §3.3"),
+    MethodSpec("neuron-only", _pair_method, TextRecipe("openai", "auto"), False, True, "docs/method.md §3.4"),
+    MethodSpec("head-only", _pair_method, TextRecipe("openai", "auto"), True, True, "docs/method.md §3.5"),
+)}
+METHODS: tuple[str, ...] = tuple(REGISTRY)
+PAIR_METHODS = tuple(name for name, spec in REGISTRY.items() if spec.takes_pairs)
+REGISTER_METHODS = tuple(name for name, spec in REGISTRY.items() if spec.uses_registers)
+DEFAULT_RECIPES = {name: spec.recipe for name, spec in REGISTRY.items()}
+
+
 def build_methods(model: CLIPResNet, names: Sequence[str], methods: Sequence[str], *, k: int | None = None,
                   signs: torch.Tensor | None = None, sign_source: str | None = None,
                   templates: str | None = None, centring: str | None = None) -> list[SegmentationMethod]:
@@ -438,10 +469,7 @@ def build_methods(model: CLIPResNet, names: Sequence[str], methods: Sequence[str
         raise ConfigError(f"Methods are listed more than once: {list(methods)}.")
     built: list[SegmentationMethod] = []
     for name in methods:
-        default = DEFAULT_RECIPES[name]
-        recipe = TextRecipe(templates or default.templates, centring or default.centring)
-        if name in PAIR_METHODS:
-            built.append(PairMethod(model, names, name, k=k, signs=signs, sign_source=sign_source, recipe=recipe))
-        else:
-            built.append({"maskclip": MaskCLIP, "self-self": SelfSelf}[name](model, names, recipe))
+        spec = REGISTRY[name]
+        recipe = TextRecipe(templates or spec.recipe.templates, centring or spec.recipe.centring)
+        built.append(spec.build(model, names, name, recipe, k=k, signs=signs, sign_source=sign_source))
     return built
