@@ -149,11 +149,12 @@ def check_positive(config: Any, *names: str, allow_zero: bool = False) -> None:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least {0 if allow_zero else 1}, got {value}.")
 
 
-_PROGRESS = [True]
+_PROGRESS = [False]  # library calls are quiet; the command line turns bars on (unless --no-progress)
 
 
 def progress_enabled() -> bool:
-    """Whether progress bars may show (off inside :func:`progress_bars` ``(False)``, e.g. under ``--no-progress``)."""
+    """Whether progress bars may show: only inside :func:`progress_bars` ``(True)``, which the command line enters
+    (library calls stay quiet unless they do the same)."""
     return _PROGRESS[-1]
 
 
