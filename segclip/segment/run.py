@@ -102,33 +102,6 @@ class CompareConfig(DatasetOptions):
         return list(self.methods)
 
 
-
-@dataclass(frozen=True, kw_only=True)
-class EvalConfig(DatasetOptions):
-    """Options of ``segclip eval``: one method."""
-
-    method: str = option("neuron-head", choices=METHODS, help="segmentation method (default: neuron-head).")
-
-    @property
-    def method_list(self) -> list[str]:
-        return [self.method]
-
-
-@dataclass(frozen=True, kw_only=True)
-class CompareConfig(DatasetOptions):
-    """Options of ``segclip compare``: several methods from one backbone pass per window."""
-
-    methods: tuple[str, ...] = option(METHODS, help=f"comma-separated methods (default: all: {','.join(METHODS)}).")
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_method_list(self.methods)
-
-    @property
-    def method_list(self) -> list[str]:
-        return list(self.methods)
-
-
 def run_eval(config: EvalConfig, model: ModelSource, *, verbose: bool = False) -> DatasetScores:
     """Score one method on a dataset with the sliding-window protocol (mIoU, pixel accuracy, per-class IoU).
 
