@@ -23,6 +23,7 @@ from segclip.analysis.common import (
     read_image_set,
 )
 from segclip.analysis.distributed import ProcessConfig
+from segclip.core.trace import RegisterIntervention
 from segclip.process import is_primary
 from segclip.analysis.statistics import Statistics
 from segclip.config import check_positive, option
@@ -92,7 +93,7 @@ class CalibrateConfig(DatasetOptions, ProcessConfig):
     limit: int | None = option(None, help="use at most N images (sorted by name).")
     keep_registers: int = option(32, aliases=("--registers",), help="register neurons kept in the artifact, the most "
                                  "a later --zero-registers can use (default: 32).")
-    register_variant: str = option("activations", choices=("activations", "tokens"),
+    register_variant: str = option("activations", choices=RegisterIntervention.VARIANTS,
                                    help="the register search zeroes each neuron's activation before the positional "
                                         "embedding (activations: the paper's and the authors' code; default) or its "
                                         "whole token entry z + P (tokens: segclip 0.1).")

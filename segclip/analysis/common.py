@@ -37,6 +37,7 @@ from segclip.data.images import list_images
 from segclip.errors import ConfigError, OutputError
 from segclip.io import atomic_write_csv, atomic_write_json, provenance, write_result
 from segclip.models.loading import CLIPResNet
+from segclip.models.text import TEMPLATE_SETS
 from segclip.models.zero_shot import TIE_RULE, encode_classification_names
 from segclip.process import broadcast_from_primary, is_primary
 
@@ -141,7 +142,7 @@ class LabelledConfig(DatasetOptions, AnalysisConfig):
     images: Path | None = option(None, help="labelled folder: one subfolder per class (--dataset folder).")
     class_names: Path | None = option(None, help="file: one line per class, 'folder' or 'folder<TAB>text name'.")
     calibration_images: Path | None = option(None, help="folder for the statistics (default: the labelled images).")
-    templates: str = option("openai", choices=("openai", "maskclip", "single"),
+    templates: str = option("openai", choices=tuple(TEMPLATE_SETS),
                             help="text templates of the class names (default: openai).")
 
     def __post_init__(self) -> None:

@@ -43,7 +43,7 @@ from segclip.config import option
 from segclip.data.images import list_images
 from segclip.errors import ConfigError
 from segclip.models.loading import ModelSource, resolve_model
-from segclip.models.text import encode_classes
+from segclip.models.text import TEMPLATE_SETS, encode_classes
 from segclip.viz.plots import line_plot
 
 
@@ -65,7 +65,7 @@ class LabelConfig(DatasetOptions, AnalysisConfig):
     images: Path | None = option(None, help="labelled folder for accuracy vs m (optional).")
     class_names: Path | None = option(None, help="file: one line per class, 'folder' or 'folder<TAB>text name'.")
     calibration_images: Path | None = option(None, help="folder for the statistics.")
-    templates: str = option("openai", choices=("openai", "maskclip", "single"), help="templates of the class texts.")
+    templates: str = option("openai", choices=tuple(TEMPLATE_SETS), help="templates of the class texts.")
     vocabulary: Path | None = option(None, help="word file, one per line (default: the 30,000 most common English "
                                                 "words, wordfreq).")
     vocabulary_size: int = option(30000, help="words from wordfreq (default: 30000).")

@@ -45,7 +45,7 @@ from segclip.config import option
 from segclip.core.trace import Trace
 from segclip.errors import ConfigError, DataError
 from segclip.models.loading import ModelSource, resolve_model
-from segclip.models.text import encode_classes
+from segclip.models.text import TEMPLATE_SETS, encode_classes
 from segclip.viz.drift import drift_plot
 from segclip.viz.plots import twin_plot
 
@@ -62,7 +62,7 @@ class ShiftConfig(DatasetOptions, AnalysisConfig):
     concepts: tuple[str, ...] = option(help="comma-separated concept words (a dataset's 0/1 concept labels of the "
                                             "same name, e.g. convertible, are their ground truth).")
     pairs: int = option(5, help="top pairs per concept (default: 5).")
-    templates: str = option("openai", choices=("openai", "maskclip", "single"),
+    templates: str = option("openai", choices=tuple(TEMPLATE_SETS),
                             help="templates of the concept texts (default: openai).")
     reference_group: str | None = option(None, help="reference group of the drift tests (default: the first group "
                                                     "in sorted order, e.g. the earliest model year).")

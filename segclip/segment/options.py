@@ -18,6 +18,7 @@ from segclip.core.trace import RegisterIntervention
 from segclip.errors import ConfigError
 from segclip.io import provenance
 from segclip.models.loading import CLIPResNet
+from segclip.models.text import TEMPLATE_SETS
 from segclip.process import ProcessOptions
 from segclip.segment.methods import CENTRING_CHOICES, DEFAULT_K, METHODS, SegmentationMethod, build_methods
 from segclip.segment.pipeline import AUTOCAST, check_autocast, protocol_for
@@ -48,7 +49,7 @@ class MethodOptions:
     calibration: Path | None = option(None, help="calibration artifact (pair signs, register neurons) from `segclip "
                                                  "calibrate` (default: the cached one for this model; without one "
                                                  "the signs are assumed +1).")
-    templates: str | None = option(None, choices=("openai", "maskclip", "single"),
+    templates: str | None = option(None, choices=tuple(TEMPLATE_SETS),
                                    help="override every method's prompt templates (default: openai 80 for the pair "
                                         "methods and self-self, MaskCLIP's 85 for maskclip).")
     centring: str | None = option(None, choices=CENTRING_CHOICES,
