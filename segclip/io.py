@@ -96,10 +96,11 @@ def atomic_write_json(path: str | os.PathLike, value: Any) -> Path:
 RESULT_SCHEMA = "segclip.result/2"  # the envelope of every result file; older layouts are refused, not misread
 
 
-def write_result(path: str | os.PathLike, provenance: Mapping[str, Any], results: Any) -> Path:
+def write_result(path: str | os.PathLike, provenance: Mapping[str, Any], results: Any,
+                 summary: str | None = None) -> Path:
     """Write a result file in the one envelope every command uses, atomically::
 
-        {"schema": "segclip.result/2", "provenance": {...}, "results": {...}}
+        {"schema": "segclip.result/2", "provenance": {...}, "results": {...}[, "summary": "what was printed"]}
 
     Example:
         >>> import tempfile
@@ -107,7 +108,10 @@ def write_result(path: str | os.PathLike, provenance: Mapping[str, Any], results
         >>> read_result(path)["results"]
         {'miou': 1.0}
     """
-    return atomic_write_json(path, {"schema": RESULT_SCHEMA, "provenance": provenance, "results": results})
+    envelope = {"schema": RESULT_SCHEMA, "provenance": provenance, "results": results}
+    if summary is not None:
+        envelope["summary"] = summary
+    return atomic_write_json(path, envelope)
 
 
 def read_result(path: str | os.PathLike) -> dict[str, Any]:

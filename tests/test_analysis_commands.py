@@ -47,8 +47,25 @@ def run(*argv) -> dict:
 def results(out, name) -> dict:
     assert (out / f"{name}.png").is_file() and (out / f"{name}.csv").is_file()
     data = json.loads((out / f"{name}.json").read_text())
-    assert data["protocol"]["model"]["weights_hash"] and data["protocol"]["package_versions"]["torch"]
+    assert data["schema"] == "segclip.result/2" and data["summary"]
+    assert data["provenance"]["model"]["weights_hash"] and data["provenance"]["package_versions"]["torch"]
     return data["results"]
+
+
+def test_a_finished_analysis_rerun_is_read_back(tmp_path, capsys):
+    """The bundled model (no stand-in: the stored model must match the one asked for)."""
+    write_images(tmp_path / "flat", 4, seed=1)
+    out = tmp_path / "sink"
+    args = ["analyze", "sink", "--images", str(tmp_path / "flat"), "--show-registers", "4", "--out", str(out)]
+    run(*args)
+    first = capsys.readouterr().out
+    written = (out / "sink.json").stat().st_mtime_ns
+    run(*args)  # a finished run re-run: its summary again, exit 0, nothing recomputed
+    again = capsys.readouterr().out
+    assert again.startswith(first) and "read back" in again
+    assert (out / "sink.json").stat().st_mtime_ns == written
+    assert cli.main([*args[:-3], "5", "--out", str(out), "--batch-size", "2"]) == 2  # other options: refused
+    assert "--overwrite" in capsys.readouterr().err
 
 
 def test_reconstruct_and_ablate_identities(model, labelled, tmp_path):

@@ -361,7 +361,7 @@ class AnalysisResult:
             OutputError: a file cannot be written.
         """
         out = Path(out)
-        written = [write_result(out / f"{self.name}.json", self.provenance, self.results),
+        written = [write_result(out / f"{self.name}.json", self.provenance, self.results, self.summary()),
                    atomic_write_csv(out / f"{self.name}.csv", self.rows)]
         if self.plot(out / f"{self.name}.png"):
             written.append(out / f"{self.name}.png")

@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         parser = help_parser()
         parser.parse_args(argv or ["--help"])
         return 2
-    from segclip.cli.commands import emit
+    from segclip.cli.commands import emit, finished_analysis
     from segclip.cli.options import read_yaml, split_values
     from segclip.config import build_config, progress_bars
     from segclip.models.loading import ModelConfig
@@ -107,11 +107,14 @@ def main(argv: list[str] | None = None) -> int:
         values = [{**y, **f} for y, f in zip(yaml_parts, flag_parts)]
         source = "the command line" + (f" and {args.config_file}" if args.config_file else "")
         config = build_config(command.config, values[-1], source=source)
-        loader = None
+        loader, model_config = None, None
         if command.needs_model:
             model_config = build_config(ModelConfig, values[0], source=source)
             devices = getattr(config, "devices", 1)
             loader = lambda: load_model_for(model_config, devices)  # noqa: E731  (loaded once inputs are checked)
+        stored = finished_analysis(config, model_config if command.needs_model else None, command.result_file)
+        if stored is not None:
+            return emit(stored, config, getattr(args, "as_json", False))
         with progress_bars(getattr(config, "progress", True)):
             return emit(command.run(config, loader, args.verbose), config, getattr(args, "as_json", False))
     except SegclipError as err:

@@ -5,6 +5,7 @@ import json
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from segclip.analysis.calibration import CalibrateConfig, run_calibrate
@@ -20,7 +21,8 @@ from segclip.analysis.shift import ShiftConfig, run_shift
 from segclip.analysis.sink import SinkConfig, run_sink
 from segclip.analysis.subconcepts import SubconceptsConfig, run_subconcepts
 from segclip.analysis.top_images import TopImagesConfig, run_top_images
-from segclip.io import to_jsonable
+from segclip.errors import OutputError
+from segclip.io import read_result, to_jsonable
 from segclip.process import is_primary
 from segclip.data.prepare import (
     CheckConfig,
@@ -47,7 +49,10 @@ def emit(result: Any, config: Any, as_json: bool = False) -> int:
     if result is None or not is_primary():
         return 0
     out = getattr(config, "out", None)
-    written = result.write(out) if out is not None and hasattr(result, "write") else []
+    if isinstance(result, StoredResult):
+        written = result.files
+    else:
+        written = result.write(out) if out is not None and hasattr(result, "write") else []
     if as_json:
         payload = result.to_dict() if hasattr(result, "to_dict") else to_jsonable(result)
         sys.stdout.write(json.dumps(to_jsonable(payload), indent=1) + "\n")
@@ -59,6 +64,46 @@ def emit(result: Any, config: Any, as_json: bool = False) -> int:
     if written:
         print(f"results: {', '.join(str(p) for p in written)}", file=sys.stderr)
     return 0
+
+
+RUN_ONLY = ("overwrite", "progress", "devices", "num_nodes", "num_workers", "batch_size", "checkpoint_every")
+
+
+@dataclass
+class StoredResult:
+    """A finished analysis found in its output folder: what it printed, and its files."""
+
+    files: list[Path]
+    text: str
+
+    def summary(self) -> str:
+        return self.text + "(read back from the finished output folder; --overwrite recomputes it)\n"
+
+
+def finished_analysis(config: Any, model_config: Any, result_file: str | None) -> StoredResult | None:
+    """The stored result of an analysis run with the same model and options (a finished command re-run prints it
+    and exits 0); None when there is none, it differs, or ``--overwrite`` asks to recompute. An older layout or a
+    different run is left to the analysis itself, which refuses to replace it."""
+    if result_file is None or getattr(config, "overwrite", True) or getattr(config, "out", None) is None:
+        return None
+    path = Path(config.out) / result_file
+    if not path.is_file():
+        return None
+    try:
+        envelope = read_result(path)
+    except OutputError:
+        return None
+    stored, model = envelope["provenance"].get("config") or {}, envelope["provenance"].get("model") or {}
+    current = to_jsonable(config)
+    same_model = model_config is None or (
+        model.get("name") == model_config.model
+        and (model_config.pretrained is None or str(model_config.pretrained) == model.get("pretrained")))
+    same = same_model and {k: v for k, v in stored.items() if k not in RUN_ONLY} == \
+        {k: v for k, v in current.items() if k not in RUN_ONLY}
+    if not same or "summary" not in envelope:
+        return None
+    files = [p for p in (path, path.with_suffix(".csv"), path.with_suffix(".png")) if p.is_file()]
+    return StoredResult(files, envelope["summary"])
 
 
 @dataclass(frozen=True)
@@ -74,6 +119,7 @@ class Command:
     group: str | None = None
     group_help: str | None = None
     group_metavar: str = "COMMAND"
+    result_file: str | None = None  # an analysis's <name>.json: a finished run re-run is read back
 
 
 ANALYZE = "the paper's analyses (reconstruct, ablate, label, top-images, shift, sink)"
@@ -83,7 +129,7 @@ def _analysis(name: str, help: str, config: type, run: Callable) -> Command:
     return Command(name, help, help[0].upper() + help[1:] + ". Writes NAME.json (numbers and protocol), .csv and "
                    ".png into --out; long passes checkpoint there and resume when rerun.", config,
                    lambda c, m, v: run(c, m), group="analyze", group_help=ANALYZE,
-                   group_metavar="ANALYSIS")
+                   group_metavar="ANALYSIS", result_file=f"{name}.json")
 
 
 PREPARE = ("convert the benchmark datasets to the layouts mmsegmentation's converters write (no mmcv needed), or "
@@ -166,4 +212,4 @@ COMMANDS: tuple[Command, ...] = (
              CheckConfig, run_check),
 )
 
-__all__ = ["COMMANDS", "Command", "emit"]
+__all__ = ["COMMANDS", "Command", "emit", "finished_analysis"]
