@@ -125,8 +125,19 @@ class LabelResult(AnalysisResult):
         return True
 
     def summary(self) -> str:
-        return (f"labelled {', '.join(f'{v} {k}' for k, v in self.labelled.items())} over {self.vocabulary_size} "
-                "words\n" + "".join(f"{k}: {v:.2f}%\n" for k, v in self.accuracy.items()))
+        """Counts, accuracy per word count, and the words of the first units of each kind (all in label.csv)."""
+        text = (f"labelled {', '.join(f'{v} {k}' for k, v in self.labelled.items())} over {self.vocabulary_size} "
+                "words\n" + "".join(f"{k}: {v:.2f}%\n" for k, v in (self.accuracy or {}).items()))
+        shown: dict[str, int] = {}
+        lines = []
+        for row in self.rows:
+            if shown.get(row["unit"], 0) < 3:
+                shown[row["unit"]] = shown.get(row["unit"], 0) + 1
+                name = " ".join(f"{k} {row[k]}" for k in ("neuron", "head", "component") if row.get(k) not in (None, ""))
+                lines.append(f"| {row['unit']} {name} | {row['words']} |")
+        if lines:
+            text += "\n| unit | words (coefficient) |\n|---|---|\n" + "\n".join(lines) + "\n"
+        return text
 
 
 def run_label(config: LabelConfig, model: ModelSource) -> LabelResult:
