@@ -64,7 +64,7 @@ def test_reconstruct_on_imagenet_folders(model, tmp_path, capsys):
     assert dataset["dataset"] == "imagenet" and dataset["layout"] == "folder" and dataset["classes"] == 1000
     assert dataset["duplicate_text_names"] == {"missile": [657, 744], "sunglasses": [836, 837]}
     assert "lowest class index" in dataset["tie_rule"]
-    assert written["protocol"]["config"]["dataset"] == "imagenet"
+    assert written["provenance"]["config"]["dataset"] == "imagenet"
     assert not list(out.glob("*.partial*"))
 
 

@@ -194,6 +194,9 @@ def test_no_progress_means_no_bar(capsys):
         model.encode_text(prompts, batch_size=4)  # 10 batches: a bar by default
     assert capsys.readouterr().err == ""
     model.encode_text(prompts, batch_size=4)
+    assert capsys.readouterr().err == ""  # library calls are quiet by default
+    with progress_bars(True):  # as the command line runs them
+        model.encode_text(prompts, batch_size=4)
     assert "text" in capsys.readouterr().err
 
 

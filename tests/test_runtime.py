@@ -58,7 +58,7 @@ def test_the_users_settings_win(env):
 
 def test_the_command_line_applies_it(monkeypatch, capsys):
     calls = []
-    monkeypatch.setattr(cli, "keep_freed_memory", lambda: calls.append(True))
+    monkeypatch.setattr(runtime, "keep_freed_memory", lambda: calls.append(True))  # imported when a command runs
     with pytest.raises(SystemExit):  # --help exits before any command runs: nothing to tune
         cli.main(["decompose", "--help"])
     assert not calls

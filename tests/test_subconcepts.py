@@ -104,8 +104,9 @@ def test_run_subconcepts_recovers_planted_pair(model, tmp_path):
     assert mine[0].overlap == pytest.approx(0.5) and mine[0].spread < mine[0].neuron_spread
     assert mine[0].montage.is_file()
     saved = json.loads(result.json.read_text())
-    assert any(hit["neuron"] == n and hit["head"] == h for hit in saved["hits"])
-    assert saved["protocol"]["model"]["name"] == model.info.name
+    assert saved["schema"] == "segclip.result/2" and saved["provenance"]["analysis"] == "subconcepts"
+    assert any(hit["neuron"] == n and hit["head"] == h for hit in saved["results"]["hits"])
+    assert saved["provenance"]["model"]["name"] == model.info.name
     assert result.csv.read_text().splitlines()[0].startswith("rank,neuron,head,score")
     with pytest.raises(OutputError, match="--overwrite"):
         run_subconcepts(config, model)
