@@ -235,13 +235,14 @@ def test_segment_bad_inputs(tiny, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_readme_compare_command(data, tmp_path):
-    """The issue's acceptance command, as written (RN50, random weights, the paper's 512 short side)."""
+    """The issue's acceptance command, as written (RN50, random weights, the paper protocol scaled to crop 224)."""
     out = tmp_path / "out"
     assert main(["compare", "--dataset", "pascal_context", "--data-root", str(data), "--model", "RN50",
                  "--pretrained", "none", "--limit", "4", "--save-predictions", "--out", str(out)]) == 0
-    results = json.loads((out / "results.json").read_text())
+    results, protocol = read_results(out)
     assert len(results) == 5 and all(len(list((out / "predictions" / r["method"]).glob("*.png"))) == 4
                                      for r in results)
+    assert (protocol["window"]["short_side"], protocol["window"]["stride"]) == (299, 112)  # 512, 192 at 224 / 384
 
 
 @pytest.mark.slow
@@ -251,9 +252,9 @@ def test_default_compare_on_synthetic_with_bundled_model(tmp_path, capsys):
     """`segclip compare --dataset synthetic` with no --model: the bundled model, every method, a table."""
     assert main(["compare", "--dataset", "synthetic", "--limit", "4", "--out", str(tmp_path / "out"),
                  "--no-progress"]) == 0
-    results = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert results[0]["protocol"]["model"]["name"] == "segclip-tiny" and len(results) == 5
-    assert results[0]["protocol"]["window"]["crop"] == results[0]["protocol"]["model"]["image_size"]
+    results, protocol = read_results(tmp_path / "out")
+    assert protocol["model"]["name"] == "segclip-tiny" and len(results) == 5
+    assert protocol["window"]["crop"] == protocol["model"]["image_size"]
 
 
 def test_calibration_signs_and_registers(tiny, data, tmp_path):

@@ -39,7 +39,7 @@ from segclip.io import atomic_write_csv, atomic_write_json, provenance, write_re
 from segclip.models.loading import CLIPResNet
 from segclip.models.text import TEMPLATE_SETS
 from segclip.models.zero_shot import TIE_RULE, encode_classification_names
-from segclip.process import broadcast_from_primary, is_primary
+from segclip.process import ProcessOptions, broadcast_from_primary, is_primary
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +187,8 @@ def check_out(out: Path, name: str, overwrite: bool) -> None:
 def distributed(config: Any) -> bool:
     """Whether the passes of ``config`` run on Lightning (several processes or DataLoader workers); otherwise
     they take the one-process :func:`~segclip.analysis.stream.run_pass` path."""
-    return config.world_size > 1 or config.num_workers > 0
+    options = ProcessOptions(devices=config.devices, num_nodes=config.num_nodes, num_workers=config.num_workers)
+    return options.world_size > 1 or options.num_workers > 0
 
 
 def run_accumulator(config: Any, model: CLIPResNet, paths: list[Path], make: Callable[[CLIPResNet], Mergeable], *,
