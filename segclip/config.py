@@ -168,3 +168,66 @@ def progress_bars(enabled: bool) -> Iterator[None]:
         yield
     finally:
         _PROGRESS.pop()
+
+
+def _short(value: Any, depth: int = 0) -> str:
+    """A bounded repr: arrays and tensors as their shape and dtype, long containers and strings cut."""
+    shape = getattr(value, "shape", None)
+    if shape is not None and hasattr(value, "dtype") and not isinstance(value, (int, float)):
+        kind = type(value).__name__
+        return f"{kind}({', '.join(str(s) for s in tuple(shape))}) {str(value.dtype).removeprefix('torch.')}"
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return short_repr(value) if depth < 2 else f"{type(value).__name__}(...)"
+    if isinstance(value, dict):
+        items = list(value.items())
+        shown = ", ".join(f"{k!r}: {_short(v, depth + 1)}" for k, v in items[:4])
+        return "{" + shown + (f", ... ({len(items)} keys)" if len(items) > 4 else "") + "}"
+    if isinstance(value, (list, tuple)):
+        shown = ", ".join(_short(v, depth + 1) for v in value[:4])
+        if isinstance(value, tuple) and len(value) == 1:
+            shown += ","
+        open_, close = ("(", ")") if isinstance(value, tuple) else ("[", "]")
+        return open_ + shown + (f", ... ({len(value)} items)" if len(value) > 4 else "") + close
+    if isinstance(value, Path):
+        return repr(str(value))
+    text = repr(value)
+    return text if len(text) <= 80 else text[:76] + "...'"
+
+
+def short_repr(obj: Any) -> str:
+    """A repr of a dataclass that fits a line or two: tensors and arrays as shapes, long lists and dicts cut, fields
+    left at their defaults omitted.
+
+    Example:
+        >>> import numpy as np
+        >>> @dataclasses.dataclass
+        ... class Demo(ShortRepr):
+        ...     maps: Any
+        ...     names: tuple = ()
+        ...     k: int = 3
+        >>> Demo(np.zeros((2, 5), np.float32), tuple("abcdefg"))
+        Demo(maps=ndarray(2, 5) float32, names=('a', 'b', 'c', 'd', ... (7 items)))
+    """
+    parts = []
+    for field in dataclasses.fields(obj):
+        if not field.repr:
+            continue
+        value = getattr(obj, field.name, None)
+        if field.default is not dataclasses.MISSING:
+            try:
+                if value == field.default:
+                    continue
+            except (TypeError, ValueError, RuntimeError):  # arrays and tensors compare elementwise
+                pass
+        parts.append(f"{field.name}={_short(value)}")
+    return f"{type(obj).__name__}({', '.join(parts)})"
+
+
+class ShortRepr:
+    """Mix-in for dataclasses (configs, results, traces): :func:`short_repr` as their repr, in subclasses too (set
+    before ``@dataclass`` runs, which keeps a ``__repr__`` the class already has)."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "__repr__" not in cls.__dict__:
+            cls.__repr__ = short_repr  # type: ignore[method-assign]

@@ -25,7 +25,7 @@ from segclip.analysis.common import (
 )
 from segclip.analysis.distributed import ProcessConfig
 from segclip.analysis.statistics import Statistics
-from segclip.config import check_positive, option
+from segclip.config import ShortRepr, check_positive, option
 from segclip.core.calibration import (
     CALIBRATION_VERSION,
     Calibration,
@@ -117,7 +117,7 @@ class CalibrateConfig(DatasetOptions, ProcessConfig):
 
 
 @dataclass
-class CalibrateResult:
+class CalibrateResult(ShortRepr):
     """A finished calibration.
 
     Attributes:

@@ -30,7 +30,7 @@ from segclip.analysis.statistics import (
     pass_key,
 )
 from segclip.analysis.stream import Mergeable, run_pass
-from segclip.config import check_positive, option, progress_enabled
+from segclip.config import ShortRepr, check_positive, option, progress_enabled
 from segclip.core.trace import HookSpec
 from segclip.data.classification import ImageSet, duplicate_names
 from segclip.data.images import list_images
@@ -72,7 +72,7 @@ def process_config(config: Any) -> ProcessConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
-class DatasetOptions:
+class DatasetOptions(ShortRepr):
     """The ``--dataset`` / ``--data-root`` / ``--split`` / ``--colours`` flags of a command that reads an image set.
 
     ``--dataset folder`` (the default) reads ``--images`` (or ``--data-root``) as today; ``imagenet`` and
@@ -348,7 +348,7 @@ def pc_source(samples: str, stats: Statistics) -> str:
 
 
 @dataclass
-class AnalysisResult:
+class AnalysisResult(ShortRepr):
     """What every analysis returns: its numbers, its table rows and its provenance; subclasses add typed fields.
 
     Attributes:

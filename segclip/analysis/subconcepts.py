@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from segclip.config import check_positive, option
+from segclip.config import ShortRepr, check_positive, option
 from segclip.errors import ConfigError, DataError, OutputError
 from segclip.io import atomic_write_csv, atomic_write_json, provenance
 from segclip.models.loading import ModelSource, resolve_model
@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class SubconceptsConfig:
+class SubconceptsConfig(ShortRepr):
     """Options of ``segclip analyze subconcepts``.
 
     Raises:
@@ -89,7 +89,7 @@ class Subconcept:
 
 
 @dataclass(frozen=True)
-class SubconceptsResult:
+class SubconceptsResult(ShortRepr):
     """What :func:`run_subconcepts` found and wrote.
 
     Attributes:

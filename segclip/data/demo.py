@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from segclip.config import check_positive, option
+from segclip.config import ShortRepr, check_positive, option
 from segclip.data.synthetic import BENCHMARK_SIZE, SYNTHETIC_CLASSES, classification_set, render_scene
 from segclip.errors import ConfigError, OutputError
 
@@ -44,7 +44,7 @@ DEMO_VERSION = 1
 
 
 @dataclass(frozen=True, kw_only=True)
-class DemoDataConfig:
+class DemoDataConfig(ShortRepr):
     """Options of ``segclip demo-data``."""
 
     out: Path = option(positional=True, metavar="DIR", help="the folder to write (created).")

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch.utils.data import Subset
 
-from segclip.config import check_positive, option
+from segclip.config import ShortRepr, check_positive, option
 from segclip.data.benchmarks import BENCHMARKS, SPECS, BenchmarkDataset, canonical_name
 from segclip.data.protocols import BenchmarkProtocol, benchmark_protocol
 from segclip.data.queries import read_query_file
@@ -145,7 +145,7 @@ class DatasetScores:
 
 
 @dataclass
-class BenchmarkResult:
+class BenchmarkResult(ShortRepr):
     """The benchmark table: per dataset (the peers' column order) mIoU per method, and the average.
 
     Attributes:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from segclip.config import option
+from segclip.config import ShortRepr, option
 from segclip.data.images import check_image
 from segclip.data.pascal_context import ImageFolderDataset
 from segclip.errors import ConfigError, OutputError
@@ -17,9 +17,10 @@ from segclip.models.loading import ModelSource, resolve_model
 from segclip.models.text import check_class_names
 from segclip.segment.lightning import SegmentationData, SegmentationTask, make_trainer, quiet_lightning, run_loop
 from segclip.segment.methods import METHODS
-from segclip.segment.results import check_writable, png_bytes
+from segclip.segment.results import check_writable
 from segclip.segment.run import MethodOptions, prepare_methods, segmentation_protocol
 from segclip.viz.overlay import heatmap, overlay
+from segclip.viz.palette import class_colours, label_format, label_png
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -62,7 +63,7 @@ def read_class_list(config: SegmentConfig) -> list[str] | None:
 
 
 @dataclass
-class SegmentResult:
+class SegmentResult(ShortRepr):
     """What ``segment`` wrote.
 
     Attributes:
@@ -174,7 +175,7 @@ def run_segment(config: SegmentConfig, model: ModelSource) -> SegmentResult:
         segmentation = result[config.method]
         labels = segmentation.labels.numpy()  # at the original size, background threshold applied
         files_for = plan[image_id]
-        written = [atomic_write_bytes(files_for[0], png_bytes(labels))]
+        written = [atomic_write_bytes(files_for[0], label_png(labels, names, background=threshold is not None))]
         picture = overlay(image, labels, names, background="background" if threshold is not None else None)
         written.append(atomic_write_bytes(files_for[1], _image_bytes(picture)))
         del picture
@@ -196,5 +197,8 @@ def run_segment(config: SegmentConfig, model: ModelSource) -> SegmentResult:
                "background_threshold": threshold, "images": [str(p) for p in dataset.paths],
                "label_values": f"0..{len(names) - 1} in class-list order"
                                + (f", {len(names)} = background" if threshold is not None else ""),
+               "label_format": label_format(len(names) + int(threshold is not None)),
+               "class_colours": {name: "#%02x%02x%02x" % tuple(int(v) for v in colour)
+                                 for name, colour in zip(names, class_colours(names))},
                "protocol": record}
     return SegmentResult(files, summary)

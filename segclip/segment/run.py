@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch.utils.data import Subset
 
-from segclip.config import check_positive, option
+from segclip.config import ShortRepr, check_positive, option
 from segclip.core.calibration import Calibration, load_calibration
 from segclip.core.trace import RegisterIntervention
 from segclip.errors import ConfigError
@@ -55,7 +55,7 @@ RUN_ONLY = ("out", "overwrite", "batch_size", "devices", "num_nodes", "num_worke
 
 
 @dataclass(frozen=True, kw_only=True)
-class MethodOptions:
+class MethodOptions(ShortRepr):
     """Method and protocol options shared by ``eval``, ``compare`` and ``segment``."""
 
     k: int | None = option(None, help=f"neuron-head pairs kept per class, clamped to N*H (default: the paper's "
@@ -198,7 +198,7 @@ class MethodScores:
 
 
 @dataclass
-class EvalResult:
+class EvalResult(ShortRepr):
     """Scores of every method, with the protocol they ran under."""
 
     scores: list[MethodScores]
