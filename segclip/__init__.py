@@ -20,7 +20,6 @@ _EXPORTS = {
     "load_model": "segclip.models.loading",
     "CLIPResNet": "segclip.models.loading",
     "ModelConfig": "segclip.models.loading",
-    "segment": "segclip.segment.api",
     "SegmentedImage": "segclip.segment.api",
     "encode_classes": "segclip.models.text",
     "read_image": "segclip.data.images",
@@ -47,10 +46,12 @@ _EXPORTS = {
     **{name: "segclip.data.demo" for name in ("run_demo_data", "DemoDataConfig")},
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = sorted([*_EXPORTS, "segment"])
 
 
 def __getattr__(name: str) -> Any:
+    if name == "segment":  # the subpackage, callable as segclip.segment.api.segment (see its docstring)
+        return importlib.import_module("segclip.segment")
     if name in _EXPORTS:
         value = getattr(importlib.import_module(_EXPORTS[name]), name)
         globals()[name] = value  # later look-ups skip this function
