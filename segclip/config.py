@@ -231,3 +231,26 @@ class ShortRepr:
         super().__init_subclass__(**kwargs)
         if "__repr__" not in cls.__dict__:
             cls.__repr__ = short_repr  # type: ignore[method-assign]
+
+
+FIGURE_FORMATS = ("png", "svg", "pdf")
+
+
+def figure_format_option() -> Any:
+    """The ``--format`` field of a command that writes figures."""
+    return option("png", choices=FIGURE_FORMATS, flag="--format", metavar="{png,svg,pdf}",
+                  help="format of the figures written: png (default), svg or pdf (vector plots; label maps stay PNG).")
+
+
+def dpi_option() -> Any:
+    """The ``--dpi`` field of a command that writes figures."""
+    return option(150, help="resolution of the figures in dots per inch (PNG, and images inside SVG/PDF; default: "
+                            "150).")
+
+
+def check_figure_options(config: Any) -> None:
+    """Raise :class:`ConfigError` unless ``config.figure_format`` is a known format and ``config.dpi`` >= 1."""
+    if config.figure_format not in FIGURE_FORMATS:
+        raise ConfigError(f"--format must be one of {', '.join(FIGURE_FORMATS)}, got {config.figure_format!r}.")
+    if isinstance(config.dpi, bool) or not isinstance(config.dpi, int) or config.dpi < 1:
+        raise ConfigError(f"--dpi must be a whole number of at least 1, got {config.dpi!r}.")

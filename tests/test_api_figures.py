@@ -213,3 +213,50 @@ def test_demo_data_command(tmp_path, capsys):
     assert main(["demo-data", str(tmp_path / "d"), "--per-class", "1", "--scenes", "2", "--per-group", "2"]) == 0
     assert "wrote labelled/" in capsys.readouterr().out
     assert (tmp_path / "d" / "shift" / "groups.csv").is_file()
+
+
+# ------------------------------------------------------------------------------------------------------- figures
+
+
+def _border_is_white(path, width: int = 3) -> bool:
+    pixels = np.asarray(Image.open(path).convert("RGB"))
+    ring = np.concatenate([pixels[:width].reshape(-1, 3), pixels[-width:].reshape(-1, 3),
+                           pixels[:, :width].reshape(-1, 3), pixels[:, -width:].reshape(-1, 3)])
+    return bool((ring > 245).all())
+
+
+def test_figures_hold_long_titles_and_labels(tmp_path):
+    """Nothing is clipped: a clipped title or label would reach the picture's edge; the edge stays white."""
+    from segclip.viz.plots import montage, twin_plot
+
+    title = "Concept scores by group (segclip-tiny, a long model name): drift vs 2019 " * 2
+    path = twin_plot(tmp_path / "twin.png", ["2019", "2020"], {"snow": [0.1, 0.2], "a very long concept": [0, 1]},
+                     {"snow": [0.1, 0.9]}, xlabel="group", title=title)
+    assert path.suffix == ".png" and _border_is_white(path)
+    tiles = [np.full((16, 16, 3), 90, np.uint8)] * 3
+    path = montage(tmp_path / "montage.png", {"neuron 117": tiles, "pair 117:7\nwall, box, ball, triangle, diamond,"
+                                              " snow": tiles}, tile=16)
+    assert _border_is_white(path)
+
+
+def test_format_and_dpi_reach_every_figure(tmp_path):
+    from segclip.cli import main
+
+    run_demo_data(DemoDataConfig(out=tmp_path / "d", per_class=1, scenes=2, per_group=2))
+    arguments = ["analyze", "shift", "--images", str(tmp_path / "d/shift/images"), "--groups",
+                 str(tmp_path / "d/shift/groups.csv"), "--concepts", "snow", "--no-progress"]
+    assert main([*arguments, "--out", str(tmp_path / "pdf"), "--format", "pdf"]) == 0
+    assert sorted(p.name for p in (tmp_path / "pdf").glob("shift*.pdf")) == ["shift-drift.pdf", "shift.pdf"]
+    assert (tmp_path / "pdf" / "shift.pdf").read_bytes()[:4] == b"%PDF" and not list((tmp_path / "pdf").glob("*.png"))
+    assert main([*arguments, "--out", str(tmp_path / "svg"), "--format", "svg"]) == 0
+    assert b"<svg" in (tmp_path / "svg" / "shift-drift.svg").read_bytes()[:400]
+    assert main([*arguments, "--out", str(tmp_path / "low"), "--dpi", "50"]) == 0
+    assert main([*arguments, "--out", str(tmp_path / "high"), "--dpi", "200"]) == 0
+    low, high = (Image.open(tmp_path / name / "shift.png").size for name in ("low", "high"))
+    assert abs(high[0] / low[0] - 4) < 0.2  # pixels scale with the dpi
+    assert main(["segment", str(segclip.example_image_path()), "--classes", "sand,water", "--out",
+                 str(tmp_path / "seg"), "--format", "svg", "--heatmaps", "--no-progress", "--templates", "single"]) == 0
+    assert (tmp_path / "seg" / "example_overlay.svg").read_bytes().startswith(b"<svg")
+    assert Image.open(tmp_path / "seg" / "example.png").mode == "P"  # label maps stay PNG
+    assert len(list((tmp_path / "seg" / "heatmaps" / "example").glob("*.svg"))) == 2
+    assert main(["segment", str(segclip.example_image_path()), "--out", str(tmp_path / "x"), "--dpi", "0"]) == 2

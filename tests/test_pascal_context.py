@@ -60,7 +60,7 @@ def test_missing_entries_are_named_with_count_and_fix(root: Path) -> None:
         PascalContext(root)
     message = str(info.value)
     assert "2 of 5 images" in message and "2010_000007.jpg" in message and "2010_000009.jpg" in message
-    assert "tools/dataset_converters/pascal_context.py" in message and "Detail API" in message
+    assert "segclip prepare pascal_context" in message and "Detail API or mmcv needed" in message
     assert len(PascalContext(root, limit=3)) == 3  # only the ids in use are checked
     (root / "VOCdevkit/VOC2010/SegmentationClassContext/2008_000002.png").unlink()
     with pytest.raises(DataError, match=r"1 of 3 label maps .*2008_000002\.png"):
@@ -87,7 +87,7 @@ def test_missing_parts(root: Path, remove: str, match: str) -> None:
 
 
 def test_bad_roots_and_arguments(root: Path, tmp_path: Path) -> None:
-    with pytest.raises(DataError, match="does not exist.*mmsegmentation"):
+    with pytest.raises(DataError, match="does not exist.*segclip prepare pascal_context"):
         PascalContext(tmp_path / "nowhere")
     (tmp_path / "other").mkdir()
     with pytest.raises(DataError, match="does not hold PASCAL Context"):

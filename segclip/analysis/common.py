@@ -30,7 +30,15 @@ from segclip.analysis.statistics import (
     pass_key,
 )
 from segclip.analysis.stream import Mergeable, run_pass
-from segclip.config import ShortRepr, check_positive, option, progress_enabled
+from segclip.config import (
+    ShortRepr,
+    check_figure_options,
+    check_positive,
+    dpi_option,
+    figure_format_option,
+    option,
+    progress_enabled,
+)
 from segclip.core.trace import HookSpec
 from segclip.data.classification import ImageSet, duplicate_names
 from segclip.data.images import list_images
@@ -38,6 +46,7 @@ from segclip.errors import ConfigError, OutputError
 from segclip.io import atomic_write_csv, atomic_write_json, provenance
 from segclip.models.loading import CLIPResNet
 from segclip.models.zero_shot import TIE_RULE, encode_classification_names
+from segclip.viz.plots import figure_path
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +65,13 @@ class AnalysisConfig(ProcessConfig):
     batch_size: int = option(8, help="images per backbone pass (default: 8).")
     overwrite: bool = option(False, help="replace the results of an earlier run in --out.")
     progress: bool = option(True, help="show progress bars.")
+    figure_format: str = figure_format_option()
+    dpi: int = dpi_option()
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_positive(self, "limit", "top_k", "batch_size")
+        check_figure_options(self)
 
 
 def process_config(config: Any) -> ProcessConfig:
@@ -383,8 +395,8 @@ class AnalysisResult(ShortRepr):
         out = Path(out)
         written = [atomic_write_json(out / f"{self.name}.json", {"protocol": self.protocol, "results": self.results}),
                    atomic_write_csv(out / f"{self.name}.csv", self.rows)]
-        if self.plot(out / f"{self.name}.png"):
-            written.append(out / f"{self.name}.png")
+        if self.plot(out / f"{self.name}.png"):  # the suffix follows segclip.viz.plots.figure_options
+            written.append(figure_path(out / f"{self.name}.png"))
         return written
 
 

@@ -90,7 +90,10 @@ def main(argv: list[str] | None = None) -> int:
             model_config = build_config(ModelConfig, values[0], source=source)
             devices = getattr(config, "devices", 1)
             loader = lambda: load_model_for(model_config, devices)  # noqa: E731  (loaded once inputs are checked)
-        with progress_bars(getattr(config, "progress", True)):
+        from segclip.viz.plots import figure_options  # matplotlib only once a command runs
+
+        with progress_bars(getattr(config, "progress", True)), \
+                figure_options(getattr(config, "figure_format", "png"), getattr(config, "dpi", None)):
             return command.emit(command.run(config, loader, args.verbose), config)
     except SegclipError as err:
         print(f"segclip {label}: error: {err}", file=sys.stderr)

@@ -24,10 +24,9 @@ from segclip.data.images import read_image, read_label
 from segclip.errors import ConfigError, DataError, ImageError
 
 PREPARE_HINT = (
-    "Prepare PASCAL Context with mmsegmentation's converter: install the Detail API "
-    "(https://github.com/zhanghang1989/detail-api), download VOC2010 trainval and trainval_merged.json, then run "
-    "`python tools/dataset_converters/pascal_context.py data/VOCdevkit data/VOCdevkit/VOC2010/trainval_merged.json` "
-    "and pass --data-root pointing at the folder that holds VOCdevkit (or at VOCdevkit or VOC2010 itself)."
+    "Prepare PASCAL Context with `segclip prepare pascal_context --devkit DIR/VOCdevkit --json trainval_merged.json` "
+    "(VOC2010 trainval extracted under DIR/VOCdevkit; no Detail API or mmcv needed), then pass --data-root DIR (or "
+    "VOCdevkit or VOC2010 itself); `segclip prepare check --data-root DIR` says what is missing."
 )
 _LAYOUT = ("JPEGImages", "SegmentationClassContext", "ImageSets/SegmentationContext")
 
@@ -157,7 +156,8 @@ class PascalContext(Dataset):
         if label.shape != image.shape[:2]:
             raise DataError(
                 f"label map {label_path} is {label.shape[1]}x{label.shape[0]} (WxH) but its image is "
-                f"{image.shape[1]}x{image.shape[0]}; regenerate the labels with mmsegmentation's converter"
+                f"{image.shape[1]}x{image.shape[0]}; regenerate the labels with `segclip prepare pascal_context "
+                "--overwrite`"
             )
         return {"id": image_id, "image": image, "label": label}
 

@@ -30,7 +30,7 @@ from segclip.segment.methods import METHODS
 from segclip.segment.pipeline import segment_images
 from segclip.segment.run import MethodOptions, prepare_methods
 from segclip.segment.stitched import StitchedLogits
-from segclip.viz.overlay import heatmap, overlay
+from segclip.viz.overlay import heatmap, overlay, picture_bytes
 from segclip.viz.palette import class_colours, label_format, label_png
 
 
@@ -98,9 +98,11 @@ class SegmentedImage(ShortRepr):
         """Class ``c``'s probability map (an index or a name) as a PIL image with a colour bar and its name."""
         return heatmap(self.probability(c), self.classes[self._index(c)])
 
-    def save(self, out: str | Path, name: str = "image", *, heatmaps: bool = False) -> list[Path]:
-        """Write ``NAME.png`` (the label map: a palette PNG, 16-bit above 256 label values), ``NAME_overlay.png``,
-        with ``heatmaps`` ``NAME_heatmap_<i>.png`` per class, and ``NAME.json`` (classes, colours, method, format).
+    def save(self, out: str | Path, name: str = "image", *, heatmaps: bool = False, format: str = "png",
+             dpi: int = 150) -> list[Path]:
+        """Write ``NAME.png`` (the label map: a palette PNG, 16-bit above 256 label values), ``NAME_overlay.FORMAT``,
+        with ``heatmaps`` ``NAME_heatmap_<i>.FORMAT`` per class, and ``NAME.json`` (classes, colours, method,
+        format); ``format`` is png, svg or pdf (:func:`~segclip.viz.overlay.picture_bytes`) at ``dpi``.
 
         Returns:
             The files written.
@@ -112,13 +114,12 @@ class SegmentedImage(ShortRepr):
         background = self.background_threshold is not None
         written = [atomic_write_bytes(out / f"{name}.png", label_png(self.labels, self.classes,
                                                                      background=background))]
-        written.append(out / f"{name}_overlay.png")
-        out.mkdir(parents=True, exist_ok=True)
-        self.overlay().save(written[-1])
+        written.append(atomic_write_bytes(out / f"{name}_overlay.{format}", picture_bytes(self.overlay(), format,
+                                                                                            dpi)))
         if heatmaps:
             for i in range(len(self.classes)):
-                written.append(out / f"{name}_heatmap_{i:02d}.png")
-                self.heatmap(i).save(written[-1])
+                written.append(atomic_write_bytes(out / f"{name}_heatmap_{i:02d}.{format}",
+                                                  picture_bytes(self.heatmap(i), format, dpi)))
         values = len(self.classes) + int(background)
         written.append(atomic_write_json(out / f"{name}.json", {
             "method": self.method, "params": self.params, "classes": self.classes,

@@ -1,6 +1,8 @@
 """Colour overlays of label maps with a legend, and per-class heatmaps (PIL only; no display needed)."""
 from __future__ import annotations
 
+import base64
+import io
 from collections.abc import Sequence
 
 import numpy as np
@@ -93,6 +95,32 @@ def overlay(image: np.ndarray, labels: np.ndarray, class_names: Sequence[str], a
                        width=max(1, size // 12))
         draw.text((x + size + pad, y + size / 2), name, fill=(0, 0, 0), font=font, anchor="lm")
     return canvas
+
+
+def picture_bytes(picture: Image.Image, format: str = "png", dpi: int = 150) -> bytes:
+    """An overlay or heatmap as the bytes of a ``png``, ``pdf`` (the image on a page of its size at ``dpi``) or
+    ``svg`` file (the PNG embedded at that size, so that it scales inside a vector document).
+
+    Example:
+        >>> picture_bytes(Image.new("RGB", (4, 3)), "svg")[:4], picture_bytes(Image.new("RGB", (4, 3)), "pdf")[:4]
+        (b'<svg', b'%PDF')
+    """
+    buffer = io.BytesIO()
+    if format == "pdf":
+        picture.convert("RGB").save(buffer, format="PDF", resolution=float(dpi))
+    elif format == "svg":
+        picture.save(buffer, format="PNG", dpi=(dpi, dpi))
+        width, height = (72 * side / dpi for side in picture.size)  # points
+        data = base64.b64encode(buffer.getvalue()).decode("ascii")
+        return (f'<svg xmlns="http://www.w3.org/2000/svg" xmlns:xlink="http://www.w3.org/1999/xlink" '
+                f'width="{width:.2f}pt" height="{height:.2f}pt" viewBox="0 0 {picture.size[0]} {picture.size[1]}">'
+                f'<image width="{picture.size[0]}" height="{picture.size[1]}" xlink:href="data:image/png;base64,'
+                f'{data}"/></svg>\n').encode("ascii")
+    elif format == "png":
+        picture.save(buffer, format="PNG", dpi=(dpi, dpi))
+    else:
+        raise ValueError(f"unknown picture format {format!r}; png, svg or pdf")
+    return buffer.getvalue()
 
 
 def heatmap(probability: np.ndarray, name: str | None = None) -> Image.Image:
