@@ -260,3 +260,11 @@ def test_format_and_dpi_reach_every_figure(tmp_path):
     assert Image.open(tmp_path / "seg" / "example.png").mode == "P"  # label maps stay PNG
     assert len(list((tmp_path / "seg" / "heatmaps" / "example").glob("*.svg"))) == 2
     assert main(["segment", str(segclip.example_image_path()), "--out", str(tmp_path / "x"), "--dpi", "0"]) == 2
+
+
+def test_saved_predictions_keep_wide_class_indices():
+    from segclip.segment.results import png_bytes
+
+    labels = np.array([[0, 255, 256, 511]])
+    assert read_label_png(io.BytesIO(png_bytes(labels, 512))).tolist() == labels.tolist()
+    assert Image.open(io.BytesIO(png_bytes(np.array([[0, 170]]), 171))).mode == "L"  # 8-bit as before
