@@ -29,7 +29,7 @@ def section_blocks(text: str, title: str) -> list[str]:
 
 def commands(block: str) -> list[str]:
     """The block's commands: continuation lines joined, blank lines dropped, each ``a && b`` split in two."""
-    joined = re.sub(r"\\\n\s*", " ", block)
+    joined = re.sub(r"\s*\\\n\s*", " ", block)
     found = []
     for line in joined.splitlines():
         words = line.split("#", 1)[0].strip() if "#" in line else line.strip()
