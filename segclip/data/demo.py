@@ -49,7 +49,7 @@ class DemoDataConfig(ShortRepr):
 
     out: Path = option(positional=True, metavar="DIR", help="the folder to write (created).")
     per_class: int = option(10, help="single-class images per class in labelled/ and noisy/ (default: 10).")
-    scenes: int = option(200, help="synthetic scenes in scenes/ (default: 200).")
+    scenes: int = option(100, help="synthetic scenes in scenes/ (default: 100).")
     per_group: int = option(20, help="scenes per group in shift/ (five groups; default: 20).")
     concept: str = option("snow", choices=SYNTHETIC_CLASSES, help="the class whose share rises over the shift "
                                                                    "groups (default: snow).")
