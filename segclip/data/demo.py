@@ -104,7 +104,7 @@ def labelled_images(per_class: int, size: int, noise: float = 0.0) -> list[tuple
 
     Example:
         >>> [path for path, _ in labelled_images(1, 32)][:2]
-        ['triangle/00000.png', 'grass/00001.png']
+        ['water/00000.png', 'triangle/00001.png']
     """
     images, labels = classification_set(per_class * len(SYNTHETIC_CLASSES), LABELLED_SEED, size)
     rng = np.random.default_rng(np.random.SeedSequence(LABELLED_SEED, spawn_key=NOISE_STREAM))
