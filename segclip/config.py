@@ -172,3 +172,89 @@ def progress_bars(enabled: bool) -> Iterator[None]:
         yield
     finally:
         _PROGRESS.pop()
+
+
+def _short(value: Any, depth: int = 0) -> str:
+    """A bounded repr: arrays and tensors as their shape and dtype, long containers and strings cut."""
+    shape = getattr(value, "shape", None)
+    if shape is not None and hasattr(value, "dtype") and not isinstance(value, (int, float)):
+        kind = type(value).__name__
+        return f"{kind}({', '.join(str(s) for s in tuple(shape))}) {str(value.dtype).removeprefix('torch.')}"
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return short_repr(value) if depth < 2 else f"{type(value).__name__}(...)"
+    if isinstance(value, dict):
+        items = list(value.items())
+        shown = ", ".join(f"{k!r}: {_short(v, depth + 1)}" for k, v in items[:4])
+        return "{" + shown + (f", ... ({len(items)} keys)" if len(items) > 4 else "") + "}"
+    if isinstance(value, (list, tuple)):
+        shown = ", ".join(_short(v, depth + 1) for v in value[:4])
+        if isinstance(value, tuple) and len(value) == 1:
+            shown += ","
+        open_, close = ("(", ")") if isinstance(value, tuple) else ("[", "]")
+        return open_ + shown + (f", ... ({len(value)} items)" if len(value) > 4 else "") + close
+    if isinstance(value, Path):
+        return repr(str(value))
+    text = repr(value)
+    return text if len(text) <= 80 else text[:76] + "...'"
+
+
+def short_repr(obj: Any) -> str:
+    """A repr of a dataclass that fits a line or two: tensors and arrays as shapes, long lists and dicts cut, fields
+    left at their defaults omitted.
+
+    Example:
+        >>> import numpy as np
+        >>> @dataclasses.dataclass
+        ... class Demo(ShortRepr):
+        ...     maps: Any
+        ...     names: tuple = ()
+        ...     k: int = 3
+        >>> Demo(np.zeros((2, 5), np.float32), tuple("abcdefg"))
+        Demo(maps=ndarray(2, 5) float32, names=('a', 'b', 'c', 'd', ... (7 items)))
+    """
+    parts = []
+    for field in dataclasses.fields(obj):
+        if not field.repr:
+            continue
+        value = getattr(obj, field.name, None)
+        if field.default is not dataclasses.MISSING:
+            try:
+                if value == field.default:
+                    continue
+            except (TypeError, ValueError, RuntimeError):  # arrays and tensors compare elementwise
+                pass
+        parts.append(f"{field.name}={_short(value)}")
+    return f"{type(obj).__name__}({', '.join(parts)})"
+
+
+class ShortRepr:
+    """Mix-in for dataclasses (configs, results, traces): :func:`short_repr` as their repr, in subclasses too (set
+    before ``@dataclass`` runs, which keeps a ``__repr__`` the class already has)."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "__repr__" not in cls.__dict__:
+            cls.__repr__ = short_repr  # type: ignore[method-assign]
+
+
+FIGURE_FORMATS = ("png", "svg", "pdf")
+
+
+def figure_format_option() -> Any:
+    """The ``--format`` field of a command that writes figures."""
+    return option("png", choices=FIGURE_FORMATS, flag="--format", metavar="{png,svg,pdf}",
+                  help="format of the figures written: png (default), svg or pdf (vector plots; label maps stay PNG).")
+
+
+def dpi_option() -> Any:
+    """The ``--dpi`` field of a command that writes figures."""
+    return option(150, help="resolution of the figures in dots per inch (PNG, and images inside SVG/PDF; default: "
+                            "150).")
+
+
+def check_figure_options(config: Any) -> None:
+    """Raise :class:`ConfigError` unless ``config.figure_format`` is a known format and ``config.dpi`` >= 1."""
+    if config.figure_format not in FIGURE_FORMATS:
+        raise ConfigError(f"--format must be one of {', '.join(FIGURE_FORMATS)}, got {config.figure_format!r}.")
+    if isinstance(config.dpi, bool) or not isinstance(config.dpi, int) or config.dpi < 1:
+        raise ConfigError(f"--dpi must be a whole number of at least 1, got {config.dpi!r}.")

@@ -23,13 +23,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from segclip.config import check_positive, option
+from segclip.config import ShortRepr, check_positive, option
 
 PROCESS_FIELDS = ("devices", "num_nodes", "num_workers")
 
 
 @dataclass(frozen=True, kw_only=True)
-class ProcessOptions:
+class ProcessOptions(ShortRepr):
     """How many processes run a pass over a dataset and how many DataLoader workers feed each.
 
     Example:

@@ -26,7 +26,7 @@ from segclip.analysis.distributed import ProcessConfig
 from segclip.core.trace import RegisterIntervention
 from segclip.process import is_primary
 from segclip.analysis.statistics import Statistics
-from segclip.config import check_positive, option
+from segclip.config import ShortRepr, check_positive, option
 from segclip.core.calibration import (
     CALIBRATION_VERSION,
     Calibration,
@@ -119,7 +119,7 @@ class CalibrateConfig(DatasetOptions, ProcessConfig):
 
 
 @dataclass
-class CalibrateResult:
+class CalibrateResult(ShortRepr):
     """A finished calibration.
 
     Attributes:

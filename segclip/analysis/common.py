@@ -30,7 +30,15 @@ from segclip.analysis.statistics import (
     pass_key,
 )
 from segclip.analysis.stream import Mergeable, run_pass
-from segclip.config import check_positive, option, progress_enabled
+from segclip.config import (
+    ShortRepr,
+    check_figure_options,
+    check_positive,
+    dpi_option,
+    figure_format_option,
+    option,
+    progress_enabled,
+)
 from segclip.core.trace import HookSpec
 from segclip.data.classification import ImageSet, duplicate_names
 from segclip.data.images import list_images
@@ -40,6 +48,7 @@ from segclip.models.loading import CLIPResNet
 from segclip.models.text import TEMPLATE_SETS
 from segclip.models.zero_shot import TIE_RULE, encode_classification_names
 from segclip.process import ProcessOptions, broadcast_from_primary, is_primary
+from segclip.viz.plots import figure_path
 
 log = logging.getLogger(__name__)
 
@@ -63,14 +72,17 @@ class AnalysisConfig(ProcessConfig):
     batch_size: int = option(8, help="images per backbone pass (default: 8).")
     overwrite: bool = option(False, help="replace the results of an earlier run in --out.")
     progress: bool = option(True, help="show progress bars.")
+    figure_format: str = figure_format_option()
+    dpi: int = dpi_option()
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_positive(self, "limit", "sample", "top_k", "batch_size")
+        check_figure_options(self)
 
 
 @dataclass(frozen=True, kw_only=True)
-class DatasetOptions:
+class DatasetOptions(ShortRepr):
     """The ``--dataset`` / ``--data-root`` / ``--split`` / ``--colours`` flags of a command that reads an image set.
 
     ``--dataset folder`` (the default) reads ``--images`` (or ``--data-root``) as today; ``imagenet`` and
@@ -329,7 +341,7 @@ def pc_source(samples: str, stats: Statistics) -> str:
 
 
 @dataclass
-class AnalysisResult:
+class AnalysisResult(ShortRepr):
     """What every analysis returns: its numbers, its table rows and its provenance; subclasses add typed fields.
 
     Attributes:
@@ -364,8 +376,8 @@ class AnalysisResult:
         out = Path(out)
         written = [write_result(out / f"{self.name}.json", self.provenance, self.results, self.summary()),
                    atomic_write_csv(out / f"{self.name}.csv", self.rows)]
-        if self.plot(out / f"{self.name}.png"):
-            written.append(out / f"{self.name}.png")
+        if self.plot(out / f"{self.name}.png"):  # the suffix follows segclip.viz.plots.figure_options
+            written.append(figure_path(out / f"{self.name}.png"))
         return written
 
 

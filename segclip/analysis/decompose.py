@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from segclip.config import option
+from segclip.config import ShortRepr, option
 from segclip.data.images import read_image
 from segclip.data.preprocess import clip_batch
 from segclip.errors import ConfigError
@@ -16,7 +16,7 @@ from segclip.paths import example_image_path
 
 
 @dataclass(frozen=True)
-class DecomposeConfig:
+class DecomposeConfig(ShortRepr):
     """Options of ``segclip decompose``."""
 
     images: tuple[Path, ...] = option((), positional=True, help="image files (default: the bundled example).")
@@ -41,7 +41,7 @@ class PairShare:
 
 
 @dataclass
-class DecomposeResult:
+class DecomposeResult(ShortRepr):
     """The identity errors and, per image and word, the image-text cosine and the top pairs.
 
     Attributes:

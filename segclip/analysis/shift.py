@@ -146,9 +146,9 @@ class ShiftResult(AnalysisResult):
     def write(self, out: str | Path) -> list[Path]:
         """``shift.json`` (with the drift report), ``.csv``, ``.png`` and the drift plot ``shift-drift.png``."""
         written = super().write(out)
-        path = Path(out) / f"{self.name}-drift.png"
-        drift_plot(path, self.drift, method=self.drift_method, xlabel=self.xlabel,
-                   title=f"{self.title}: drift vs {next(iter(self.drift.values())).reference}")
+        reference = next(iter(self.drift.values())).reference
+        path = drift_plot(Path(out) / f"{self.name}-drift.png", self.drift, method=self.drift_method,
+                          xlabel=self.xlabel, title=f"{self.title}: drift vs {reference}")
         return written + [path]
 
     def summary(self) -> str:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from segclip.config import check_positive, option
+from segclip.config import ShortRepr, check_figure_options, check_positive, dpi_option, figure_format_option, option
 from segclip.errors import ConfigError, DataError, OutputError
 from segclip.io import atomic_write_csv, provenance, write_result
 from segclip.models.loading import ModelSource, resolve_model
@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class SubconceptsConfig:
+class SubconceptsConfig(ShortRepr):
     """Options of ``segclip analyze subconcepts``.
 
     Raises:
@@ -61,6 +61,8 @@ class SubconceptsConfig:
     tile: int = option(64, help="montage tile side in pixels (default: 64).")
     batch_size: int = option(16, help="images per forward pass (default: 16).")
     overwrite: bool = option(False, help="replace an existing subconcepts.json in --out.")
+    figure_format: str = figure_format_option()
+    dpi: int = dpi_option()
 
     def __post_init__(self) -> None:
         for name in ("min_response", "max_spread", "min_distance"):
@@ -69,6 +71,7 @@ class SubconceptsConfig:
         if not 0 <= self.max_overlap <= 1:
             raise ConfigError(f"--max-overlap must be in [0, 1], got {self.max_overlap}.")
         check_positive(self, "vocabulary_size", "top_images", "words", "max_hits", "tile", "batch_size")
+        check_figure_options(self)
 
 
 @dataclass(frozen=True)
@@ -89,7 +92,7 @@ class Subconcept:
 
 
 @dataclass(frozen=True)
-class SubconceptsResult:
+class SubconceptsResult(ShortRepr):
     """What :func:`run_subconcepts` found and wrote.
 
     Attributes:
@@ -293,10 +296,10 @@ def run_subconcepts(config: SubconceptsConfig, model: ModelSource) -> Subconcept
                              for i in images.tolist()]
     hits = []
     for rank, ((n, h), words_of) in enumerate(zip(chosen, labels), 1):
-        path = out / "montages" / f"neuron{n}_head{h}.png"
         text = ", ".join(w for w, _ in words_of[:3])
-        montage(path, {f"neuron {n}": thumbs(neuron_images[:, n]),
-                       f"pair {n}:{h}\n{text}": thumbs(pair_images[:, n, h])}, tile=config.tile)
+        path = montage(out / "montages" / f"neuron{n}_head{h}.png", {
+            f"neuron {n}": thumbs(neuron_images[:, n]), f"pair {n}:{h}\n{text}": thumbs(pair_images[:, n, h])},
+            tile=config.tile)
         hits.append(Subconcept(rank=rank, neuron=n, head=h, score=float(scores.score[n, h]),
                                overlap=float(scores.overlap[n, h]), response=float(scores.response[n, h]),
                                spread=float(scores.spread[n, h]), neuron_spread=float(scores.neuron_spread[n]),

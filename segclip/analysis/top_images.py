@@ -58,9 +58,9 @@ class TopImagesResult(AnalysisResult):
 
     def write(self, out: str | Path) -> list[Path]:
         written = super().write(out)
-        path = Path(out) / f"{self.name}-montage.png"
-        montage(path, {f"{kind} {index}": [centre_crop(read_image(p), THUMBNAIL) for p in images]
-                       for kind, index, images, _ in self.units}, tile=THUMBNAIL)
+        rows = {f"{kind} {index}": [centre_crop(read_image(p), THUMBNAIL) for p in images]
+                for kind, index, images, _ in self.units}
+        path = montage(Path(out) / f"{self.name}-montage.png", rows, tile=THUMBNAIL)
         return written + [path]
 
     def summary(self) -> str:

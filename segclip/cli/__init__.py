@@ -115,7 +115,10 @@ def main(argv: list[str] | None = None) -> int:
         stored = finished_analysis(config, model_config if command.needs_model else None, command.result_file)
         if stored is not None:
             return emit(stored, config, getattr(args, "as_json", False))
-        with progress_bars(getattr(config, "progress", True)):
+        from segclip.viz.plots import figure_options  # matplotlib only once a command runs
+
+        with progress_bars(getattr(config, "progress", True)), \
+                figure_options(getattr(config, "figure_format", "png"), getattr(config, "dpi", None)):
             return emit(command.run(config, loader, args.verbose), config, getattr(args, "as_json", False))
     except SegclipError as err:
         print(f"segclip {label}: error: {err}", file=sys.stderr)

@@ -35,6 +35,7 @@ from segclip.data.prepare import (
     run_prepare_coco_stuff,
     run_prepare_pascal_context,
 )
+from segclip.data.demo import DemoDataConfig, run_demo_data
 from segclip.explore.site import ExploreConfig, run_explore
 from segclip.segment.benchmark import BenchmarkConfig, run_benchmark
 from segclip.segment.predict import SegmentConfig, run_segment
@@ -192,6 +193,12 @@ COMMANDS: tuple[Command, ...] = (
             "Prints a markdown table (mIoU per dataset and the average) and writes OUT/results.json and .csv; "
             "missing or invalid datasets are skipped and reported. Interrupted runs resume when run again.",
             BenchmarkConfig, lambda c, m, v: run_benchmark(c, m, verbose=v)),
+    Command("demo-data", "write the demo data the README's analysis and explorer sections use (seconds)",
+            "Write, from seeded random streams, every folder the README's analysis and explorer sections use: "
+            "labelled/ and noisy/ (single-class images per class), scenes/ (synthetic scenes), shift/images with "
+            "shift/groups.csv, and classes.txt (the bundled model's 12 classes). The same options give the same "
+            "bytes; a folder already holding them is left as it is.",
+            DemoDataConfig, lambda c, m, v: run_demo_data(c), needs_model=False),
     _prepare("pascal_context", "PASCAL Context 59/60 label maps and split files from trainval_merged.json",
              "Write VOC2010/SegmentationClassContext/*.png and ImageSets/SegmentationContext/{train,val}.txt as "
              "mmsegmentation's converter writes them with the Detail API (byte-identical), from "

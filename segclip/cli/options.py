@@ -35,7 +35,9 @@ def add_config_arguments(parser: argparse.ArgumentParser | Any, cls: type, title
         help_text = meta.get("help", "") + (" (required)" if required and not meta.get("positional") else "")
         help_text = help_text.replace("%", "%%")  # argparse formats help with %
         if meta.get("positional"):
-            group.add_argument(field.name, nargs="+" if required else "*", default=argparse.SUPPRESS,
+            single = typing.get_origin(inner) is not tuple  # one value (e.g. demo-data DIR), not a list
+            group.add_argument(field.name, nargs=None if single and required else "?" if single
+                               else "+" if required else "*", default=argparse.SUPPRESS,
                                type=str, metavar=meta.get("metavar") or field.name.upper(), help=help_text)
         elif inner is bool:
             if field.default is True:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from segclip.config import ShortRepr
 from segclip.core.attnpool import AttentionPool
 from segclip.errors import ConfigError, ModelError
 
@@ -127,7 +128,7 @@ class RegisterIntervention:
 
 
 @dataclass
-class Trace:
+class Trace(ShortRepr):
     """Everything the attention pool did for a batch of B images.
 
     Attributes:

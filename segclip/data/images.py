@@ -126,7 +126,8 @@ def read_label(path: str | Path, num_classes: int, reduce_zero_label: bool) -> n
         reduce_zero_label: map 0 to 255 and ``c`` to ``c - 1``.
 
     Returns:
-        ``(H, W)`` uint8 array of class indices in ``0..num_classes-1`` or 255.
+        ``(H, W)`` array of class indices in ``0..num_classes-1`` or 255: uint8 up to 255 classes, int64 above
+        (a 16-bit PNG's values kept whole).
 
     Raises:
         DataError: the file cannot be read, has several channels, or holds values outside the class range.
@@ -156,7 +157,7 @@ def read_label(path: str | Path, num_classes: int, reduce_zero_label: bool) -> n
         )
     if reduce_zero_label:
         raw = np.where((raw == 0) | (raw == IGNORE_INDEX), IGNORE_INDEX, raw - 1)
-    return np.ascontiguousarray(raw.astype(np.uint8))
+    return np.ascontiguousarray(raw.astype(np.uint8 if num_classes <= 255 else np.int64))  # never class 256 + k as k
 
 
 def list_images(folder: str | Path) -> list[Path]:

@@ -51,7 +51,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from segclip.config import check_positive, option
+from segclip.config import ShortRepr, check_positive, option
 from segclip.errors import ConfigError, DataError, OutputError
 from segclip.io import (
     atomic_write_bytes,
@@ -72,7 +72,7 @@ _WORD = re.compile(r"\s*(.+?)\(([+-]?[0-9.]+(?:e[+-]?[0-9]+)?)(%?)\)")
 
 
 @dataclass(frozen=True)
-class ExploreConfig:
+class ExploreConfig(ShortRepr):
     """Options of ``segclip explore``.
 
     Raises:
@@ -112,7 +112,7 @@ class ExploreConfig:
 
 
 @dataclass(frozen=True)
-class ExploreResult:
+class ExploreResult(ShortRepr):
     """What :func:`run_explore` built.
 
     Attributes:

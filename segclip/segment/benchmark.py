@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from segclip.config import check_positive, option
+from segclip.config import ShortRepr, check_positive, option
 from segclip.data.benchmarks import BENCHMARKS, SPECS, BenchmarkDataset, canonical_name, dataset_root
 from segclip.data.protocols import PROTOCOL_NAMES, benchmark_protocol
 from segclip.data.queries import read_query_file
@@ -99,7 +99,7 @@ class BenchmarkConfig(RunOptions):
 
 
 @dataclass
-class BenchmarkResult:
+class BenchmarkResult(ShortRepr):
     """The benchmark table: per dataset (the peers' column order) mIoU per method, and the average.
 
     Attributes:

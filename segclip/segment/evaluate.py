@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch.utils.data import Subset
 
+from segclip.config import ShortRepr
 from segclip.data.benchmarks import BenchmarkDataset
 from segclip.data.protocols import BenchmarkProtocol
 from segclip.errors import OutputError
@@ -107,7 +108,7 @@ def _fmt(value: float | None) -> str:
 
 
 @dataclass
-class DatasetScores:
+class DatasetScores(ShortRepr):
     """Every method's scores on one dataset, with the provenance they ran under.
 
     Attributes:

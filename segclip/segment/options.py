@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from segclip.config import check_positive, option
+from segclip.config import ShortRepr, check_positive, option
 from segclip.core.calibration import Calibration, load_calibration
 from segclip.core.trace import RegisterIntervention
 from segclip.errors import ConfigError
@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, kw_only=True)
-class MethodOptions:
+class MethodOptions(ShortRepr):
     """Method and protocol options shared by ``eval``, ``compare`` and ``segment``."""
 
     k: int | None = option(None, help=f"neuron-head pairs kept per class, clamped to N*H (default: the paper's "

@@ -3,12 +3,11 @@ a legend and (``heatmaps``) one probability heatmap per class; config -> run -> 
 """
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from segclip.config import option
+from segclip.config import ShortRepr, check_figure_options, dpi_option, figure_format_option, option
 from segclip.data.images import check_image
 from segclip.data.images import ImageFolderDataset
 from segclip.errors import ConfigError, OutputError
@@ -18,9 +17,10 @@ from segclip.models.text import check_class_names
 from segclip.process import make_trainer, quiet_lightning, run_loop
 from segclip.segment.lightning import SegmentationData, SegmentationTask
 from segclip.segment.methods import METHODS
-from segclip.segment.results import check_writable, png_bytes
 from segclip.segment.options import MethodOptions, prepare_methods, segmentation_provenance
-from segclip.viz.overlay import heatmap, overlay
+from segclip.segment.results import check_writable
+from segclip.viz.overlay import heatmap, overlay, picture_bytes
+from segclip.viz.palette import class_colours, label_format, label_png
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -29,16 +29,24 @@ class SegmentConfig(MethodOptions):
 
     images: tuple[Path, ...] = option(positional=True, help="image files.")
     out: Path = option(help="output folder.")
-    classes: tuple[str, ...] | None = option(None, help='comma-separated class names, e.g. "cat,dog,grass".')
+    classes: tuple[str, ...] | None = option(None, help='comma-separated class names, e.g. "sand,water,star,ring" (the bundled model knows 12: '
+                                                    'sky, grass, water, sand, wall, snow, ball, box, star, triangle, '
+                                                    'diamond, ring).')
     classes_file: Path | None = option(None, help="UTF-8 file with one class name a line.")
     method: str = option("neuron-head", choices=METHODS, help="method (default: neuron-head).")
     heatmaps: bool = option(False, help="also write one heatmap per class.")
     background_threshold: float | None = option(None, help="label pixels whose top class probability is below this "
                                                            "as background.")
     overwrite: bool = option(False, help="replace existing outputs.")
+    figure_format: str = figure_format_option()
+    dpi: int = dpi_option()
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if isinstance(self.classes, str):  # SegmentConfig(classes="sky,ring"): names, never letters
+            object.__setattr__(self, "classes", tuple(c.strip() for c in self.classes.split(",")))
+        if isinstance(self.images, (str, Path)):
+            object.__setattr__(self, "images", (Path(self.images),))
         if not self.images:
             raise ConfigError("Name at least one image file.")
         threshold = self.background_threshold
@@ -46,6 +54,7 @@ class SegmentConfig(MethodOptions):
             raise ConfigError(f"--background-threshold must be between 0 and 1, got {threshold}.")
         if self.classes is not None and self.classes_file is not None:
             raise ConfigError("Pass either --classes or --classes-file, not both.")
+        check_figure_options(self)
 
 
 def read_class_list(config: SegmentConfig) -> list[str] | None:
@@ -63,7 +72,7 @@ def read_class_list(config: SegmentConfig) -> list[str] | None:
 
 
 @dataclass
-class SegmentResult:
+class SegmentResult(ShortRepr):
     """What ``segment`` wrote.
 
     Attributes:
@@ -103,8 +112,10 @@ def plan_outputs(config: SegmentConfig, dataset: ImageFolderDataset, names: list
             (without ``overwrite``).
     """
     out = config.out
-    plan = {image_id: [out / f"{image_id}.png", out / f"{image_id}_overlay.png"]
-            + ([out / "heatmaps" / image_id / heatmap_file_name(i, n) for i, n in enumerate(names)]
+    suffix = "." + config.figure_format  # label maps are always PNG (data); overlays and heatmaps are figures
+    plan = {image_id: [out / f"{image_id}.png", out / f"{image_id}_overlay{suffix}"]
+            + ([(out / "heatmaps" / image_id / heatmap_file_name(i, n)).with_suffix(suffix)
+                for i, n in enumerate(names)]
                if config.heatmaps else []) for image_id in dataset.ids}
     owner: dict[Path, str] = {}
     for image_id, paths in plan.items():
@@ -124,12 +135,6 @@ def plan_outputs(config: SegmentConfig, dataset: ImageFolderDataset, names: list
         raise OutputError(f"{len(existing)} output file(s) already exist (first: {existing[0]}); pass --overwrite "
                           "or choose another --out.")
     return plan
-
-
-def _image_bytes(picture) -> bytes:
-    buffer = io.BytesIO()
-    picture.save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def run_segment(config: SegmentConfig, model: ModelSource) -> SegmentResult:
@@ -178,14 +183,15 @@ def run_segment(config: SegmentConfig, model: ModelSource) -> SegmentResult:
         segmentation = result[config.method]
         labels = segmentation.labels.numpy()  # at the original size, background threshold applied
         files_for = plan[image_id]
-        written = [atomic_write_bytes(files_for[0], png_bytes(labels))]
+        written = [atomic_write_bytes(files_for[0], label_png(labels, names, background=threshold is not None))]
         picture = overlay(image, labels, names, background="background" if threshold is not None else None)
-        written.append(atomic_write_bytes(files_for[1], _image_bytes(picture)))
+        written.append(atomic_write_bytes(files_for[1], picture_bytes(picture, config.figure_format, config.dpi)))
         del picture
         if config.heatmaps:  # one class at full resolution at a time
             maps = segmentation.stitched.probability_maps(image.shape[:2], prepared.protocol.temperature)
             for probability, name, path in zip(maps, names, files_for[2:]):
-                written.append(atomic_write_bytes(path, _image_bytes(heatmap(probability.cpu().numpy(), name))))
+                picture = heatmap(probability.cpu().numpy(), name)
+                written.append(atomic_write_bytes(path, picture_bytes(picture, config.figure_format, config.dpi)))
         files[image_id] = written
 
     task = SegmentationTask(model, prepared.methods, prepared.protocol, len(names), crops_per_pass=config.batch_size,
@@ -200,5 +206,8 @@ def run_segment(config: SegmentConfig, model: ModelSource) -> SegmentResult:
                "background_threshold": threshold, "images": [str(p) for p in dataset.paths],
                "label_values": f"0..{len(names) - 1} in class-list order"
                                + (f", {len(names)} = background" if threshold is not None else ""),
+               "label_format": label_format(len(names) + int(threshold is not None)),
+               "class_colours": {name: "#%02x%02x%02x" % tuple(int(v) for v in colour)
+                                 for name, colour in zip(names, class_colours(names))},
                "protocol": record}
     return SegmentResult(files, summary)

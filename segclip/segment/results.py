@@ -28,12 +28,16 @@ from PIL import Image
 
 from segclip.errors import CacheError, OutputError
 from segclip.io import atomic_write_bytes, to_jsonable
+from segclip.viz.palette import label_png
 
 RESULT_FILES = ("results.json", "results.csv")
 
 
-def png_bytes(labels: np.ndarray) -> bytes:
-    """``(H, W)`` uint8 labels -> PNG bytes."""
+def png_bytes(labels: np.ndarray, values: int | None = None) -> bytes:
+    """``(H, W)`` labels -> PNG bytes: 8-bit grayscale, or (``values``, the number of label values, above 256)
+    16-bit, so that class 256 + k is never saved as k."""
+    if values is not None and values > 256:
+        return label_png(labels, values=values)
     buffer = io.BytesIO()
     Image.fromarray(labels.astype(np.uint8), mode="L").save(buffer, format="PNG")
     return buffer.getvalue()
@@ -125,7 +129,7 @@ class ResultStore:
         if self.save_predictions and labels is not None:
             for method, label in zip(self.methods, labels):
                 atomic_write_bytes(self.out / "predictions" / method / f"{image_id}.png",
-                                   png_bytes(label.cpu().numpy()))
+                                   png_bytes(label.cpu().numpy(), self.num_classes))
         buffer = io.BytesIO()
         np.save(buffer, confusions.cpu().numpy().astype(np.int64))
         atomic_write_bytes(self._partial_file(image_id), buffer.getvalue())

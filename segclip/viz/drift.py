@@ -6,16 +6,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from segclip.viz.plots import _save, plt
+from segclip.viz.plots import _save, plt, wrap
 
 
 def drift_plot(path: Path, reports: Mapping[str, Any], *, method: str = "ks", xlabel: str = "group",
-               title: str = "concept score by group") -> None:
+               title: str = "concept score by group") -> Path:
     """Mean score per group with its interval, one line per concept; a filled marker where ``method`` detects
     drift against the reference group (hollow: no drift; a square: the reference).
 
     Args:
-        path: the PNG to write (atomically).
+        path: the figure to write (atomically; its suffix follows :func:`~segclip.viz.plots.figure_options`).
         reports: concept -> its :class:`~segclip.analysis.drift.DriftReport` (read through its ``reference``,
             ``means`` and ``tests``; viz sits below analysis and does not import it).
         method: which test's ``drift_detected`` marks the groups (``ks``, ``mmd`` or ``classifier``).
@@ -41,8 +41,8 @@ def drift_plot(path: Path, reports: Mapping[str, Any], *, method: str = "ks", xl
                 axis.plot(x, m.mean, "o", color=colour, fillstyle="full" if detected.get(m.group) else "none")
     confidence = next(iter(reports.values())).means[0].confidence
     axis.set(xlabel=xlabel, ylabel=f"mean concept score ({confidence:.0%} interval)",
-             title=f"{title} (filled: {method} drift vs reference)")
+             title=wrap(f"{title} (filled: {method} drift vs reference)", 64))
     axis.tick_params(axis="x", rotation=45)
     axis.legend(fontsize=7)
     axis.grid(alpha=0.3)
-    _save(figure, path)
+    return _save(figure, path)
