@@ -10,7 +10,8 @@ with the protocol's logit scale and thresholds. An output folder holds::
     results.json, results.csv          the table: per dataset mIoU per method, and the average over datasets
     <dataset>/partial/                 per-image confusion stacks (resume), as ``segclip eval`` writes them
     <dataset>/results.json, .csv       per dataset, ``eval``'s files (per-class IoU, the full protocol)
-    <dataset>/predictions/<method>/<image id>.png   with ``save_predictions``: 0-based class indices
+    <dataset>/predictions/<method>/<image id>.png   with ``save_predictions``: 0-based class indices (16-bit
+                                                    PNGs for PC-459 and ADE-847)
 
 An interrupted run resumes per dataset and per image when run again with the same options.
 """
@@ -348,7 +349,7 @@ def _run_dataset(config: BenchmarkConfig, model: CLIPResNet, trainer: Any, data:
     if todo:
         task = SegmentationTask(model, prepared.methods, window, data.num_classes, crops_per_pass=config.batch_size,
                                 intervention=prepared.intervention, on_image=on_image, label_rule=rule,
-                                autocast=config.autocast)
+                                autocast=config.autocast, ignore_index=data.ignore_index)
         loader = SegmentationData(Subset(data, todo), config.batch_size, config.num_workers)
         run_loop(trainer.test, task, datamodule=loader, verbose=False)
         seconds = task.seconds

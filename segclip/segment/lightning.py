@@ -65,14 +65,15 @@ class SegmentationTask(L.LightningModule):
     def __init__(self, model: CLIPResNet, methods: Sequence[SegmentationMethod], protocol: SlidingWindowProtocol,
                  num_classes: int, *, crops_per_pass: int = 8, intervention: RegisterIntervention | None = None,
                  background_threshold: float | None = None, on_image: ImageCallback | None = None,
-                 label_rule: LabelRule | None = None, autocast: str = "off"):
+                 label_rule: LabelRule | None = None, autocast: str = "off", ignore_index: int = 255):
         super().__init__()
         self.model = model
         self.methods, self.protocol, self.num_classes = list(methods), protocol, num_classes
         self.crops_per_pass, self.intervention = crops_per_pass, intervention
         self.background_threshold, self.on_image, self.label_rule = background_threshold, on_image, label_rule
         self.autocast = autocast
-        self.metrics = torch.nn.ModuleDict({m.name: SegmentationMetric(num_classes) for m in self.methods})
+        self.metrics = torch.nn.ModuleDict({m.name: SegmentationMetric(num_classes, ignore_index)
+                                              for m in self.methods})
         self.confusions: dict[str, torch.Tensor] = {}
         self.images_seen, self.seconds, self._start = 0, 0.0, 0.0
 

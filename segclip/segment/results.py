@@ -31,10 +31,13 @@ from segclip.io import atomic_write_bytes, to_jsonable
 RESULT_FILES = ("results.json", "results.csv")
 
 
-def png_bytes(labels: np.ndarray) -> bytes:
-    """``(H, W)`` uint8 labels -> PNG bytes."""
+def png_bytes(labels: np.ndarray, sixteen_bit: bool = False) -> bytes:
+    """``(H, W)`` labels -> PNG bytes: 8-bit, or 16-bit grayscale with ``sixteen_bit`` (more than 256 classes)."""
     buffer = io.BytesIO()
-    Image.fromarray(labels.astype(np.uint8), mode="L").save(buffer, format="PNG")
+    if sixteen_bit:
+        Image.fromarray(labels.astype(np.uint16)).save(buffer, format="PNG")
+    else:
+        Image.fromarray(labels.astype(np.uint8), mode="L").save(buffer, format="PNG")
     return buffer.getvalue()
 
 
@@ -124,7 +127,7 @@ class ResultStore:
         if self.save_predictions and labels is not None:
             for method, label in zip(self.methods, labels):
                 atomic_write_bytes(self.out / "predictions" / method / f"{image_id}.png",
-                                   png_bytes(label.cpu().numpy()))
+                                   png_bytes(label.cpu().numpy(), sixteen_bit=self.num_classes > 256))
         buffer = io.BytesIO()
         np.save(buffer, confusions.cpu().numpy().astype(np.int64))
         atomic_write_bytes(self._partial_file(image_id), buffer.getvalue())
