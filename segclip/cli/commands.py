@@ -32,6 +32,11 @@ from segclip.data.prepare import (
     PrepareLabelsResult,
     PreparePascalContextConfig,
     PreparePascalContextResult,
+    PrepareAde847Config,
+    PreparePc459Config,
+    PrepareWideResult,
+    run_prepare_ade847,
+    run_prepare_pc459,
     format_check,
     run_check,
     run_prepare_cityscapes,
@@ -100,6 +105,14 @@ def write_labels(result: PrepareLabelsResult, config: Any) -> int:
         print(f"{split}: {count} label maps written in {result.out_dirs[split]}")
     for path, values in result.unmapped.items():
         print(f"{path}: values {values} outside the table were left unchanged", file=sys.stderr)
+    return 0
+
+
+def write_wide(result: PrepareWideResult, config: Any) -> int:
+    print(f"{result.written} label TIFFs in {result.label_dir}")
+    if result.skipped_count:
+        print(f"{result.skipped_count} ids without a .mat were skipped (as CAT-Seg's script skips them), first: "
+              f"{', '.join(result.skipped[:5])}", file=sys.stderr)
     return 0
 
 
@@ -232,7 +245,16 @@ COMMANDS: tuple[Command, ...] = (
     _prepare("cityscapes", "Cityscapes gtFine labelTrainIds (0..18, 255) from the labelIds",
              "Write *_gtFine_labelTrainIds.png next to each *_gtFine_labelIds.png (cityscapesscripts' id -> "
              "trainId table).", PrepareCityscapesConfig, run_prepare_cityscapes, write_labels),
-    _prepare("check", "report which of the eight benchmarks are present and valid under a data root",
+    _prepare("pc459", "PASCAL Context 459 label TIFFs from the 459-class trainval/*.mat (CAT-Seg's converter)",
+             "Write VOC2010/annotations_detectron2/pc459_val/<id>.tif (16-bit, LabelMap - 1) for every val id, as "
+             "CAT-Seg's datasets/prepare_pascal_context_459.py does.", PreparePc459Config, run_prepare_pc459,
+             write_wide),
+    _prepare("ade847", "ADE20K-847 images and label TIFFs from ADE20K_2021_17_01 (CAT-Seg's converter)",
+             "Write ADE20K_2021_17_01/images_detectron2/validation/*.jpg (short side at most 512) and "
+             "annotations_detectron2/validation/*.tif (16-bit train ids 0..846, 65535 = other) from "
+             "index_ade20k.pkl, as CAT-Seg's datasets/prepare_ade20k_full.py does.", PrepareAde847Config,
+             run_prepare_ade847, write_wide),
+    _prepare("check", "report which of the benchmarks are present and valid under a data root",
              "Look for each benchmark under --data-root (mmsegmentation's data/ layout), check its files and the "
              "first labels, and print a table: state, images against the standard val size, what to do.",
              CheckConfig, run_check, print_check),
