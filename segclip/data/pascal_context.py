@@ -117,7 +117,7 @@ class PascalContext(Dataset):
         for required in (self.image_dir, self.label_dir, split_file):
             if not required.exists():
                 raise DataError(f"PASCAL Context is incomplete: {required} does not exist. {PREPARE_HINT}")
-        ids = [line.strip() for line in split_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+        ids = [line.strip() for line in split_file.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
         if not ids:
             raise DataError(f"split file {split_file} lists no image ids. {PREPARE_HINT}")
         self.ids = ids[:limit] if limit is not None else ids
