@@ -54,6 +54,8 @@ def detectron2_label(root: Path, name: str, image_id: str) -> np.ndarray:
 
 def test_wide_readers_match_catseg_registration(tmp_path):
     ids = make_fake_wide_benchmarks(tmp_path)
+    # VOC2010/JPEGImages holds every VOC2010 image; the ids are the label files present (load_sem_seg's pairing)
+    Image.new("RGB", (4, 4)).save(tmp_path / "VOCdevkit/VOC2010/JPEGImages/2007_000027.jpg")
     for name in ("pc459", "ade847"):
         data = benchmark_dataset(name, tmp_path)
         assert data.ids == ids[name] and data.ignore_index == 65535 and data.num_classes == WIDE[name][2]
@@ -392,10 +394,10 @@ def test_devkit_mat_files_give_one_line_errors(tmp_path):
     with pytest.raises(DataError, match=r"has no 'synsets' \(it holds \['other'\]\)"):
         read_imagenet_meta(meta)
     synsets = np.zeros((1, 2), dtype=[(f, "O") for f in ("ILSVRC2012_ID", "WNID", "num_children")])
-    synsets[0, 0] = ("one", "n01440764", 0)
+    synsets[0, 0] = ("1", "n01440764", 0)  # a text id, even one that reads as a number
     synsets[0, 1] = (2, "n01443537", 0)
     scipy.io.savemat(str(meta), {"synsets": synsets})
-    with pytest.raises(DataError, match=r"synset 0 has ILSVRC2012_ID 'one'"):
+    with pytest.raises(DataError, match=r"synset 0 has ILSVRC2012_ID '1'"):
         read_imagenet_meta(meta)
 
     base = tmp_path / "stanford_cars"
