@@ -119,8 +119,8 @@ _CITY = ("Download leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip into
 _PC459 = ("Download VOCtrainval_03-May-2010.tar (extract it into the data root: VOCdevkit/VOC2010) and the 459-class "
           "trainval.tar.gz of PASCAL Context (extract it into VOCdevkit/VOC2010: trainval/*.mat and labels.txt), then "
           "run `segclip prepare pc459 --root DATA_ROOT/VOCdevkit/VOC2010` (CAT-Seg's prepare_pascal_context_459.py).")
-_ADE847 = ("Download ADE20K_2021_17_01 (the full ADE20K, with index_ade20k.pkl) and extract it into the data root, then "
-           "run `segclip prepare ade847 --root DATA_ROOT/ADE20K_2021_17_01` (CAT-Seg's prepare_ade20k_full.py).")
+_ADE847 = ("Download ADE20K_2021_17_01 (the full ADE20K, with index_ade20k.pkl) and extract it into the data root, "
+           "then run `segclip prepare ade847 --root DATA_ROOT/ADE20K_2021_17_01` (CAT-Seg's prepare_ade20k_full.py).")
 WIDE_IGNORE_INDEX = 65535
 _ADE = ("Download ADEChallengeData2016.zip and extract it into the data root's ade folder so that "
         "ade/ADEChallengeData2016 holds images and annotations (no conversion needed).")
