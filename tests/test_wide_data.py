@@ -95,6 +95,12 @@ def test_coco_stuff_in_the_182_id_order_is_refused(tmp_path):
     with pytest.raises(DataError, match=r"values \[171, 178, 181\] \(171..181\): it is in the stuffthingmap's "
                                         r"182-id order .*`segclip prepare coco_stuff"):
         data.read_label(1)
+    with pytest.raises(DataError, match="182-id order"):
+        data.validate(1)  # the first map reads; the order check scans more
+    from segclip.data.benchmarks import find_datasets
+
+    status = find_datasets(tmp_path, names=["coco_stuff"])["coco_stuff"]
+    assert not status.valid and "182-id order" in status.message
 
 
 # ------------------------------------------------------------------------------------------ benchmark e2e

@@ -166,6 +166,7 @@ ALIASES = {"coco_stuff164k": "coco_stuff", "city_scapes": "cityscapes", "ade": "
            "pascal_context_459": "pc459", "ade20k_847": "ade847", "ade20k_full": "ade847"}
 # labelTrainIds values that only the stuffthingmap's 182-id order (0..181) holds.
 COCO_RAW_ORDER_VALUES = range(171, 182)
+COCO_ORDER_SAMPLES = 16  # label maps :meth:`BenchmarkDataset.validate` scans for them
 
 
 def canonical_name(name: str) -> str:
@@ -365,13 +366,17 @@ class BenchmarkDataset(Dataset):
         return {"id": self.ids[index], "image": image, "label": label}
 
     def validate(self, samples: int = 2) -> None:
-        """Read the first ``samples`` images and labels (values in range, sizes equal), failing early.
+        """Read the first ``samples`` images and labels (values in range, sizes equal), failing early; for
+        COCO-Stuff, also the label order of the first 16 maps (:func:`check_coco_stuff_order`).
 
         Raises:
             ImageError, DataError: as :meth:`__getitem__`.
         """
         for index in range(min(samples, len(self))):
             self[index]
+        if self.name == "coco_stuff":  # the label order, from more maps than the samples (a value histogram each)
+            for path in self.label_paths[:COCO_ORDER_SAMPLES]:
+                check_coco_stuff_order(path)
 
 
 def check_coco_stuff_order(path: str | Path) -> None:
