@@ -51,6 +51,7 @@ class SegmentationTask(L.LightningModule):
             window_logits`).
         label_rule: how stitched logits become labels (:func:`~segclip.segment.pipeline.segment_images`), e.g. the
             benchmark suite's :class:`~segclip.segment.pipeline.QueryLabelRule`; None: temperature and arg-max.
+        ignore_index: the target value whose pixels are not scored (255; 65535 for PC-459 and ADE-847).
         on_image: called per image with ``(id, {method: Segmentation}, confusion stack (M, C, C) or None,
             image)``, the image as the loader decoded it (writes partial results and outputs; nothing is decoded
             twice).
