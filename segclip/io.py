@@ -160,7 +160,7 @@ def read_lines(path: str | os.PathLike, what: str, *, skip_blank: bool = False) 
         DataError: the file cannot be read as UTF-8, or has empty lines (their 1-based numbers are named).
     """
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        lines = Path(path).read_text(encoding="utf-8-sig").splitlines()  # a byte-order mark dropped
     except OSError as err:
         raise DataError(f"Cannot read the {what} {path} ({err.strerror or err}).") from None
     except UnicodeDecodeError as err:

@@ -1,4 +1,4 @@
-"""Tiny copies of the eight benchmark layouts, fabricated for tests (import as ``from fake_benchmarks import ...``).
+"""Tiny copies of the ten benchmark layouts, fabricated for tests (import as ``from fake_benchmarks import ...``).
 
 :func:`make_fake_benchmarks` writes, under one root laid out as mmsegmentation's ``data/`` folder, in the real
 formats (file names, suffixes, PNG modes)::
@@ -16,6 +16,13 @@ formats (file names, suffixes, PNG modes)::
     cityscapes/gtFine/val/<city>/<city>_000000_00001{0,1}_gtFine_labelTrainIds.png    L-mode, 0..18 and 255
     ade/ADEChallengeData2016/images/validation/ADE_val_0000000{1,2,3}.jpg
     ade/ADEChallengeData2016/annotations/validation/<id>.png      L-mode, 0..150 (0 = other, ignored)
+    VOCdevkit/VOC2010/annotations_detectron2/pc459_val/2008_00000{0,1,2}.tif   16-bit TIFF (I;16), 0..458, 459 and
+                                                                              65535 (CAT-Seg's LabelMap - 1)
+    ADE20K_2021_17_01/images_detectron2/validation/ADE_val_0000000{1,2,3}.jpg
+    ADE20K_2021_17_01/annotations_detectron2/validation/<id>.tif  16-bit TIFF (I;16), 0..846 and 65535
+
+The two wide benchmarks' TIFFs are written as CAT-Seg's converters write them (``Image.fromarray(uint16 array)
+.save(path, "TIFF")``); their values include 255 (a class there) and values above 255.
 
 Labels are a few random rectangles of raw values valid for the dataset (every raw value a reader accepts can
 occur, 255 included where the dataset has it); each image's colour follows its label, so a model can do better
@@ -58,18 +65,59 @@ def _label(rng: np.random.Generator, size: tuple[int, int], values: np.ndarray, 
 def _image(rng: np.random.Generator, label: np.ndarray) -> np.ndarray:
     colours = np.random.default_rng(7).integers(0, 256, size=(256, 3))
     noise = rng.integers(-15, 16, size=(*label.shape, 3))
-    return np.clip(colours[label] + noise, 0, 255).astype(np.uint8)
+    return np.clip(colours[label.astype(np.int64) % 256] + noise, 0, 255).astype(np.uint8)
+
+
+def _wide_label(rng: np.random.Generator, size: tuple[int, int], classes: int, ignore: tuple[int, ...]) -> np.ndarray:
+    """A uint16 label of rectangles: class 255 (a class here), classes above 255, others, and the ignore values."""
+    height, width = size
+    label = np.full((height, width), 255, np.uint16)
+    for value in [classes - 1, 256, *rng.integers(0, classes, size=3)]:
+        y, x = rng.integers(0, height), rng.integers(0, width)
+        label[y: y + rng.integers(2, height + 1), x: x + rng.integers(2, width + 1)] = value
+    for row, value in enumerate(ignore):
+        label[rng.integers(0, height), :] = value
+    return label
+
+
+def make_fake_wide_benchmarks(root: str | Path, seed: int = 1) -> dict[str, list[str]]:
+    """Write PASCAL Context 459 and ADE20K-847 in CAT-Seg's layouts under ``root`` (module docstring).
+
+    Returns:
+        ``{"pc459": ids, "ade847": ids}``, in the order the readers list them.
+    """
+    rng = np.random.default_rng(seed)
+    root = Path(root)
+    sizes = [(40, 56), (48, 36), (33, 47)]
+    context = root / "VOCdevkit" / "VOC2010"
+    context_ids = [f"2008_{i:06d}" for i in range(3)]
+    for sub in ("JPEGImages", "annotations_detectron2/pc459_val"):
+        (context / sub).mkdir(parents=True, exist_ok=True)
+    for image_id, size in zip(context_ids, sizes):
+        label = _wide_label(rng, size, 459, (459, 65535))
+        if not (context / "JPEGImages" / f"{image_id}.jpg").exists():
+            Image.fromarray(_image(rng, label)).save(context / "JPEGImages" / f"{image_id}.jpg", quality=95)
+        Image.fromarray(label).save(context / "annotations_detectron2" / "pc459_val" / f"{image_id}.tif", "TIFF")
+    ade = root / "ADE20K_2021_17_01"
+    ade_ids = [f"ADE_val_{i:08d}" for i in (1, 2, 3)]
+    for sub in ("images_detectron2/validation", "annotations_detectron2/validation"):
+        (ade / sub).mkdir(parents=True, exist_ok=True)
+    for image_id, size in zip(ade_ids, sizes):
+        label = _wide_label(rng, size, 847, (65535,))
+        Image.fromarray(_image(rng, label)).save(ade / "images_detectron2" / "validation" / f"{image_id}.jpg")
+        Image.fromarray(label).save(ade / "annotations_detectron2" / "validation" / f"{image_id}.tif")
+    return {"pc459": context_ids, "ade847": ade_ids}
 
 
 def make_fake_benchmarks(root: str | Path, seed: int = 0) -> dict[str, list[str]]:
-    """Write tiny copies of all eight benchmark layouts under ``root`` (see the module docstring).
+    """Write tiny copies of all ten benchmark layouts under ``root`` (see the module docstring).
 
     Args:
         root: the data root to write (created).
         seed: random seed.
 
     Returns:
-        ``{benchmark name: image ids in the order the readers list them}`` for all eight names.
+        ``{benchmark name: image ids in the order the readers list them}`` for all ten names.
     """
     rng = np.random.default_rng(seed)
     root = Path(root)
@@ -133,5 +181,6 @@ def make_fake_benchmarks(root: str | Path, seed: int = 0) -> dict[str, list[str]
         Image.fromarray(_image(rng, label)).save(ade / "images" / "validation" / f"{image_id}.jpg", quality=95)
         Image.fromarray(label).save(ade / "annotations" / "validation" / f"{image_id}.png")
     ids["ade20k"] = ade_ids
+    ids.update(make_fake_wide_benchmarks(root, seed + 1))
     return {name: ids[name] for name in ("voc21", "context60", "coco_object", "voc20", "context59", "coco_stuff",
-                                         "cityscapes", "ade20k")}
+                                         "cityscapes", "ade20k", "pc459", "ade847")}

@@ -45,17 +45,23 @@ LABELS = {
     "coco_stuff": ("coco_stuff164k", "annotations/val2017/{}_labelTrainIds.png", 171, False),
     "cityscapes": ("cityscapes", "gtFine/val/{town}/{}_gtFine_labelTrainIds.png", 19, False),
     "ade20k": ("ade/ADEChallengeData2016", "annotations/validation/{}.png", 150, True),
+    "pc459": ("VOCdevkit/VOC2010", "annotations_detectron2/pc459_val/{}.tif", 459, False),
+    "ade847": ("ADE20K_2021_17_01", "annotations_detectron2/validation/{}.tif", 847, False),
 }
+# CAT-Seg's ignore values of the 16-bit benchmarks (detectron2 registration; 65535: PC-459's wrapped raw 0)
+WIDE_IGNORE = {"pc459": (459, 65535), "ade847": (65535,)}
 
 
 def mmseg_label(root: Path, name: str, image_id: str) -> np.ndarray:
     """The label as mmseg's LoadAnnotations gives it: the PNG's indices; with reduce_zero_label 0 -> 255,
-    c -> c - 1, 255 stays 255."""
+    c -> c - 1, 255 stays 255; PC-459 / ADE-847 as detectron2 loads CAT-Seg's TIFFs. Ignored pixels -> -1."""
     folder, pattern, _, reduce = LABELS[name]
     raw = np.array(Image.open(root / folder / pattern.format(image_id, town=image_id.split("_")[0]))).astype(int)
     if reduce:
         raw = np.where((raw == 0) | (raw == 255), 255, raw - 1)
-    return raw
+    if name in WIDE_IGNORE:
+        return np.where(np.isin(raw, WIDE_IGNORE[name]), -1, raw)
+    return np.where(raw == 255, -1, raw)
 
 
 def confusion_from_predictions(root: Path, out: Path, name: str, method: str, ids: list[str]) -> np.ndarray:
@@ -64,7 +70,7 @@ def confusion_from_predictions(root: Path, out: Path, name: str, method: str, id
     for image_id in ids:
         predicted = np.array(Image.open(out / name / "predictions" / method / f"{image_id}.png")).astype(int)
         label = mmseg_label(root, name, image_id)
-        keep = label != 255
+        keep = label >= 0
         confusion += np.bincount(label[keep] * classes + predicted[keep], minlength=classes**2).reshape(classes,
                                                                                                         classes)
     return confusion
@@ -435,9 +441,9 @@ def test_prepare_commands(tmp_path, fake):
     assert np.array(Image.open(city / "lindau_000000_000019_gtFine_labelTrainIds.png")).tolist() == [[0, 13, 255,
                                                                                                      18]]
     code, stdout, _ = run_cli(["prepare", "check", "--data-root", str(fake[0])])
-    assert code == 0 and "8 of 8 ready" in stdout and "| voc21 | ok | 3 / 1449 |" in stdout
+    assert code == 0 and "10 of 10 ready" in stdout and "| voc21 | ok | 3 / 1449 |" in stdout
     code, stdout, _ = run_cli(["prepare", "check", "--data-root", str(tmp_path / "nowhere")])
-    assert code == 0 and "0 of 8 ready: none" in stdout and "| cityscapes | missing |" in stdout
+    assert code == 0 and "0 of 10 ready: none" in stdout and "| cityscapes | missing |" in stdout
 
 
 # ------------------------------------------------------------------------------------------ README
@@ -456,7 +462,7 @@ def readme_section_commands() -> list[str]:
 def test_readme_benchmark_commands(e2e, tmp_path):
     commands = readme_section_commands()
     assert {c.split()[2] for c in commands if c.startswith("segclip prepare ")} == {
-        "pascal_context", "coco_stuff", "coco_object", "cityscapes", "check"}
+        "pascal_context", "coco_stuff", "coco_object", "cityscapes", "pc459", "ade847", "check"}
     assert "--model RN50x16 --pretrained " in e2e["readme"]  # the table's command; e2e ran it on fabricated data
     parser = build_parser()
     for command in commands:
@@ -465,7 +471,7 @@ def test_readme_benchmark_commands(e2e, tmp_path):
     args = shlex.split(check)[1:]
     args[args.index("--data-root") + 1] = str(e2e["root"])
     code, stdout, _ = run_cli(args)
-    assert code == 0 and "8 of 8 ready" in stdout
+    assert code == 0 and "10 of 10 ready" in stdout
 
 
 # ------------------------------------------------------------------------------------------ acceptance

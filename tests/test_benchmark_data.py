@@ -15,6 +15,7 @@ from PIL import Image
 from segclip.data import benchmarks, prepare, protocols, queries
 from segclip.data.benchmarks import (
     BENCHMARKS,
+    SPECS,
     BenchmarkDataset,
     benchmark_dataset,
     find_datasets,
@@ -42,6 +43,7 @@ MMSEG = {
     "cityscapes": (19, False, lambda i: f"gtFine/val/{i.split('_')[0]}/{i}_gtFine_labelTrainIds.png"),
     "ade20k": (150, True, lambda i: f"annotations/validation/{i}.png"),
 }
+EIGHT = tuple(MMSEG)  # the 8-bit benchmarks; PC-459 and ADE-847 (16-bit TIFFs): tests/test_wide_data.py
 FOLDERS = {"voc21": "VOCdevkit/VOC2012", "voc20": "VOCdevkit/VOC2012", "context60": "VOCdevkit/VOC2010",
            "context59": "VOCdevkit/VOC2010", "coco_object": "coco_stuff164k", "coco_stuff": "coco_stuff164k",
            "cityscapes": "cityscapes", "ade20k": "ade/ADEChallengeData2016"}
@@ -65,12 +67,13 @@ def _mmseg_label(path, reduce_zero_label):
 
 def test_benchmark_order_and_specs():
     assert BENCHMARKS == ("voc21", "context60", "coco_object", "voc20", "context59", "coco_stuff", "cityscapes",
-                          "ade20k")
-    for name in BENCHMARKS:
+                          "ade20k", "pc459", "ade847")
+    for name in EIGHT:
         assert len(label_names(name)) == MMSEG[name][0]
+    assert len(label_names("pc459")) == 459 and len(label_names("ade847")) == 847
 
 
-@pytest.mark.parametrize("name", BENCHMARKS)
+@pytest.mark.parametrize("name", EIGHT)
 def test_reader_matches_mmseg_semantics(fake_root, name):
     root, ids = fake_root
     data = benchmark_dataset(name, root)
@@ -139,7 +142,7 @@ def test_missing_files_name_file_and_prepare_command(fake_root, tmp_path):
     with pytest.raises(DataError, match=r"coco_stuff164k does not exist.*segclip prepare coco_object"):
         benchmark_dataset("coco_object", root)
     statuses = find_datasets(root)
-    assert [n for n, s in statuses.items() if s.present] == ["context60", "context59"]
+    assert [n for n, s in statuses.items() if s.present] == ["context60", "context59", "pc459"]
     assert not statuses["context59"].valid and "val.txt" in statuses["context59"].message
 
 
@@ -182,11 +185,11 @@ def test_shipped_class_files():
     counts = {}
     for name in BENCHMARKS:
         queries, query_to_class, class_names = read_query_file(benchmark_class_file(name), allow_duplicates=True)
-        assert len(class_names) == MMSEG[name][0] and len(queries) == len(query_to_class)
+        assert len(class_names) == SPECS[name].num_classes and len(queries) == len(query_to_class)
         assert query_to_class == sorted(query_to_class)
         counts[name] = len(queries)
     assert counts == {"voc21": 56, "context60": 60, "coco_object": 113, "voc20": 30, "context59": 59,
-                      "coco_stuff": 171, "cityscapes": 19, "ade20k": 150}
+                      "coco_stuff": 171, "cityscapes": 19, "ade20k": 150, "pc459": 459, "ade847": 1281}
     queries, query_to_class, class_names = read_query_file(benchmark_class_file("voc21"))
     assert class_names[0].startswith("sky, wall, tree, wood") and query_to_class[:26] == [0] * 26
     assert class_names[15].split(", ")[:2] == ["person", "person in shirt"]

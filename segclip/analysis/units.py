@@ -153,7 +153,7 @@ def read_groups(path: str | Path, folder: str | Path, concepts: list[str]
     """
     folder = Path(folder)
     try:
-        with open(path, newline="", encoding="utf-8") as handle:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
             rows = list(csv.DictReader(handle))
     except (OSError, UnicodeDecodeError, csv.Error) as err:
         raise DataError(f"cannot read grouping CSV {path}: {err}") from None

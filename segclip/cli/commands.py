@@ -29,6 +29,10 @@ from segclip.data.prepare import (
     PrepareCityscapesConfig,
     PrepareCocoConfig,
     PreparePascalContextConfig,
+    PrepareAde847Config,
+    PreparePc459Config,
+    run_prepare_ade847,
+    run_prepare_pc459,
     run_check,
     run_prepare_cityscapes,
     run_prepare_coco_object,
@@ -213,7 +217,15 @@ COMMANDS: tuple[Command, ...] = (
     _prepare("cityscapes", "Cityscapes gtFine labelTrainIds (0..18, 255) from the labelIds",
              "Write *_gtFine_labelTrainIds.png next to each *_gtFine_labelIds.png (cityscapesscripts' id -> "
              "trainId table).", PrepareCityscapesConfig, run_prepare_cityscapes),
-    _prepare("check", "report which of the eight benchmarks are present and valid under a data root",
+    _prepare("pc459", "PASCAL Context 459 label TIFFs from the 459-class trainval/*.mat (CAT-Seg's converter)",
+             "Write VOC2010/annotations_detectron2/pc459_val/<id>.tif (16-bit, LabelMap - 1) for every val id, as "
+             "CAT-Seg's datasets/prepare_pascal_context_459.py does.", PreparePc459Config, run_prepare_pc459),
+    _prepare("ade847", "ADE20K-847 images and label TIFFs from ADE20K_2021_17_01 (CAT-Seg's converter)",
+             "Write ADE20K_2021_17_01/images_detectron2/validation/*.jpg (short side at most 512) and "
+             "annotations_detectron2/validation/*.tif (16-bit train ids 0..846, 65535 = other) from "
+             "index_ade20k.pkl, as CAT-Seg's datasets/prepare_ade20k_full.py does.", PrepareAde847Config,
+             run_prepare_ade847),
+    _prepare("check", "report which of the ten benchmarks are present and valid under a data root",
              "Look for each benchmark under --data-root (mmsegmentation's data/ layout), check its files and the "
              "first labels, and print a table: state, images against the standard val size, what to do.",
              CheckConfig, run_check),

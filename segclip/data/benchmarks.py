@@ -15,13 +15,28 @@ folder (the one named in the second column)::
     cityscapes   cityscapes                   leftImg8bit/val/<city>/<id>_leftImg8bit.png,
                                               gtFine/val/<city>/<id>_gtFine_labelTrainIds.png           500
     ade20k       ade/ADEChallengeData2016     images/validation/<id>.jpg, annotations/validation/<id>.png  2000
+    pc459        VOCdevkit/VOC2010            JPEGImages/<id>.jpg,
+                                              annotations_detectron2/pc459_val/<id>.tif                 5104
+    ade847       ADE20K_2021_17_01            images_detectron2/validation/<id>.jpg,
+                                              annotations_detectron2/validation/<id>.tif                2000
 
 Label encodings are mmsegmentation's (255 is always ignored): voc21 keeps the palette indices (0 background is a
 class, 255 the boundary); voc20, context59 and ade20k reduce the zero label (0 -> 255, c -> c - 1); context60 keeps
 0 as background; coco_object holds 0 background and 1..80 (``instanceTrainIds``), coco_stuff 0..170
 (``labelTrainIds``), cityscapes 0..18 (``labelTrainIds``). Datasets without a split file list their image folder
 recursively, sorted by path, as mmsegmentation does. :data:`BENCHMARKS` is in the column order of the field's
-tables (SCLIP, ClearCLIP): with background first, then without.
+tables (SCLIP, ClearCLIP): with background first, then without; then the two wide benchmarks.
+
+PASCAL Context 459 and ADE20K-847 are in the layouts CAT-Seg's converters write (cvlab-kaist/CAT-Seg
+``datasets/prepare_pascal_context_459.py``, ``datasets/prepare_ade20k_full.py``; read as its detectron2
+registration ``cat_seg/data/datasets/register_pascal_context.py`` / ``register_ade20k_847.py`` reads them, with
+``load_sem_seg``: the label folder is listed and matched to the images by name). Labels are 16-bit TIFFs
+(Pillow mode ``I;16``): PC-459 holds ``LabelMap - 1`` (0..458; CAT-Seg's ignore value is 459, and an unlabelled
+raw 0 wraps to 65535, ignored too), ADE-847 holds the train ids 0..846 and 65535 for every other pixel (its
+ignore value). Their labels come back as uint16 with 65535 for ignore (:attr:`BenchmarkDataset.ignore_index`).
+
+COCO-Stuff in another label order is refused by name: a ``labelTrainIds`` map holding values 171..181 is the
+stuffthingmap's 182-id order (COCO category id - 1, ids 0..181 with 11 unused), not mmsegmentation's 0..170.
 """
 from __future__ import annotations
 
@@ -33,6 +48,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from torch.utils.data import Dataset
 
 from segclip.data.images import IGNORE_INDEX, read_image, read_label
@@ -65,6 +81,9 @@ class BenchmarkSpec:
         val_size: the standard number of validation images.
         label_mapping: the encoding in words, for result files.
         prepare: how to make the files, for messages.
+        raw_ignore: raw label values that mean ignore (255; PC-459: 459 and 65535; ADE-847: 65535).
+        list_labels: without a split file, list the label folder (CAT-Seg's ``load_sem_seg`` pairs each label
+            with its image) instead of the image folder.
     """
 
     name: str
@@ -82,6 +101,13 @@ class BenchmarkSpec:
     split_dirs: tuple[tuple[str, str], ...] = field(default=())
     class_file: str | None = None
     suite: bool = True
+    raw_ignore: tuple[int, ...] = (IGNORE_INDEX,)
+    list_labels: bool = False
+
+    @property
+    def ignore_index(self) -> int:
+        """The value of ignored pixels in the labels read: 255, or 65535 for more than 255 classes."""
+        return IGNORE_INDEX if self.num_classes <= 255 else WIDE_IGNORE_INDEX
 
     def split_dir(self, split: str) -> str:
         """The folder name standing for ``split`` in ``image_dir`` / ``label_dir``."""
@@ -97,6 +123,12 @@ _COCO = ("Download COCO val2017 images into coco_stuff164k/images/val2017 and st
          "coco_stuff164k/annotations, then run `segclip prepare {} --root DATA_ROOT/coco_stuff164k`.")
 _CITY = ("Download leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip into the data root's cityscapes folder, "
          "then run `segclip prepare cityscapes --root DATA_ROOT/cityscapes`.")
+_PC459 = ("Download VOCtrainval_03-May-2010.tar (extract it into the data root: VOCdevkit/VOC2010) and the 459-class "
+          "trainval.tar.gz of PASCAL Context (extract it into VOCdevkit/VOC2010: trainval/*.mat and labels.txt), then "
+          "run `segclip prepare pc459 --root DATA_ROOT/VOCdevkit/VOC2010` (CAT-Seg's prepare_pascal_context_459.py).")
+_ADE847 = ("Download ADE20K_2021_17_01 (the full ADE20K, with index_ade20k.pkl) and extract it into the data root, "
+           "then run `segclip prepare ade847 --root DATA_ROOT/ADE20K_2021_17_01` (CAT-Seg's prepare_ade20k_full.py).")
+WIDE_IGNORE_INDEX = 65535
 _ADE = ("Download ADEChallengeData2016.zip and extract it into the data root's ade folder so that "
         "ade/ADEChallengeData2016 holds images and annotations (no conversion needed).")
 
@@ -128,6 +160,13 @@ SPECS: dict[str, BenchmarkSpec] = {s.name: s for s in (
     BenchmarkSpec("ade20k", "ade/ADEChallengeData2016", "images/{split}", "annotations/{split}", ".jpg", ".png",
                   None, 150, True, 2000, "reduce_zero_label: 0 (other) -> 255, c -> c - 1", _ADE,
                   (("val", "validation"), ("train", "training"))),
+    BenchmarkSpec("pc459", "VOCdevkit/VOC2010", "JPEGImages", "annotations_detectron2/pc459_{split}", ".jpg", ".tif",
+                  None, 459, False, 5104, "16-bit TIFF: LabelMap - 1 = 0..458; 459 (CAT-Seg's ignore_label) and 65535 "
+                  "(raw 0 wrapped) are ignored", _PC459, raw_ignore=(459, WIDE_IGNORE_INDEX), list_labels=True),
+    BenchmarkSpec("ade847", "ADE20K_2021_17_01", "images_detectron2/{split}", "annotations_detectron2/{split}", ".jpg",
+                  ".tif", None, 847, False, 2000, "16-bit TIFF: train ids 0..846, 65535 = every other object (ignored)",
+                  _ADE847, (("val", "validation"), ("train", "training")), raw_ignore=(WIDE_IGNORE_INDEX,),
+                  list_labels=True),
     BenchmarkSpec("synthetic", ".", "VOCdevkit/VOC2010/JPEGImages", "VOCdevkit/VOC2010/SegmentationClassContext",
                   ".jpg", ".png", "VOCdevkit/VOC2010/ImageSets/SegmentationContext/{split}.txt", len(SYNTHETIC_CLASSES),
                   True, SYNTHETIC_VAL, "raw c + 1 -> class c, raw 0 ignored (PASCAL Context 59's encoding)",
@@ -135,8 +174,12 @@ SPECS: dict[str, BenchmarkSpec] = {s.name: s for s in (
                   "regenerate it.", class_file="classnames.txt", suite=False),
 )}
 BENCHMARKS: tuple[str, ...] = tuple(name for name, spec in SPECS.items() if spec.suite)  # the field's column order
-ALIASES = {"coco_stuff164k": "coco_stuff", "city_scapes": "cityscapes", "ade": "ade20k"}
+ALIASES = {"coco_stuff164k": "coco_stuff", "city_scapes": "cityscapes", "ade": "ade20k", "context459": "pc459",
+           "pascal_context_459": "pc459", "ade20k_847": "ade847", "ade20k_full": "ade847"}
 SYNTHETIC_SEED = 0
+# labelTrainIds values that only the stuffthingmap's 182-id order (0..181) holds.
+COCO_RAW_ORDER_VALUES = range(171, 182)
+COCO_ORDER_SAMPLES = 16  # label maps :meth:`BenchmarkDataset.validate` scans for them
 
 
 def canonical_name(name: str) -> str:
@@ -215,12 +258,11 @@ class BenchmarkDataset(Dataset):
         ((366, 500, 3), dtype('uint8'))
     """
 
-    ignore_index = IGNORE_INDEX
-
     def __init__(self, name: str, data_root: str | Path | None = None, root: str | Path | None = None,
                  split: str = "val", limit: int | None = None, class_file: str | Path | None = None):
         self.spec = spec = SPECS[canonical_name(name)]
         self.name, self.split, self.num_classes = spec.name, split, spec.num_classes
+        self.ignore_index = spec.ignore_index
         if limit is not None and limit < 1:
             raise ConfigError(f"limit must be at least 1, got {limit}")
         if root is None and data_root is None:
@@ -240,16 +282,21 @@ class BenchmarkDataset(Dataset):
                 raise DataError(f"{spec.name} is incomplete: the split file {self.source} does not exist. "
                                 f"{spec.prepare}")
             try:
-                lines = self.source.read_text(encoding="utf-8").splitlines()
+                lines = self.source.read_text(encoding="utf-8-sig").splitlines()  # a byte-order mark dropped
             except (OSError, UnicodeDecodeError) as err:
                 raise DataError(f"{spec.name}: cannot read the split file {self.source} ({err}). {spec.prepare}") \
                     from None
             relative = [line.strip() + spec.image_suffix for line in lines if line.strip()]
+        elif spec.list_labels:
+            self.source = self.label_dir
+            relative = [r[: -len(spec.label_suffix)] + spec.image_suffix
+                        for r in _list_images(self.label_dir, spec.label_suffix)]
         else:
             self.source = self.image_dir
             relative = _list_images(self.image_dir, spec.image_suffix)
         if not relative:
-            raise DataError(f"{spec.name}: {self.source} lists no images (looked for *{spec.image_suffix}). "
+            looked = spec.label_suffix if spec.list_labels and spec.split_file is None else spec.image_suffix
+            raise DataError(f"{spec.name}: {self.source} lists no images (looked for *{looked}). "
                             f"{spec.prepare}")
         self.total = len(relative)
         if split == "val" and self.total != spec.val_size:
@@ -302,7 +349,7 @@ class BenchmarkDataset(Dataset):
         return {"name": spec.name, "root": str(self.root), "split": self.split, "images": len(self.ids),
                 "images_listed": self.total, "standard_val_images": spec.val_size, "source": str(self.source),
                 "image_dir": str(self.image_dir), "label_dir": str(self.label_dir),
-                "label_suffix": spec.label_suffix, "num_classes": spec.num_classes, "ignore_index": IGNORE_INDEX,
+                "label_suffix": spec.label_suffix, "num_classes": spec.num_classes, "ignore_index": self.ignore_index,
                 "reduce_zero_label": spec.reduce_zero_label, "label_mapping": spec.label_mapping,
                 "class_file": str(self.class_file), "class_names": list(self.class_names),
                 "label_names": list(self.label_names)}
@@ -311,17 +358,22 @@ class BenchmarkDataset(Dataset):
         return len(self.ids)
 
     def read_label(self, index: int) -> Any:
-        """The ``(H, W)`` uint8 label of image ``index`` in the dataset's train-id encoding (255 = ignore).
+        """The ``(H, W)`` label of image ``index`` in the dataset's train-id encoding: uint8 with 255 = ignore, or
+        uint16 with 65535 = ignore for PC-459 and ADE-847 (:attr:`ignore_index`).
 
         Raises:
-            DataError: unreadable, several channels, or values outside the dataset's range (the message names the
-                file and the values).
+            DataError: unreadable, several channels, values outside the dataset's range (the message names the
+                file and the values), or a COCO-Stuff map in the stuffthingmap's 182-id order.
         """
         path = self.label_paths[index]
+        spec = self.spec
         try:
-            return read_label(path, self.num_classes, self.spec.reduce_zero_label)
+            return read_label(path, self.num_classes, spec.reduce_zero_label, ignore_values=spec.raw_ignore,
+                              ignore_index=self.ignore_index)
         except DataError as error:
-            raise DataError(f"{self.name}: {error}. {self.spec.prepare}") from None
+            if spec.name == "coco_stuff":
+                check_coco_stuff_order(path)
+            raise DataError(f"{self.name}: {error}. {spec.prepare}") from None
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         """``{"id": str, "image": (H, W, 3) uint8 RGB, "label": (H, W) uint8}``.
@@ -338,13 +390,55 @@ class BenchmarkDataset(Dataset):
         return {"id": self.ids[index], "image": image, "label": label}
 
     def validate(self, samples: int = 2) -> None:
-        """Read the first ``samples`` images and labels (values in range, sizes equal), failing early.
+        """Read the first ``samples`` images and labels (values in range, sizes equal), failing early; for
+        COCO-Stuff, also the label order of the first 16 maps (:func:`check_coco_stuff_order`).
 
         Raises:
             ImageError, DataError: as :meth:`__getitem__`.
         """
         for index in range(min(samples, len(self))):
             self[index]
+        if self.name == "coco_stuff":  # the label order, from more maps than the samples (a value histogram each)
+            for path in self.label_paths[:COCO_ORDER_SAMPLES]:
+                check_coco_stuff_order(path)
+
+
+def check_coco_stuff_order(path: str | Path) -> None:
+    """Refuse a COCO-Stuff ``labelTrainIds`` map written in the stuffthingmap's 182-id order.
+
+    Two 0-based orders circulate: mmsegmentation's ``labelTrainIds`` (the 171 used COCO-Stuff ids renumbered
+    0..170: 80 things, then 91 stuff) and the raw ``stuffthingmaps_trainval2017`` values (COCO category id - 1:
+    0..181 with 11 unused ids; what a copy of the stuffthingmaps under the ``_labelTrainIds`` name holds). Mixed,
+    every class after the first unused id is shifted and scores fall to about 1 %. The raw order's telltale is a
+    value in 171..181 (the last eleven stuff classes, e.g. ``wall-other``, ``wood``, ``window-other``), which the
+    0..170 order cannot hold.
+
+    Raises:
+        DataError: the map holds a value in 171..181 (the message names the order and the fix).
+
+    Example:
+        >>> import tempfile
+        >>> from PIL import Image
+        >>> path = Path(tempfile.mkdtemp()) / "000000000139_labelTrainIds.png"
+        >>> Image.fromarray(np.array([[0, 180]], np.uint8)).save(path)
+        >>> check_coco_stuff_order(path)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        segclip.errors.DataError: ... the stuffthingmap's 182-id order ...
+    """
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            values = np.unique(np.asarray(image))
+    except OSError:
+        return
+    raw = sorted(int(v) for v in values if int(v) in COCO_RAW_ORDER_VALUES)
+    if raw:
+        raise DataError(
+            f"coco_stuff: {path} holds values {raw[:5]} (171..181): it is in the stuffthingmap's 182-id order "
+            "(COCO category id - 1, 0..181), not mmsegmentation's labelTrainIds order (0..170); convert the raw "
+            "stuffthingmaps with `segclip prepare coco_stuff --root DATA_ROOT/coco_stuff164k --overwrite`.")
 
 
 def benchmark_dataset(name: str, data_root: str | Path | None = None,

@@ -145,21 +145,62 @@ def _find(root: Path, name: str) -> Path | None:
     return None
 
 
+def _whole_number(value: Any) -> int:
+    """A MATLAB numeric scalar as an int; ValueError for text, fractions or arrays of several values."""
+    array = np.asarray(value)
+    if array.size != 1 or array.dtype.kind not in "iuf":
+        raise ValueError(f"not a number: {value!r}")
+    number = float(array.reshape(()))
+    if not number.is_integer():
+        raise ValueError(f"not a whole number: {value!r}")
+    return int(number)
+
+
+def _read_mat_struct(path: str | Path, key: str, fields: tuple[str, ...], fix: str, what: str) -> np.ndarray:
+    """``loadmat(path, squeeze_me=True)[key]``, checked to be a struct (array) with ``fields``.
+
+    Raises:
+        DataError: unreadable (empty, truncated, not a MATLAB file), no ``key``, or ``key`` not a struct with
+            ``fields`` (one line naming the file, what is wrong and ``fix``).
+    """
+    import scipy.io
+
+    try:
+        data = scipy.io.loadmat(str(path), squeeze_me=True)
+    except Exception as err:  # MatReadError (empty file), ValueError, TypeError, OSError, ... from scipy
+        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise DataError(f"{path} is not a readable MATLAB file ({message}); {fix}") from None
+    if key not in data:
+        found = sorted(k for k in data if not k.startswith("__"))
+        raise DataError(f"{path} has no '{key}' (it holds {found or 'nothing'}); it is not {what}; {fix}")
+    struct = data[key]
+    names = getattr(getattr(struct, "dtype", None), "names", None) or ()
+    missing = [f for f in fields if f not in names]
+    if missing:
+        kind = "a struct" if names else f"a {type(struct).__name__} of {getattr(struct, 'dtype', '?')}"
+        raise DataError(f"{path}: '{key}' is {kind} without the fields {missing}; it is not {what}; {fix}")
+    return struct
+
+
 def read_imagenet_meta(path: str | Path) -> dict[int, str]:
     """ILSVRC2012_ID -> wnid of the 1000 leaf synsets (``num_children == 0``) of the devkit's ``data/meta.mat``.
 
     Raises:
         DataError: unreadable, not the devkit's structure, or not 1000 known leaf wnids.
     """
-    import scipy.io
-
-    try:
-        synsets = scipy.io.loadmat(str(path), squeeze_me=True)["synsets"]
-        ids, wnids, children = synsets["ILSVRC2012_ID"], synsets["WNID"], synsets["num_children"]
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise DataError(f"{path} is not the ILSVRC2012 devkit's meta.mat (a 'synsets' struct with ILSVRC2012_ID, "
-                        f"WNID, num_children): {err}") from None
-    leaves = {int(i): str(w) for i, w, c in zip(ids, wnids, children) if int(c) == 0}
+    fix = "extract ILSVRC2012_devkit_t12.tar.gz again (data/meta.mat)"
+    synsets = _read_mat_struct(path, "synsets", ("ILSVRC2012_ID", "WNID", "num_children"), fix,
+                               "the ILSVRC2012 devkit's meta.mat")
+    ids, wnids, children = (np.atleast_1d(synsets[k]) for k in ("ILSVRC2012_ID", "WNID", "num_children"))
+    leaves = {}
+    for row, (i, w, c) in enumerate(zip(ids, wnids, children)):
+        try:
+            number, count = _whole_number(i), _whole_number(c)
+        except (TypeError, ValueError):
+            raise DataError(f"{path}: synset {row} has ILSVRC2012_ID {i!r} and num_children {c!r}, not numbers; "
+                            f"{fix}") from None
+        if count == 0:
+            leaves[number] = str(w)
     unknown = sorted(set(leaves.values()) - set(imagenet_wnids()))
     if len(leaves) != 1000 or unknown:
         raise DataError(f"{path} has {len(leaves)} leaf synsets{f', unknown wnids {unknown[:5]}' if unknown else ''}; "
@@ -220,7 +261,7 @@ def read_imagenet(root: str | Path) -> ImageSet:
                         f"into {root} (they are in ILSVRC2012_devkit_t12/data/)")
     id_to_wnid = read_imagenet_meta(meta)
     try:
-        ids = [int(line) for line in truth.read_text(encoding="utf-8").split()]
+        ids = [int(line) for line in truth.read_text(encoding="utf-8-sig").split()]  # a byte-order mark dropped
     except (OSError, UnicodeDecodeError, ValueError) as err:
         raise DataError(f"cannot read {truth} as one ILSVRC2012_ID per line: {err}") from None
     bad = sorted({i for i in ids if i not in id_to_wnid})
@@ -254,15 +295,24 @@ def parse_car_name(name: str) -> tuple[str, str]:
     return year, body
 
 
-def _loadmat(path: Path, key: str, fix: str):
+def _loadmat(path: Path, key: str, fix: str, fields: tuple[str, ...] = ()):
+    """A Stanford Cars devkit entry; with ``fields``, checked to be a struct holding them."""
     import scipy.io
 
     if not path.is_file():
         raise DataError(f"Stanford Cars: {path} is missing; {fix}")
+    if fields:
+        try:
+            return _read_mat_struct(path, key, fields, fix, "a Stanford Cars devkit file")
+        except DataError as err:
+            raise DataError(f"Stanford Cars: {err}") from None
     try:
         return scipy.io.loadmat(str(path), squeeze_me=True)[key]
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise DataError(f"Stanford Cars: {path} has no readable '{key}' ({err}); {fix}") from None
+    except KeyError:
+        raise DataError(f"Stanford Cars: {path} has no '{key}'; {fix}") from None
+    except Exception as err:  # MatReadError (empty file), ValueError, TypeError, OSError, ... from scipy
+        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise DataError(f"Stanford Cars: {path} is not a readable MATLAB file ({message}); {fix}") from None
 
 
 def read_colours(path: str | Path, names: list[str]) -> list[str]:
@@ -272,7 +322,7 @@ def read_colours(path: str | Path, names: list[str]) -> list[str]:
         DataError: unreadable file, missing columns, or images without a colour row.
     """
     try:
-        with open(path, newline="", encoding="utf-8") as handle:
+        with open(path, newline="", encoding="utf-8-sig") as handle:  # a byte-order mark dropped
             rows = list(csv.DictReader(handle))
     except (OSError, UnicodeDecodeError, csv.Error) as err:
         raise DataError(f"cannot read the colour CSV {path}: {err}") from None
@@ -312,12 +362,16 @@ def read_stanford_cars(root: str | Path, split: str = "train", colours: str | Pa
     names = [str(n) for n in np.atleast_1d(_loadmat(base / "devkit" / "cars_meta.mat", "class_names", fix))]
     annos = (base / "devkit" / "cars_train_annos.mat" if split == "train"
              else base / "cars_test_annos_withlabels.mat")
-    annotations = _loadmat(annos, "annotations", fix)
+    annotations = _loadmat(annos, "annotations", fix, ("fname", "class"))
     try:
-        entries = [(str(a), int(c)) for a, c in zip(annotations["fname"].reshape(-1),
-                                                    annotations["class"].reshape(-1))]
-    except (ValueError, KeyError, TypeError) as err:
-        raise DataError(f"Stanford Cars: {annos} annotations lack 'fname' or 'class' ({err}); {fix}") from None
+        entries = [(str(a), _whole_number(c)) for a, c in zip(np.atleast_1d(annotations["fname"]).reshape(-1),
+                                                               np.atleast_1d(annotations["class"]).reshape(-1))]
+    except (ValueError, KeyError, TypeError, IndexError) as err:
+        raise DataError(f"Stanford Cars: {annos} annotations hold a 'class' that is not a number ({err}); "
+                        f"{fix}") from None
+    unsafe = next((f for f, _ in entries if Path(f).name != f or f in ("", ".", "..")), None)
+    if unsafe is not None:
+        raise DataError(f"Stanford Cars: {annos} names the image {unsafe!r}, which leaves cars_{split}/; {fix}")
     bad = sorted({c for _, c in entries if not 1 <= c <= len(names)})
     if bad:
         raise DataError(f"Stanford Cars: {annos} has class ids {bad[:5]} outside 1..{len(names)} (they are 1-based)")

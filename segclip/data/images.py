@@ -113,21 +113,26 @@ def read_image(path: str | Path) -> np.ndarray:
         raise ImageError(f"cannot read image {path}: mode {image.mode} cannot be converted to RGB ({error})") from None
 
 
-def read_label(path: str | Path, num_classes: int, reduce_zero_label: bool) -> np.ndarray:
-    """Read a label map (single-channel PNG of class indices) and map it to training indices.
+def read_label(path: str | Path, num_classes: int, reduce_zero_label: bool, *,
+               ignore_values: tuple[int, ...] = (IGNORE_INDEX,), ignore_index: int = IGNORE_INDEX) -> np.ndarray:
+    """Read a label map (single-channel PNG or TIFF of class indices) and map it to training indices.
 
     With ``reduce_zero_label`` (PASCAL Context 59) raw 0 (background) becomes 255 (ignore) and raw ``c`` becomes
     ``c - 1``, so raw values ``0..num_classes`` are valid; without it (PASCAL Context 60) values ``0..num_classes-1``
-    are kept. 255 is always ``ignore``. The EXIF orientation is not applied (as mmsegmentation's label loader).
+    are kept. 255 is always ``ignore`` for the 8-bit benchmarks. Datasets of more than 255 classes (PASCAL Context
+    459, ADE20K-847: 16-bit TIFFs) name their own raw ignore values and get a uint16 map whose ignore is
+    ``ignore_index`` (65535). The EXIF orientation is not applied (as mmsegmentation's label loader).
 
     Args:
-        path: label PNG (mode ``L``, ``P`` or 16-bit grayscale), values are class indices.
+        path: label PNG or TIFF (mode ``L``, ``P`` or 16-bit grayscale), values are class indices.
         num_classes: number of classes after the mapping.
         reduce_zero_label: map 0 to 255 and ``c`` to ``c - 1``.
+        ignore_values: raw values that mean ignore (default: 255).
+        ignore_index: the value ignored pixels get (255; 65535 for more than 255 classes).
 
     Returns:
-        ``(H, W)`` array of class indices in ``0..num_classes-1`` or 255: uint8 up to 255 classes, int64 above
-        (a 16-bit PNG's values kept whole).
+        ``(H, W)`` array of class indices in ``0..num_classes-1`` or ``ignore_index``: uint8, or uint16 when
+        ``ignore_index`` exceeds 255.
 
     Raises:
         DataError: the file cannot be read, has several channels, or holds values outside the class range.
@@ -144,20 +149,24 @@ def read_label(path: str | Path, num_classes: int, reduce_zero_label: bool) -> n
     if image.mode not in ("L", "P", "I", "I;16", "I;16B", "I;16L", "I;16N"):
         raise DataError(
             f"label map {path} has mode {image.mode} ({len(image.getbands())} channels); expected a single-channel "
-            "PNG of class indices (mode L or P)"
+            "PNG or TIFF of class indices (mode L, P or 16-bit)"
         )
     raw = np.asarray(image).astype(np.int64)
     top = num_classes if reduce_zero_label else num_classes - 1
-    bad = np.unique(raw[((raw < 0) | (raw > top)) & (raw != IGNORE_INDEX)])
+    ignored = np.isin(raw, np.asarray(ignore_values, np.int64))
+    bad = np.unique(raw[((raw < 0) | (raw > top)) & ~ignored])
     if bad.size:
         shown = ", ".join(str(v) for v in bad[:10]) + (", ..." if bad.size > 10 else "")
+        ignore = " and ".join(str(v) for v in ignore_values)
         raise DataError(
-            f"label map {path} has values [{shown}] outside the expected range 0..{top} (and {IGNORE_INDEX} = ignore) "
+            f"label map {path} has values [{shown}] outside the expected range 0..{top} (and {ignore} = ignore) "
             f"for {num_classes} classes{' with reduce_zero_label' if reduce_zero_label else ''}"
         )
     if reduce_zero_label:
-        raw = np.where((raw == 0) | (raw == IGNORE_INDEX), IGNORE_INDEX, raw - 1)
-    return np.ascontiguousarray(raw.astype(np.uint8 if num_classes <= 255 else np.int64))  # never class 256 + k as k
+        raw = np.where((raw == 0) | ignored, ignore_index, raw - 1)
+    else:
+        raw = np.where(ignored, ignore_index, raw)
+    return np.ascontiguousarray(raw.astype(np.uint8 if ignore_index <= 255 else np.uint16))
 
 
 def list_images(folder: str | Path) -> list[Path]:

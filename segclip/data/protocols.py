@@ -106,6 +106,11 @@ class BenchmarkProtocol:
 
 
 _SCLIP = "SCLIP configs/cfg_{}.py (ViT-B/16, slide_crop 224, slide_stride 112)"
+# SCLIP has no PC-459 / ADE-847 config; ProxyCLIP and Trident (which add them) resize to short side 448 with logit
+# scale 40 and no threshold; the windows keep SCLIP's convention (crop 224, stride 112) like every other row.
+_WIDE = ("short side 448, logit scale 40, no threshold: ProxyCLIP configs/cfg_{0}.py and proxyclip_segmentor.py "
+         "(mc-lan/ProxyCLIP; slide_crop 336, stride 112) and Trident configs/cfg_{0}.py (YuHengsss/Trident); "
+         "windows of SCLIP's convention (crop 224, stride 112)")
 _PAPER = "the paper (RN50x16, PASCAL Context 59): short side 512, crop 384, stride 192, logit scale 40"
 
 PROTOCOLS: dict[tuple[str, str], BenchmarkProtocol] = {
@@ -120,6 +125,8 @@ PROTOCOLS: dict[tuple[str, str], BenchmarkProtocol] = {
                           _SCLIP.format("coco_stuff164k")),
         BenchmarkProtocol("cityscapes", "sclip", 224, 560, 2048, 112, 40.0, 0.0, None, _SCLIP.format("city_scapes")),
         BenchmarkProtocol("ade20k", "sclip", 224, 336, 2048, 112, 40.0, 0.0, None, _SCLIP.format("ade20k")),
+        BenchmarkProtocol("pc459", "sclip", 224, 448, 2048, 112, 40.0, 0.0, None, _WIDE.format("context459")),
+        BenchmarkProtocol("ade847", "sclip", 224, 448, 2048, 112, 40.0, 0.0, None, _WIDE.format("ade847")),
         BenchmarkProtocol("context59", "paper", 384, 512, 2048, 192, 40.0, 0.0, None, _PAPER),
         BenchmarkProtocol("context60", "paper", 384, 512, 2048, 192, 40.0, 0.0, None, _PAPER),
         BenchmarkProtocol("synthetic", "paper", 384, 512, 2048, 192, 40.0, 0.0, None,

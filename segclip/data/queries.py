@@ -3,7 +3,9 @@
 A class file has one line per class, in label order; a line may hold several names (synonyms) separated by
 commas (``person, person in shirt, person in jeans``). For datasets whose class 0 is a background, the first line
 lists stuff words standing in for it (VOC21, COCO-Object). This is the format of the SCLIP / NACLIP / ClearCLIP
-``configs/cls_<dataset>.txt`` files; the eight benchmark files ship with segclip (:func:`benchmark_class_file`).
+``configs/cls_<dataset>.txt`` files; the eight benchmark files ship with segclip (:func:`benchmark_class_file`),
+with PC-459 and ADE-847 as ProxyCLIP / Trident write them (``configs/cls_context459.txt``, ``cls_ade20k847.txt``:
+the 459 PASCAL Context names spaced into words, the 847 ADE20K-full names with their WordNet synonyms).
 
 Every name is its own text query. Per image, the query logits ``(Q, H, W)`` (cosines, at the image's original size)
 become labels by the rule of those repositories (SCLIP's ``postprocess_result``):
@@ -27,7 +29,7 @@ from segclip.errors import ConfigError, DataError
 from segclip.io import read_lines
 
 BENCHMARK_CLASS_FILES = ("voc21", "voc20", "context60", "context59", "coco_object", "coco_stuff", "cityscapes",
-                         "ade20k")
+                         "ade20k", "pc459", "ade847")
 
 
 def benchmark_class_file(name: str) -> Path:

@@ -210,7 +210,7 @@ def read_labels(path: Path) -> dict[str, Any]:
     path = Path(path)
     csv_path = path / "label.csv" if path.is_dir() else path
     try:
-        with open(csv_path, newline="", encoding="utf-8") as handle:
+        with open(csv_path, newline="", encoding="utf-8-sig") as handle:
             rows = list(csv.DictReader(handle))
     except (OSError, UnicodeDecodeError, csv.Error) as err:
         raise DataError(f"Cannot read the labels {csv_path} ({err}); pass the --out folder of `segclip analyze "

@@ -11,7 +11,8 @@ with the protocol's logit scale and thresholds. An output folder holds::
     <dataset>/...                      per dataset, exactly what ``segclip eval --out`` writes (the same code:
                                        :func:`segclip.segment.evaluate.evaluate_dataset`): results.json / .csv
                                        (per-class IoU, confusion matrices, the full protocol), partial/ while it runs,
-                                       predictions/<method>/<image id>.png with ``save_predictions``
+                                       predictions/<method>/<image id>.png with ``save_predictions`` (16-bit PNGs
+                                       for PC-459 and ADE-847)
 
 An interrupted run resumes per dataset and per image when run again with the same options; a finished dataset is
 read back, not recomputed.

@@ -293,7 +293,7 @@ def evaluate_dataset(model: CLIPResNet, run: DatasetRun, methods: list[str], opt
     if todo:
         task = SegmentationTask(model, prepared.methods, window, data.num_classes, crops_per_pass=options.batch_size,
                                 intervention=prepared.intervention, on_image=on_image, label_rule=rule,
-                                autocast=options.autocast)
+                                autocast=options.autocast, ignore_index=data.ignore_index)
         loader = SegmentationData(Subset(data, todo), options.batch_size, options.num_workers)
         run_loop(trainer.test, task, datamodule=loader, verbose=False)
         seconds = task.seconds

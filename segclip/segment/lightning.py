@@ -47,6 +47,7 @@ class SegmentationTask(L.LightningModule):
             window_logits`).
         label_rule: how stitched logits become labels (:func:`~segclip.segment.pipeline.segment_images`), e.g. the
             benchmark suite's :class:`~segclip.segment.pipeline.QueryLabelRule`; None: temperature and arg-max.
+        ignore_index: the target value whose pixels are not scored (255; 65535 for PC-459 and ADE-847).
         on_image: called per image with ``(id, {method: Segmentation}, confusion stack (M, C, C) or None,
             image)``, the image as the loader decoded it (writes partial results and outputs; nothing is decoded
             twice).
@@ -59,14 +60,15 @@ class SegmentationTask(L.LightningModule):
     def __init__(self, model: CLIPResNet, methods: Sequence[SegmentationMethod], protocol: SlidingWindowProtocol,
                  num_classes: int, *, crops_per_pass: int = 8, intervention: RegisterIntervention | None = None,
                  background_threshold: float | None = None, on_image: ImageCallback | None = None,
-                 label_rule: LabelRule | None = None, autocast: str = "off"):
+                 label_rule: LabelRule | None = None, autocast: str = "off", ignore_index: int = 255):
         super().__init__()
         self.model = model
         self.methods, self.protocol, self.num_classes = list(methods), protocol, num_classes
         self.crops_per_pass, self.intervention = crops_per_pass, intervention
         self.background_threshold, self.on_image, self.label_rule = background_threshold, on_image, label_rule
         self.autocast = autocast
-        self.metrics = torch.nn.ModuleDict({m.name: SegmentationMetric(num_classes) for m in self.methods})
+        self.metrics = torch.nn.ModuleDict({m.name: SegmentationMetric(num_classes, ignore_index)
+                                              for m in self.methods})
         self.images_seen, self.seconds, self._start = 0, 0.0, 0.0
         self.allow_zero_length_dataloader_with_multiple_devices = True  # fewer images than processes
 

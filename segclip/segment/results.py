@@ -4,7 +4,8 @@ An output folder holds::
 
     results.json, results.csv            written last, atomically (:mod:`segclip.segment.evaluate`)
     partial/run.json                     the run's fingerprint (model, methods, protocol, classes, dataset)
-    partial/<image id>.npy               (M, C, C) int64 confusion contributions of the M methods, one per image
+    partial/<image id>.npy               the image's nonzero confusion cells of the M methods, (nnz, 3) int64 rows
+                                         (method, flattened cell, count): bytes, not the (M, C, C) matrix
                                          (removed once results.json is written)
     predictions/<method>/<image id>.png  uint8 labels (0-based, class-list order), with --save-predictions
 
@@ -130,8 +131,10 @@ class ResultStore:
             for method, label in zip(self.methods, labels):
                 atomic_write_bytes(self.out / "predictions" / method / f"{image_id}.png",
                                    png_bytes(label.cpu().numpy(), self.num_classes))
+        dense = confusions.cpu().numpy().astype(np.int64)  # (M, C, C): one image touches a few cells
+        method, flat = np.nonzero(dense.reshape(len(dense), -1))
         buffer = io.BytesIO()
-        np.save(buffer, confusions.cpu().numpy().astype(np.int64))
+        np.save(buffer, np.stack([method, flat, dense.reshape(len(dense), -1)[method, flat]], axis=1))  # (nnz, 3)
         atomic_write_bytes(self._partial_file(image_id), buffer.getvalue())
 
     def load(self, ids: Iterable[str]) -> torch.Tensor:
@@ -144,11 +147,15 @@ class ResultStore:
         for image_id in ids:
             path = self._partial_file(image_id)
             try:
-                stack = torch.from_numpy(np.load(path, allow_pickle=False))
+                cells = np.load(path, allow_pickle=False)
             except (OSError, ValueError) as err:
                 raise CacheError(f"Partial result {path} is unreadable ({err}); delete it to recompute it.") from err
-            if tuple(stack.shape) != tuple(total.shape):
-                raise CacheError(f"Partial result {path} has shape {tuple(stack.shape)}, not {tuple(total.shape)}; "
-                                 "pass --overwrite.")
-            total += stack
+            size = total[0].numel()
+            if cells.ndim != 2 or cells.shape[1] != 3 or (len(cells) and (
+                    cells[:, 0].max() >= len(self.methods) or cells[:, 1].max() >= size or cells.min() < 0)):
+                raise CacheError(f"Partial result {path} does not hold this run's (method, cell, count) rows; pass "
+                                 "--overwrite.")
+            flat = total.view(len(self.methods), -1)
+            flat.index_put_((torch.from_numpy(cells[:, 0]), torch.from_numpy(cells[:, 1])),
+                            torch.from_numpy(cells[:, 2]), accumulate=True)
         return total
