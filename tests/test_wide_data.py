@@ -115,7 +115,7 @@ def test_benchmark_wide_datasets_match_saved_predictions(tmp_path, bundled_model
                                     "--methods", "maskclip", "--limit", "2", "--save-predictions", "--out", out,
                                     *FAST])
     assert code == 0, stderr
-    results = json.loads((out / "results.json").read_text())
+    results = json.loads((out / "results.json").read_text())["results"]
     assert results["column_order"] == ["pc459", "ade847"]
     for name in ("pc459", "ade847"):
         classes = WIDE[name][2]
@@ -132,9 +132,9 @@ def test_benchmark_wide_datasets_match_saved_predictions(tmp_path, bundled_model
         union = confusion.sum(0) + confusion.sum(1) - tp
         expected = float(np.mean(tp[union > 0] / union[union > 0])) * 100
         assert results["table"]["maskclip"][name] == pytest.approx(expected, abs=1e-9)
-        entry = json.loads((out / name / "results.json").read_text())[0]
-        assert entry["confusion_matrix"] == confusion.tolist()
-        assert entry["protocol"]["dataset"]["ignore_index"] == 65535
+        envelope = json.loads((out / name / "results.json").read_text())
+        assert envelope["results"]["scores"][0]["confusion_matrix"] == confusion.tolist()
+        assert envelope["provenance"]["dataset"]["ignore_index"] == 65535
 
 
 # ------------------------------------------------------------------------------------------ prepare pc459
@@ -165,7 +165,7 @@ def test_prepare_pc459_matches_catseg(tmp_path):
     maps = _pc459_tree(root, np.random.default_rng(0))
     code, stdout, stderr = run_cli(["prepare", "pc459", "--root", root])
     assert code == 0, stderr
-    assert "3 label TIFFs" in stdout and "2008_000099" in stderr
+    assert "3 label TIFFs" in stdout and "2008_000099" in stdout
     for image_id in maps:
         tif = root / "annotations_detectron2" / "pc459_val" / f"{image_id}.tif"
         reference = catseg_pc459(root / "trainval" / f"{image_id}.mat")

@@ -62,9 +62,10 @@ def emit(result: Any, config: Any, as_json: bool = False) -> int:
         payload = result.to_dict() if hasattr(result, "to_dict") else to_jsonable(result)
         sys.stdout.write(json.dumps(to_jsonable(payload), indent=1) + "\n")
     else:
-        summary = result.summary(per_class=True) if getattr(config, "per_class", False) else result.summary()
+        summary = result.summary(per_class=True) if getattr(config, "per_class", None) is True else result.summary()
         sys.stdout.write(summary if summary.endswith("\n") or not summary else summary + "\n")
-    for name, why in getattr(result, "skipped", {}).items():
+    skipped = getattr(result, "skipped", None)
+    for name, why in (skipped.items() if isinstance(skipped, dict) else ()):
         print(f"skipped {name} ({why['state']}): {why['reason']}", file=sys.stderr)
     if written:
         print(f"results: {', '.join(str(p) for p in written)}", file=sys.stderr)

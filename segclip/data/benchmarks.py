@@ -51,7 +51,7 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Dataset
 
-from segclip.data.images import IGNORE_INDEX, read_image, read_label
+from segclip.data.images import IGNORE_INDEX, WIDE_IGNORE_INDEX, read_image, read_label
 from segclip.data.queries import benchmark_class_file, read_query_file
 from segclip.data.synthetic import SYNTHETIC_CLASSES, SYNTHETIC_VAL, generate_benchmark
 from segclip.errors import ConfigError, DataError, SegclipError
@@ -128,7 +128,7 @@ _PC459 = ("Download VOCtrainval_03-May-2010.tar (extract it into the data root: 
           "run `segclip prepare pc459 --root DATA_ROOT/VOCdevkit/VOC2010` (CAT-Seg's prepare_pascal_context_459.py).")
 _ADE847 = ("Download ADE20K_2021_17_01 (the full ADE20K, with index_ade20k.pkl) and extract it into the data root, "
            "then run `segclip prepare ade847 --root DATA_ROOT/ADE20K_2021_17_01` (CAT-Seg's prepare_ade20k_full.py).")
-WIDE_IGNORE_INDEX = 65535
+
 _ADE = ("Download ADEChallengeData2016.zip and extract it into the data root's ade folder so that "
         "ade/ADEChallengeData2016 holds images and annotations (no conversion needed).")
 

@@ -28,6 +28,7 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 IGNORE_INDEX = 255
+WIDE_IGNORE_INDEX = 65535  # ignore in the 16-bit labels of datasets with more than 255 classes
 
 
 def _existing_file(path: str | Path) -> Path:
@@ -114,7 +115,7 @@ def read_image(path: str | Path) -> np.ndarray:
 
 
 def read_label(path: str | Path, num_classes: int, reduce_zero_label: bool, *,
-               ignore_values: tuple[int, ...] = (IGNORE_INDEX,), ignore_index: int = IGNORE_INDEX) -> np.ndarray:
+               ignore_values: tuple[int, ...] | None = None, ignore_index: int | None = None) -> np.ndarray:
     """Read a label map (single-channel PNG or TIFF of class indices) and map it to training indices.
 
     With ``reduce_zero_label`` (PASCAL Context 59) raw 0 (background) becomes 255 (ignore) and raw ``c`` becomes
@@ -127,8 +128,9 @@ def read_label(path: str | Path, num_classes: int, reduce_zero_label: bool, *,
         path: label PNG or TIFF (mode ``L``, ``P`` or 16-bit grayscale), values are class indices.
         num_classes: number of classes after the mapping.
         reduce_zero_label: map 0 to 255 and ``c`` to ``c - 1``.
-        ignore_values: raw values that mean ignore (default: 255).
-        ignore_index: the value ignored pixels get (255; 65535 for more than 255 classes).
+        ignore_values: raw values that mean ignore (default: 255; 65535 for more than 255 classes, whose 255 is a
+            class).
+        ignore_index: the value ignored pixels get (default: 255; 65535 for more than 255 classes).
 
     Returns:
         ``(H, W)`` array of class indices in ``0..num_classes-1`` or ``ignore_index``: uint8, or uint16 when
@@ -151,6 +153,9 @@ def read_label(path: str | Path, num_classes: int, reduce_zero_label: bool, *,
             f"label map {path} has mode {image.mode} ({len(image.getbands())} channels); expected a single-channel "
             "PNG or TIFF of class indices (mode L, P or 16-bit)"
         )
+    wide = num_classes > 255
+    ignore_values = ignore_values if ignore_values is not None else ((WIDE_IGNORE_INDEX,) if wide else (IGNORE_INDEX,))
+    ignore_index = ignore_index if ignore_index is not None else (WIDE_IGNORE_INDEX if wide else IGNORE_INDEX)
     raw = np.asarray(image).astype(np.int64)
     top = num_classes if reduce_zero_label else num_classes - 1
     ignored = np.isin(raw, np.asarray(ignore_values, np.int64))

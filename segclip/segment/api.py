@@ -28,7 +28,7 @@ from segclip.models.loading import CLIPResNet
 from segclip.models.text import check_class_names
 from segclip.segment.methods import METHODS
 from segclip.segment.pipeline import segment_images
-from segclip.segment.run import MethodOptions, prepare_methods
+from segclip.segment.options import MethodOptions, prepare_methods
 from segclip.segment.stitched import StitchedLogits
 from segclip.viz.overlay import heatmap, overlay, picture_bytes
 from segclip.viz.palette import class_colours, label_format, label_png
