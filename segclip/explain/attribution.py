@@ -50,6 +50,22 @@ class Unit:
         return {"pair": f"pair {self.neuron}:{self.head}", "head": f"head {self.head}"}.get(self.kind, "bias")
 
 
+def unit_words(labels: Mapping[str, object], count: int = 4) -> dict[str, str]:
+    """``{unit key: "word +0.31, word -0.12"}`` from :func:`segclip.explore.site.read_labels` (OMP words of
+    ``segclip analyze label``): pairs and heads, their first ``count`` words.
+
+    Example:
+        >>> unit_words({"pairs": {(3, 1): [["cat", 0.5], ["fur", 0.25]]}, "heads": {}})
+        {'pair 3:1': 'cat +0.50, fur +0.25'}
+    """
+    def text(words) -> str:
+        return ", ".join(f"{word} {value:+.2f}" for word, value in list(words)[:count])
+
+    out = {Unit("pair", n, h).key: text(w) for (n, h), w in labels.get("pairs", {}).items()}
+    out.update({Unit("head", head=h).key: text(w) for h, w in labels.get("heads", {}).items()})
+    return out
+
+
 def unit_window_maps(method: SegmentationMethod, trace: Trace, c: int) -> tuple[list[Unit], torch.Tensor]:
     """Class ``c``'s window logits split into the method's units.
 
