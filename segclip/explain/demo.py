@@ -260,10 +260,15 @@ def build_interface(app: DemoApp) -> Any:
         state, picture, gallery, status = app.segment(image, classes, name, pretrained, method)
         return state, picture, gallery, status, "", [], gr.update(choices=[], value=[]), None, None, ""
 
-    def on_click(state, evt: gr.SelectData):
+    def on_click(state, evt):
         x, y = (int(v) for v in evt.index)
-        state, answer, gallery, units = app.click(state, x, y)
+        try:
+            state, answer, gallery, units = app.click(state, x, y)
+        except ConfigError as error:
+            raise gr.Error(str(error)) from None
         return state, answer, gallery, gr.update(choices=units, value=[])
+
+    on_click.__annotations__["evt"] = gr.SelectData  # a class, not a string: Gradio passes the event by it
 
     with gr.Blocks(title="segclip demo", analytics_enabled=False) as blocks:
         gr.Markdown("## segclip: why is this pixel a cat?\nSegment an image by class names, click a pixel to see "
@@ -271,8 +276,8 @@ def build_interface(app: DemoApp) -> Any:
         state = gr.State(DemoState())
         with gr.Row():
             with gr.Column():
-                image = gr.Image(value=str(example_image_path()), type="numpy", label="image", sources=["upload"],
-                                 elem_id="input-image")
+                image = gr.Image(type="numpy", label="image", sources=["upload"], elem_id="input-image")
+                gr.Examples([[str(example_image_path())]], inputs=[image], label="or pick the example")
                 classes = gr.Textbox(app.default_classes(), label="classes (comma-separated)", elem_id="classes")
                 with gr.Row():
                     name = gr.Textbox(app.default.info.name, label="model", elem_id="model")
@@ -299,7 +304,7 @@ def build_interface(app: DemoApp) -> Any:
         change = gr.Markdown(elem_id="change")
         segment.click(guarded(on_segment), [image, classes, name, pretrained, method],
                       [state, overlay_image, heatmaps, status, answer, unit_maps, units, before, after, change])
-        overlay_image.select(guarded(on_click), [state], [state, answer, unit_maps, units])
+        overlay_image.select(on_click, [state], [state, answer, unit_maps, units])
         for trigger in (units.change, scale.release):
             trigger(guarded(app.intervene), [state, units, scale], [before, after, change])
     return blocks
