@@ -208,7 +208,7 @@ class ImageExplainer:
         >>> method = build_methods(model, ["sky", "grass"], ["maskclip"], templates="single")[0]
         >>> explainer = ImageExplainer(model, np.zeros((64, 96, 3), np.uint8), method, protocol_for(model))
         >>> a = explainer.attribute(at=(10, 20))
-        >>> abs(a.contributions.sum() - a.logit) < 1e-4
+        >>> bool(abs(a.contributions.sum() - a.logit) < 1e-4)
         True
     """
 

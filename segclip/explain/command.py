@@ -150,7 +150,7 @@ def run_explain(config: ExplainConfig, model: ModelSource) -> ExplainResult:
         >>> config = ExplainConfig(image=example_image_path(), out=Path(tempfile.mkdtemp()), at=(40, 30),
         ...                        method="maskclip", templates="single", remove=2)
         >>> result = run_explain(config, load_model())
-        >>> abs(result.attribution.contributions.sum() - result.attribution.logit) < 1e-4
+        >>> bool(abs(result.attribution.contributions.sum() - result.attribution.logit) < 1e-4)
         True
     """
     image = read_image(config.image[0])
