@@ -181,3 +181,18 @@ def test_errors(explainers):
         explainer.intervene(UnitIntervention(pairs={(0, 0): 0.0}))
     with pytest.raises(ConfigError, match="Head 99"):
         explainer.intervene(UnitIntervention(heads={99: 0.0}))
+
+
+@pytest.mark.parametrize("name", ["maskclip", "self-self"])
+def test_neurons_through_a_head_sum_to_the_head(explainers, name):
+    explainer = explainers[name]
+    attribution = explainer.attribute(at=(77, 33), maps=False)
+    for head in (0, 3):
+        neurons, bias = explainer.head_neurons(head, at=(77, 33))
+        share = attribution.contributions[[u.key for u in attribution.units].index(f"head {head}")]
+        assert neurons.sum() + bias == pytest.approx(share, abs=1e-12)
+        assert np.count_nonzero(neurons) > 1
+    with pytest.raises(ConfigError, match="Head 99"):
+        explainer.head_neurons(99, at=(1, 1))
+    with pytest.raises(ConfigError, match="maskclip and self-self"):
+        explainers["neuron-head"].head_neurons(0, at=(1, 1))

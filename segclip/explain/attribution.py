@@ -31,7 +31,7 @@ from segclip.explain.intervention import (
     intervened_method,
 )
 from segclip.models.loading import CLIPResNet
-from segclip.segment.methods import PairMethod, SegmentationMethod, head_maps, sink_fix
+from segclip.segment.methods import PairMethod, SegmentationMethod, head_maps, self_self_attention, sink_fix
 from segclip.segment.stitched import StitchedLogits, axis_spans
 from segclip.segment.windows import SlidingWindowProtocol, prepare_windows
 
@@ -356,6 +356,59 @@ class ImageExplainer:
             vector = heads.b_o.double() if unit.kind == "bias" else outputs[unit.head]
             result.append(float(vector @ text / vector.norm().clamp_min(1e-12)))
         return result
+
+    def head_neurons(self, head: int, at: tuple[int, int] | None = None, region: np.ndarray | None = None,
+                     target: int | None = None) -> tuple[np.ndarray, float]:
+        """A head's share of the logit split over the neurons feeding it (``maskclip`` and ``self-self``).
+
+        Head h's term is ``(W_O^h (W_v^h x^h_i + c_i b_v^h)) . t_c / |f_i|`` with ``x^h_i = z_i``, ``c_i = 1``
+        (``maskclip``) or ``x^h_i = sum_j A^h_ij z'_j``, ``c_i = sum_j A^h_ij`` (``self-self``): linear in each neuron.
+
+        Args:
+            head: the head.
+            at, region: the pixel or region (as :meth:`attribute`).
+            target: the class (default: the top class there).
+
+        Returns:
+            ``(N,)`` float64 each neuron's share, and the value bias's share; they sum to the head's contribution.
+
+        Raises:
+            ConfigError: a method whose units are not per-head outputs, or a head out of range.
+        """
+        if self.method.name not in ("maskclip", "self-self"):
+            raise ConfigError(f"Neurons through a head are for maskclip and self-self; {self.method.name} has pairs "
+                              "(or head maps) as units.")
+        heads = self.model.pool.heads
+        if not 0 <= head < heads.num_heads:
+            raise ConfigError(f"Head {head} does not exist: the model has {heads.num_heads} heads.")
+        window_weights = self._window_weights(self.weights(at, region))
+        if target is None:
+            target = self.attribute(at, region, maps=False, top=1).target
+        text = self.method.texts[target].double()
+        projected = heads.w_o[head].double().T @ text  # W_O^h^T t_c: (hd,)
+        gain = heads.w_v[head].double().T @ projected  # (N,)
+        bias = float(heads.b_v[head].double() @ projected)
+        pool = self.model.pool.pool
+        neurons_total, bias_total, start = torch.zeros_like(gain), 0.0, 0
+        with torch.inference_mode():
+            for trace in self.traces:
+                count = len(trace)
+                omega = window_weights[start:start + count].flatten(1).to(gain)  # (B, K)
+                start += count
+                values = head_values(self.method, trace)  # (B, K, H, hd)
+                features = torch.nn.functional.linear(values.flatten(2), pool.c_proj.weight, pool.c_proj.bias)
+                scale = omega / features.double().norm(dim=-1).clamp_min(1e-12)  # (B, K)
+                if self.method.name == "maskclip":
+                    mixed = trace.neurons.flatten(2).transpose(1, 2).double()  # (B, K, N)
+                    coefficient = torch.ones_like(scale)
+                else:
+                    tokens = self.model.pool.tokens(trace.neurons)
+                    attention = self_self_attention(self.model, tokens)[:, head, 1:].double()  # (B, K, T)
+                    mixed = attention @ tokens.double()
+                    coefficient = attention.sum(-1)
+                neurons_total += torch.einsum("bk,bkn->n", scale, mixed) * gain
+                bias_total += float((scale * coefficient).sum()) * bias
+        return neurons_total.cpu().numpy(), bias_total
 
     def intervene(self, intervention: UnitIntervention, truth: np.ndarray | None = None
                   ) -> tuple[StitchedLogits, Comparison]:

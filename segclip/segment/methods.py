@@ -250,6 +250,16 @@ class MaskCLIP(SegmentationMethod):
         return to_window_logits(_cosine_logits(features, self.texts), trace.grid)
 
 
+def self_self_attention(model: CLIPResNet, tokens: torch.Tensor) -> torch.Tensor:
+    """``A^h = softmax(Q^h Q^h^T / sqrt(hd)) + softmax(K^h K^h^T / sqrt(hd))``: (B, T, N) tokens -> (B, H, T, T),
+    rows summing to 2, in the tokens' dtype (at least float32)."""
+    pool = model.pool
+    query, key = (pool.project(tokens, which).transpose(1, 2) for which in ("q", "k"))  # (B, H, T, hd)
+    scale = 1 / math.sqrt(pool.head_dim)
+    work = torch.promote_types(tokens.dtype, torch.float32)
+    return sum(((x @ x.transpose(-1, -2)) * scale).to(work).softmax(-1) for x in (query, key))
+
+
 def self_self_values(model: CLIPResNet, neurons: torch.Tensor) -> torch.Tensor:
     """The per-head mixed values ``(A^h V^h)_i`` of the self-self attention (method.md section 5).
 
@@ -258,15 +268,12 @@ def self_self_values(model: CLIPResNet, neurons: torch.Tensor) -> torch.Tensor:
         neurons: ``(B, N, h, w)`` layer4 output.
 
     Returns:
-        ``(B, K+1, H, hd)`` with ``A^h = softmax(Q^h Q^h^T / sqrt(hd)) + softmax(K^h K^h^T / sqrt(hd))`` over all
-        K+1 tokens (class token and positional embedding included), class token first.
+        ``(B, K+1, H, hd)`` with :func:`self_self_attention` over all K+1 tokens (class token and positional
+        embedding included), class token first.
     """
-    pool = model.pool
-    tokens = pool.tokens(neurons)  # (B, K+1, N)
-    query, key, value = (pool.project(tokens, which).transpose(1, 2) for which in ("q", "k", "v"))  # (B, H, T, hd)
-    scale = 1 / math.sqrt(pool.head_dim)
-    work = torch.promote_types(tokens.dtype, torch.float32)
-    attention = sum(((x @ x.transpose(-1, -2)) * scale).to(work).softmax(-1) for x in (query, key))
+    tokens = model.pool.tokens(neurons)  # (B, K+1, N)
+    value = model.pool.project(tokens, "v").transpose(1, 2)  # (B, H, T, hd)
+    attention = self_self_attention(model, tokens)
     return (attention.to(value.dtype) @ value).transpose(1, 2)  # (B, H, T, hd) -> (B, T, H, hd)
 
 
