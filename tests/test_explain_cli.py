@@ -77,3 +77,28 @@ def test_demo_without_gradio_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "gradio", None)  # import gradio -> ImportError
     with pytest.raises(ConfigError, match=r'pip install "segclip\[demo\]"'):
         demo.run_demo(demo.DemoConfig(), lambda: pytest.fail("the model must not load"))
+
+
+def test_demo_serves_the_explorer_links(tmp_path, bundled_model):
+    pytest.importorskip("gradio")
+    import urllib.request
+
+    from segclip.explain.attribution import Unit
+    from segclip.explain.demo import DemoConfig, run_demo
+
+    (tmp_path / "site" / "assets").mkdir(parents=True)
+    (tmp_path / "site" / "index.html").write_text('<script src="assets/app.js"></script>')
+    (tmp_path / "site" / "assets" / "app.js").write_text("var planted = 1;")
+    server = run_demo(DemoConfig(port=0, site=tmp_path / "site"), bundled_model)
+    blocks, url = server.launch()
+    try:
+        link = server.app._link(Unit("pair", 3, 1))
+        assert link.endswith("index.html#/pair/3/1)")
+        page = link.split("](")[1].split("#")[0]
+        with urllib.request.urlopen(url.rstrip("/") + page.replace("index.html", "assets/app.js")) as response:
+            assert response.read() == b"var planted = 1;"  # the page's relative scripts resolve too
+        assert server.app._link(Unit("bias")) == "bias"
+    finally:
+        blocks.close()
+    with pytest.raises(ConfigError, match="holds no index.html"):
+        DemoConfig(site=tmp_path)
