@@ -1,7 +1,8 @@
 """``segclip demo`` latency on this machine: the start (``segclip demo`` spawned -> its page answers) and the click
 (a pixel's attribution with its unit maps, server side), next to a baseline measured in the same run: the start of
-``python -c "import torch"`` (the floor of any segclip command) and one segmentation of the same image. CPU seconds (user + system, Linux) are
-printed next to the wall times: on a machine shared with other work the wall time is the CPU time plus waiting.
+``python -c "import torch"`` (the floor of any segclip command) and one segmentation of the same image. CPU
+seconds (user + system, Linux) are printed next to the wall times: on a machine shared with other work the wall
+time is the CPU time plus waiting.
 
 Usage: ``python benchmarks/demo.py [--rounds 3] [--method neuron-head]``. Needs ``segclip[demo]``.
 """
