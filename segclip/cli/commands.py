@@ -40,6 +40,8 @@ from segclip.data.prepare import (
     run_prepare_pascal_context,
 )
 from segclip.data.demo import DemoDataConfig, run_demo_data
+from segclip.explain.command import ExplainConfig, run_explain
+from segclip.explain.demo import DemoConfig, run_demo, serve_demo
 from segclip.explore.site import ExploreConfig, run_explore
 from segclip.segment.benchmark import BenchmarkConfig, run_benchmark
 from segclip.segment.predict import SegmentConfig, run_segment
@@ -204,6 +206,18 @@ COMMANDS: tuple[Command, ...] = (
             "shift/groups.csv, and classes.txt (the bundled model's 12 classes). The same options give the same "
             "bytes; a folder already holding them is left as it is.",
             DemoDataConfig, lambda c, m, v: run_demo_data(c), needs_model=False),
+    Command("explain", "why a pixel is a class: its logit split into the method's units, and what removing them does",
+            "Segment an image, split the class logit at a pixel (--at X,Y) or over a region (--region MASK.png) "
+            "exactly into the method's units (neuron-head pairs, or heads), and remove the top units to see the "
+            "segmentation change. Writes OUT/explain.png (the point, the class scores, the top units with their "
+            "maps, the segmentation before and after) and OUT/explain.json.",
+            ExplainConfig, lambda c, m, v: run_explain(c, m)),
+    Command("demo", "a local web app: upload an image, type classes, click a pixel, toggle units (needs segclip[demo])",
+            "Start a Gradio app on 127.0.0.1 (no share link, no analytics, nothing fetched from the network): "
+            "upload or pick the example image, type classes, choose the model and method, see the segmentation and "
+            "per-class heatmaps, click a pixel for its top units and their maps, switch units off or scale them and "
+            "see the segmentation change side by side.",
+            DemoConfig, lambda c, m, v: serve_demo(run_demo(c, m), c)),
     _prepare("pascal_context", "PASCAL Context 59/60 label maps and split files from trainval_merged.json",
              "Write VOC2010/SegmentationClassContext/*.png and ImageSets/SegmentationContext/{train,val}.txt as "
              "mmsegmentation's converter writes them with the Detail API (byte-identical), from "

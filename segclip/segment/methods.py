@@ -240,6 +240,33 @@ class MaskCLIP(SegmentationMethod):
         return to_window_logits(_cosine_logits(features, self.texts), trace.grid)
 
 
+def self_self_attention(model: CLIPResNet, tokens: torch.Tensor) -> torch.Tensor:
+    """``A^h = softmax(Q^h Q^h^T / sqrt(hd)) + softmax(K^h K^h^T / sqrt(hd))``: (B, T, N) tokens -> (B, H, T, T),
+    rows summing to 2, in the tokens' dtype (at least float32)."""
+    pool = model.pool
+    query, key = (pool.project(tokens, which).transpose(1, 2) for which in ("q", "k"))  # (B, H, T, hd)
+    scale = 1 / math.sqrt(pool.head_dim)
+    work = torch.promote_types(tokens.dtype, torch.float32)
+    return sum(((x @ x.transpose(-1, -2)) * scale).to(work).softmax(-1) for x in (query, key))
+
+
+def self_self_values(model: CLIPResNet, neurons: torch.Tensor) -> torch.Tensor:
+    """The per-head mixed values ``(A^h V^h)_i`` of the self-self attention (method.md section 5).
+
+    Args:
+        model: the model.
+        neurons: ``(B, N, h, w)`` layer4 output.
+
+    Returns:
+        ``(B, K+1, H, hd)`` with :func:`self_self_attention` over all K+1 tokens (class token and positional
+        embedding included), class token first.
+    """
+    tokens = model.pool.tokens(neurons)  # (B, K+1, N)
+    value = model.pool.project(tokens, "v").transpose(1, 2)  # (B, H, T, hd)
+    attention = self_self_attention(model, tokens)
+    return (attention.to(value.dtype) @ value).transpose(1, 2)  # (B, H, T, hd) -> (B, T, H, hd)
+
+
 def self_self_features(model: CLIPResNet, neurons: torch.Tensor) -> torch.Tensor:
     """Self-self attention outputs of the spatial tokens (docs/method.md §3.3).
 
@@ -248,18 +275,11 @@ def self_self_features(model: CLIPResNet, neurons: torch.Tensor) -> torch.Tensor
         neurons: ``(B, N, h, w)`` layer4 output.
 
     Returns:
-        ``(B, K, d)``: ``out_i = sum_h W_O^h (A^h V^h)_i + b_O`` with ``A^h = softmax(Q^h Q^h^T / sqrt(hd)) +
-        softmax(K^h K^h^T / sqrt(hd))`` over all K+1 tokens (class token and positional embedding included);
-        the class token's row dropped.
+        ``(B, K, d)``: ``out_i = sum_h W_O^h (A^h V^h)_i + b_O`` (:func:`self_self_values`), the class token's row
+        dropped.
     """
-    pool = model.pool
-    tokens = pool.tokens(neurons)  # (B, K+1, N)
-    query, key, value = (pool.project(tokens, which).transpose(1, 2) for which in ("q", "k", "v"))  # (B, H, T, hd)
-    scale = 1 / math.sqrt(pool.head_dim)
-    work = torch.promote_types(tokens.dtype, torch.float32)
-    attention = sum(((x @ x.transpose(-1, -2)) * scale).to(work).softmax(-1) for x in (query, key))
-    mixed = (attention.to(value.dtype) @ value).transpose(1, 2).flatten(2)  # (B, H, T, hd) -> (B, T, N)
-    return pool.pool.c_proj(mixed)[:, 1:]
+    mixed = self_self_values(model, neurons).flatten(2)  # (B, T, H, hd) -> (B, T, N)
+    return model.pool.pool.c_proj(mixed)[:, 1:]
 
 
 class SelfSelf(SegmentationMethod):
