@@ -17,6 +17,7 @@ from segclip.models.loading import ModelSource, resolve_model
 from segclip.models.text import check_class_names
 from segclip.segment.lightning import SegmentationData, SegmentationTask, make_trainer, quiet_lightning, run_loop
 from segclip.segment.methods import METHODS
+from segclip.segment.refine import refine_stitched
 from segclip.segment.results import check_writable, png_bytes
 from segclip.segment.run import MethodOptions, prepare_methods, segmentation_protocol
 from segclip.viz.overlay import heatmap, overlay
@@ -179,7 +180,12 @@ def run_segment(config: SegmentConfig, model: ModelSource) -> SegmentResult:
         written.append(atomic_write_bytes(files_for[1], _image_bytes(picture)))
         del picture
         if config.heatmaps:  # one class at full resolution at a time
-            maps = segmentation.stitched.probability_maps(image.shape[:2], prepared.protocol.temperature)
+            refine = prepared.methods[0].refine
+            if refine is None:
+                maps = segmentation.stitched.probability_maps(image.shape[:2], prepared.protocol.temperature)
+            else:  # the refined logits the labels came from, recomputed (not kept per image)
+                maps = iter((refine_stitched(segmentation.stitched, image, refine)
+                             * prepared.protocol.temperature).softmax(0))
             for probability, name, path in zip(maps, names, files_for[2:]):
                 written.append(atomic_write_bytes(path, _image_bytes(heatmap(probability.cpu().numpy(), name))))
         files[image_id] = written
