@@ -16,7 +16,7 @@ export SEGCLIP_CACHE="${SEGCLIP_CACHE:-$(mktemp -d)}"
 MODEL=${MODEL:-RN50x16}
 
 if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
-    echo "benchmarks/gpu.sh: no CUDA device visible to $PY; nothing to measure." >&2
+    echo "benchmarks/gpu.sh: $PY has no torch with a CUDA device (set PYTHON=...); nothing to measure." >&2
     exit 2
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true

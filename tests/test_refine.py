@@ -134,3 +134,19 @@ def test_compare_records_the_refinement(bundled_model, tmp_path):
     assert result.protocol["config"]["refine"] == "pamr"
     result.write(tmp_path)
     assert '"refine"' in (tmp_path / "results.json").read_text()
+
+
+def test_segment_with_refinement_and_heatmaps(bundled_model, tmp_path):
+    """``segment --refine pamr --heatmaps`` runs (heatmaps from the refined logits), recording the refinement."""
+    from PIL import Image
+
+    from segclip.paths import example_image_path
+    from segclip.segment.predict import SegmentConfig, run_segment
+
+    config = SegmentConfig(images=(example_image_path(),), out=tmp_path, progress=False, heatmaps=True,
+                           refine="pamr", pamr_iterations=3, pamr_dilations=(2, 4))
+    result = run_segment(config, bundled_model)
+    assert result.summary["params"]["refine"]["iterations"] == 3
+    labels = np.asarray(Image.open(result.files["example"][0]))
+    assert labels.ndim == 2 and labels.shape == np.asarray(Image.open(example_image_path())).shape[:2]
+    assert len(result.files["example"]) == 2 + len(bundled_model.info.classes)  # label map, overlay, heatmaps
