@@ -95,6 +95,8 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=2, help="images per call (default: 2).")
     parser.add_argument("--batch-size", type=int, default=12, help="crops per backbone pass.")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--devices", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="auto: the CPU, and CUDA when present (default); cpu or cuda: only those rows.")
     parser.add_argument("--allocator", choices=("segclip", "default"), default="segclip",
                         help="segclip: glibc keeps freed memory, as the segclip command line sets it "
                              "(segclip.runtime); default: glibc's own settings.")
@@ -103,7 +105,11 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     load_before = os.getloadavg()[0]
-    settings = [("cpu", "fp32")] + ([("cuda", "fp32"), ("cuda", "bf16")] if torch.cuda.is_available() else [])
+    cuda = [("cuda", "fp32"), ("cuda", "bf16")]
+    if args.devices == "cuda" and not torch.cuda.is_available():
+        parser.error("--devices cuda: no CUDA device here")
+    settings = ([("cpu", "fp32")] if args.devices != "cuda" else []) + (
+        cuda if args.devices != "cpu" and torch.cuda.is_available() else [])
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, (375, 500, 3), dtype=np.uint8) for _ in range(args.images)]
     names = [f"class{i}" for i in range(59)]

@@ -78,6 +78,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the 'with workers' rows.")
     parser.add_argument("--repeats", type=int, default=4, help="rounds of the three passes (default: 4).")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice).")
+    parser.add_argument("--devices", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="auto: the CPU, and CUDA when present (default); cpu or cuda: only those rows.")
     parser.add_argument("--allocator", choices=("segclip", "default"), default="segclip",
                         help="segclip: glibc keeps freed memory, as the segclip command line sets it "
                              "(segclip.runtime); default: glibc's own settings.")
@@ -90,8 +92,10 @@ def main() -> None:
     from segclip.models import load_model
 
     model = load_model(args.model, args.pretrained, device="cpu") if args.model != "segclip-tiny" else load_model()
-    settings = [("cpu", torch.float32)]
-    if torch.cuda.is_available():
+    if args.devices == "cuda" and not torch.cuda.is_available():
+        parser.error("--devices cuda: no CUDA device here")
+    settings = [("cpu", torch.float32)] if args.devices != "cuda" else []
+    if args.devices != "cpu" and torch.cuda.is_available():
         settings += [("cuda", torch.float32), ("cuda", torch.bfloat16)]
     rows, load_before = [], os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
@@ -124,8 +128,12 @@ def main() -> None:
     for device, dtype, workers, forward, statistics, plain in rows:
         print(f"| {device} | {dtype} | {workers} | {forward:.2f} | {statistics:.2f} | {statistics / forward:.3f} | "
               f"{plain:.2f} | {plain / forward:.3f} |")
-    worst_cpu = min(s / f for d, _, _, f, s, _ in rows if d == "cpu")
-    print(f"statistics_over_forward: {worst_cpu:.3f} (goal: >= 0.9)")
+    if any(d == "cpu" for d, *_ in rows):
+        worst_cpu = min(s / f for d, _, _, f, s, _ in rows if d == "cpu")
+        print(f"statistics_over_forward: {worst_cpu:.3f} (goal: >= 0.9)")
+    else:  # --devices cuda: the goal is stated for the CPU; the GPU's worst ratio, for the record
+        worst = min(s / f for _, _, _, f, s, _ in rows)
+        print(f"statistics_over_forward_cuda: {worst:.3f} (the goal, >= 0.9, is stated for the CPU)")
 
 
 if __name__ == "__main__":

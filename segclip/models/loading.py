@@ -170,11 +170,9 @@ class CLIPResNet(torch.nn.Module):
 
     @torch.no_grad()
     def encode_text(self, prompts: list[str], batch_size: int = 256) -> torch.Tensor:
-        """Text embeddings, not normalised.
-
-        The text tower's attention is causal, so tokens after a prompt's end token never influence it: prompts are
-        batched by token length and each batch's context is cut after its longest prompt (several times faster than
-        the full 77 tokens, same result up to round-off). A progress bar shows when there are more than 8 batches.
+        """Text embeddings, not normalised: :func:`encode_tokens` on the tokenised prompts (grouped by length, each
+        batch's context cut after its longest prompt; ``encode_text``'s result up to round-off). A progress bar
+        shows when there are more than 8 batches.
 
         Args:
             prompts: C strings.
@@ -183,38 +181,103 @@ class CLIPResNet(torch.nn.Module):
         Returns:
             (C, d) tensor in the model's dtype.
         """
-        tokens = self.tokenizer(prompts)
-        order = (tokens != 0).sum(dim=1).argsort(stable=True)
-        out = torch.empty(len(prompts), self.info.embed_dim, dtype=self.dtype, device=self.device)
-        starts = range(0, len(prompts), batch_size)
-        for start in tqdm(starts, desc="text", unit="batch", disable=len(starts) <= 8 or not progress_enabled(),
-                          leave=False):
-            rows = order[start:start + batch_size]
-            out[rows.to(self.device)] = self._encode_tokens(tokens[rows].to(self.device))
-        return out
+        return encode_tokens(self.clip, self.tokenizer(prompts), batch_size)
 
-    def _encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
-        """open_clip's ``CLIP.encode_text`` on a context cut after the last non-padding token.
 
-        Built from open_clip's own pieces (its cast dtype, transformer, ``ln_final``, ``text_global_pool``, text
-        projection); any text tower this does not fit (a non-causal mask, pooling other than ``argmax``/``eos``)
-        goes through ``encode_text`` itself. ``tests/test_loading.py`` checks parity with ``encode_text``.
-        """
-        clip = self.clip
-        pool_type = getattr(clip, "text_pool_type", "argmax")
-        if pool_type not in ("argmax", "eos") or not getattr(clip.transformer, "batch_first", True) \
-                or clip.attn_mask is None:
-            return clip.encode_text(tokens)
-        length = int((tokens != 0).sum(dim=1).max())
-        tokens = tokens[:, :length]
-        cast = clip.transformer.get_cast_dtype()
-        x = clip.token_embedding(tokens).to(cast) + clip.positional_embedding[:length].to(cast)
-        x = clip.ln_final(clip.transformer(x, attn_mask=clip.attn_mask[:length, :length]))
-        x = text_global_pool(x, tokens, pool_type, eos_token_id=getattr(clip, "text_eos_id", None))
-        projection = clip.text_projection
-        if projection is None:
-            return x
-        return projection(x) if isinstance(projection, torch.nn.Linear) else x @ projection
+def pooled_positions(clip: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor | None:
+    """Per prompt, the position of the token open_clip's ``text_global_pool`` reads its embedding at.
+
+    ``argmax`` pooling (every CLIP-ResNet) reads the highest token id, the end-of-text token (49407 in open_clip's
+    tokenizer); ``eos`` pooling the first ``text_eos_id``. The id of padding (0) is also the BPE token ``!``, so a
+    count of non-zero ids is not a length. None for a tower this does not fit (other pooling, no causal mask).
+
+    Args:
+        clip: an open_clip ``CLIP``.
+        tokens: ``(n, context)`` token ids as its tokenizer writes them.
+
+    Returns:
+        ``(n,)`` int64 positions, or None.
+
+    Example:
+        >>> from segclip.models import load_model
+        >>> model = load_model()
+        >>> tokens = model.tokenizer(["a cat.", "!$%"])  # '!$%' -> ids 0, 3, 260: a 0 inside the prompt
+        >>> pooled_positions(model.clip, tokens).tolist(), ((tokens != 0).sum(1) - 1).tolist()
+        ([4, 4], [4, 3])
+    """
+    pool_type = getattr(clip, "text_pool_type", "argmax")
+    if getattr(clip, "attn_mask", None) is None or not hasattr(clip, "token_embedding"):
+        return None
+    if pool_type == "argmax":
+        return tokens.argmax(dim=-1)
+    eos = getattr(clip, "text_eos_id", None)
+    if pool_type == "eos" and eos is not None:
+        found = tokens == eos
+        # a row without the id reads position 0 in open_clip (argmax of all-False); it then needs the whole context
+        last = torch.full_like(tokens[:, 0], tokens.shape[1] - 1)
+        return torch.where(found.any(-1), found.int().argmax(dim=-1), last)
+    return None
+
+
+@torch.no_grad()
+def encode_tokens(clip: torch.nn.Module, tokens: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """open_clip's ``CLIP.encode_text`` over only the tokens each prompt needs.
+
+    The text transformer is causal: the pooled token's output depends on the tokens up to it and on nothing after.
+    Prompts are sorted by the position of that token (:func:`pooled_positions`) and batched; each batch runs
+    through open_clip's own modules on its first L positions, L = its longest prompt: ``token_embedding``,
+    ``positional_embedding[:L]``, ``transformer`` with ``attn_mask[:L, :L]``, ``ln_final``, ``text_global_pool``,
+    ``text_projection`` (open_clip untouched). A tower this does not fit goes through ``encode_text`` itself.
+
+    Args:
+        clip: an open_clip ``CLIP`` (its text tower).
+        tokens: ``(n, context)`` token ids from its tokenizer.
+        batch_size: prompts per forward pass.
+
+    Returns:
+        ``(n, d)`` embeddings, not normalised, in the tower's cast dtype, rows in the order of ``tokens``;
+        ``clip.encode_text(tokens)`` up to float round-off.
+
+    Example:
+        >>> from segclip.models import load_model
+        >>> model = load_model()
+        >>> tokens = model.tokenizer(["a photo of a cat.", "dog"])
+        >>> torch.allclose(encode_tokens(model.clip, tokens), model.clip.encode_text(tokens), atol=1e-5)
+        True
+    """
+    device = next(clip.parameters()).device
+    positions = pooled_positions(clip, tokens)
+    if positions is None:
+        return torch.cat([clip.encode_text(chunk.to(device)) for chunk in tokens.split(batch_size)])
+    order = positions.argsort(stable=True)
+    lengths = positions + 1
+    out: torch.Tensor | None = None
+    starts = range(0, len(tokens), batch_size)
+    for start in tqdm(starts, desc="text", unit="batch", disable=len(starts) <= 8 or not progress_enabled(),
+                      leave=False):
+        rows = order[start:start + batch_size]
+        length = int(lengths[rows].max())
+        encoded = _encode_cut(clip, tokens[rows, :length].to(device), length)
+        if out is None:
+            out = encoded.new_empty(len(tokens), encoded.shape[-1])
+        out[rows.to(device)] = encoded
+    if out is None:  # no prompts
+        return clip.encode_text(tokens.to(device))
+    return out
+
+
+def _encode_cut(clip: torch.nn.Module, tokens: torch.Tensor, length: int) -> torch.Tensor:
+    """``encode_text`` on ``(b, length)`` tokens: the first ``length`` positions of the context."""
+    cast = clip.transformer.get_cast_dtype()
+    x = clip.token_embedding(tokens).to(cast) + clip.positional_embedding[:length].to(cast)  # (b, L, width)
+    x = clip.ln_final(clip.transformer(x, attn_mask=clip.attn_mask[:length, :length]))
+    pool_type = getattr(clip, "text_pool_type", "argmax")
+    x = text_global_pool(x, tokens, pool_type, eos_token_id=getattr(clip, "text_eos_id", None))
+    projection = clip.text_projection
+    if projection is None:
+        return x
+    return projection(x) if isinstance(projection, torch.nn.Linear) else x @ projection
+
 
 ModelSource = CLIPResNet | Callable[[], CLIPResNet]  # a model, or a loader
 

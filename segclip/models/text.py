@@ -16,7 +16,7 @@ from safetensors import safe_open
 
 from segclip.errors import ConfigError, OutputError
 from segclip.io import atomic_save_tensors
-from segclip.models.loading import CLIPResNet
+from segclip.models.loading import CLIPResNet, encode_tokens
 from segclip.paths import cache_dir
 
 log = logging.getLogger(__name__)
@@ -63,9 +63,16 @@ def resolve_templates(templates: str | tuple[str, ...] | list[str]) -> tuple[str
     return templates
 
 
-def check_prompt_lengths(model: CLIPResNet, names: list[str], templates: tuple[str, ...]) -> None:
+def check_prompt_lengths(model: CLIPResNet, names: list[str], templates: tuple[str, ...],
+                         tokens: torch.Tensor | None = None) -> None:
     """Warn about prompts longer than the text context (the tokenizer cuts them), and refuse names that the cut
     makes identical to another name's.
+
+    Args:
+        model: the model (its tokenizer).
+        names: C class names.
+        templates: T templates.
+        tokens: the ``(C T, context)`` tokens of the prompts, name-major, when already tokenised.
 
     Raises:
         ConfigError: two class names whose prompts are identical after truncation (their embeddings would be
@@ -73,7 +80,8 @@ def check_prompt_lengths(model: CLIPResNet, names: list[str], templates: tuple[s
     """
     tokenizer = model.tokenizer
     context = int(getattr(tokenizer, "context_length", 77))
-    tokens = tokenizer([template.format(name) for name in names for template in templates])
+    if tokens is None:
+        tokens = tokenizer([template.format(name) for name in names for template in templates])
     full = (tokens[:, -1] != 0).view(len(names), len(templates)).any(1)  # a prompt filling the whole context
     for index in full.nonzero().flatten().tolist():
         name = names[index]
@@ -159,10 +167,10 @@ def encode_classes(model: CLIPResNet, names: list[str], templates: str | tuple[s
         cached = _read_cached(path, meta, shape)
         if cached is not None:
             return cached.to(model.device)
-    check_prompt_lengths(model, names, templates)
-    prompts = [template.format(name) for name in names for template in templates]
-    with torch.inference_mode():
-        encoded = model.encode_text(prompts).float()
+    tokens = model.tokenizer([template.format(name) for name in names for template in templates])
+    check_prompt_lengths(model, names, templates, tokens)
+    with torch.inference_mode():  # prompts grouped by length, each batch cut after its longest (encode_tokens)
+        encoded = encode_tokens(model.clip, tokens).float()
         encoded = encoded / encoded.norm(dim=-1, keepdim=True)
         embeddings = encoded.view(len(names), len(templates), -1).mean(dim=1)
         embeddings = embeddings / embeddings.norm(dim=-1, keepdim=True)

@@ -57,6 +57,7 @@ from segclip.core.trace import Trace
 from segclip.data.pascal_context import class_names as dataset_class_names
 from segclip.errors import ConfigError
 from segclip.models.loading import CLIPResNet
+from segclip.segment.refine import PAMRConfig
 from segclip.models.text import (
     centre,
     check_class_names,
@@ -188,6 +189,7 @@ class SegmentationMethod(ABC):
 
     name: str
     uses_registers = False
+    refine: PAMRConfig | None = None  # a refinement of the labels' logits (set by build_methods)
 
     def __init__(self, model: CLIPResNet, names: Sequence[str], recipe: TextRecipe,
                  texts: torch.Tensor | None = None, texts_centring: str | None = None):
@@ -463,7 +465,8 @@ DEFAULT_RECIPES = {name: spec.recipe for name, spec in REGISTRY.items()}
 
 def build_methods(model: CLIPResNet, names: Sequence[str], methods: Sequence[str], *, k: int | None = None,
                   signs: torch.Tensor | None = None, sign_source: str | None = None,
-                  templates: str | None = None, centring: str | None = None) -> list[SegmentationMethod]:
+                  templates: str | None = None, centring: str | None = None,
+                  refine: PAMRConfig | None = None) -> list[SegmentationMethod]:
     """Build methods by name, sharing nothing but the model.
 
     Args:
@@ -475,6 +478,8 @@ def build_methods(model: CLIPResNet, names: Sequence[str], methods: Sequence[str
         sign_source: where the signs came from (recorded in results).
         templates: override every method's template set (``openai``, ``maskclip``, ``single``).
         centring: override every method's centring (``auto``, ``classes``, ``reference``, ``none``).
+        refine: refine every method's logits before the labels (:mod:`segclip.segment.refine`; recorded in its
+            ``params["refine"]``), or None.
 
     Returns:
         The methods, in the order asked.
@@ -492,4 +497,8 @@ def build_methods(model: CLIPResNet, names: Sequence[str], methods: Sequence[str
         spec = REGISTRY[name]
         recipe = TextRecipe(templates or spec.recipe.templates, centring or spec.recipe.centring)
         built.append(spec.build(model, names, name, recipe, k=k, signs=signs, sign_source=sign_source))
+    if refine is not None:
+        for method in built:
+            method.refine = refine
+            method.params["refine"] = refine.to_dict()
     return built

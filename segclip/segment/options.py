@@ -22,6 +22,7 @@ from segclip.models.text import TEMPLATE_SETS
 from segclip.process import ProcessOptions
 from segclip.segment.methods import CENTRING_CHOICES, DEFAULT_K, METHODS, SegmentationMethod, build_methods
 from segclip.segment.pipeline import AUTOCAST, check_autocast, protocol_for
+from segclip.segment.refine import REFINE_CHOICES, refine_config
 from segclip.segment.windows import SlidingWindowProtocol
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,12 @@ class MethodOptions(ShortRepr):
                                 "(GPU only); the attention pool, its decomposition, the maps and the labels stay in "
                                 "the model's precision (unlike --precision, which casts the whole model).")
     progress: bool = option(True, help="show a progress bar (on stderr).")
+    refine: str = option("none", choices=REFINE_CHOICES,
+                         help="refine every method's logits before the labels: none (default) or pamr (pixel-adaptive "
+                              "mask refinement at the original image size, as SCLIP and NACLIP apply it).")
+    pamr_iterations: int = option(10, help="PAMR iterations (default: 10, as SCLIP and NACLIP).")
+    pamr_dilations: tuple[int, ...] = option((8, 16), help="PAMR neighbour distances in pixels, comma-separated "
+                                                           "(default: 8,16, as SCLIP and NACLIP).")
 
     def __post_init__(self) -> None:
         check_positive(self, "k", "short_side", "stride", "batch_size")
@@ -135,7 +142,7 @@ def prepare_methods(model: CLIPResNet, names: list[str], methods: list[str], opt
     built = build_methods(model, names, methods, k=options.k,
                           signs=None if calibration is None else calibration.signs,
                           sign_source=None if calibration is None else "calibration",
-                          templates=options.templates, centring=options.centring)
+                          templates=options.templates, centring=options.centring, refine=refine_config(options))
     return PreparedMethods(built, protocol, intervention, calibration)
 
 

@@ -19,6 +19,7 @@ from segclip.data.queries import assign_query_labels
 from segclip.errors import ConfigError
 from segclip.models.loading import CLIPResNet
 from segclip.segment.methods import SegmentationMethod
+from segclip.segment.refine import guide_image, refine_stitched
 from segclip.segment.stitched import StitchedLogits
 from segclip.segment.windows import SlidingWindowProtocol, prepare_windows
 
@@ -31,7 +32,9 @@ class Segmentation:
 
     Attributes:
         stitched: the window logits with their stitching (:class:`~segclip.segment.stitched.StitchedLogits`),
-            on the model's device; with a :class:`QueryLabelRule`, one class row per distinct query name.
+            on the model's device; with a :class:`QueryLabelRule`, one class row per distinct query name. Not
+            refined: with a method's refinement (PAMR) the labels come from the refined logits
+            (:func:`~segclip.segment.refine.refine_stitched` recomputes them).
         labels: ``(H, W)`` int64 labels at the original size, ``0..C-1`` (``C`` = background when a background
             threshold was given; with a label rule, the rule's classes), on the CPU.
     """
@@ -46,7 +49,25 @@ class Segmentation:
         return self.stitched.logits().cpu()
 
 
-LabelRule = Callable[[StitchedLogits, tuple[int, int]], torch.Tensor]  # (stitched, (H, W)) -> (H, W) labels
+# (stitched, or with a refinement the (C, H, W) refined logits; (H, W)) -> (H, W) labels
+LabelRule = Callable[[StitchedLogits | torch.Tensor, tuple[int, int]], torch.Tensor]
+
+
+def dense_labels(logits: torch.Tensor, temperature: float = 40.0,
+                 background_threshold: float | None = None) -> torch.Tensor:
+    """:meth:`~segclip.segment.stitched.StitchedLogits.labels` on materialised ``(C, H, W)`` logits: the arg-max
+    (first class on ties); with ``background_threshold``, pixels whose top probability softmax(temperature x
+    logits) is below it get label C.
+
+    Example:
+        >>> dense_labels(torch.tensor([[[0.0, 1.0]], [[0.5, 1.0]]]), 1.0, background_threshold=0.6)
+        tensor([[1, 2]])
+    """
+    top, labels = logits.max(0)  # (H, W)
+    if background_threshold is not None:
+        total = ((logits - top) * temperature).exp_().sum(0)  # top probability = 1 / total
+        labels[total.reciprocal() < background_threshold] = logits.shape[0]
+    return labels
 
 
 def distinct_queries(queries: Sequence[str]) -> tuple[list[str], list[int]]:
@@ -246,11 +267,21 @@ def segment_images(model: CLIPResNet, images: Sequence[np.ndarray], methods: Seq
     log.debug("%d images -> %d windows, %d per backbone pass", len(images), len(windows.crops), batch_size)
     per_method = window_logits(model, windows.crops, methods, batch_size, intervention, autocast)
     results: list[dict[str, Segmentation]] = [{} for _ in images]
+    guides: dict[int, torch.Tensor] = {}  # PAMR's guide per image, shared by the methods that refine
     for method, logits in zip(methods, per_method):
-        for result, stitched, size in zip(results, windows.stitched(logits), windows.original_sizes):
-            if label_rule is None:
-                labels = stitched.labels(size, protocol.temperature, background_threshold)
+        refine = getattr(method, "refine", None)
+        for index, (result, stitched, size) in enumerate(zip(results, windows.stitched(logits),
+                                                             windows.original_sizes)):
+            scores: StitchedLogits | torch.Tensor = stitched
+            if refine is not None:  # (C, H, W) at the original size (segclip.segment.refine)
+                if index not in guides:
+                    guides[index] = guide_image(images[index], windows.resized_sizes[index], model.device)
+                scores = refine_stitched(stitched, images[index], refine, guides[index])
+            if label_rule is not None:
+                labels = label_rule(scores, size)
+            elif refine is not None:
+                labels = dense_labels(scores, protocol.temperature, background_threshold)
             else:
-                labels = label_rule(stitched, size)
+                labels = stitched.labels(size, protocol.temperature, background_threshold)
             result[method.name] = Segmentation(stitched, labels.cpu())
     return results

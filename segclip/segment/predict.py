@@ -18,6 +18,7 @@ from segclip.process import make_trainer, quiet_lightning, run_loop
 from segclip.segment.lightning import SegmentationData, SegmentationTask
 from segclip.segment.methods import METHODS
 from segclip.segment.options import MethodOptions, prepare_methods, segmentation_provenance
+from segclip.segment.refine import refine_stitched
 from segclip.segment.results import check_writable
 from segclip.viz.overlay import heatmap, overlay, picture_bytes
 from segclip.viz.palette import class_colours, label_format, label_png
@@ -188,7 +189,12 @@ def run_segment(config: SegmentConfig, model: ModelSource) -> SegmentResult:
         written.append(atomic_write_bytes(files_for[1], picture_bytes(picture, config.figure_format, config.dpi)))
         del picture
         if config.heatmaps:  # one class at full resolution at a time
-            maps = segmentation.stitched.probability_maps(image.shape[:2], prepared.protocol.temperature)
+            refine = prepared.methods[0].refine
+            if refine is None:
+                maps = segmentation.stitched.probability_maps(image.shape[:2], prepared.protocol.temperature)
+            else:  # the refined logits the labels came from, recomputed (not kept per image)
+                maps = iter((refine_stitched(segmentation.stitched, image, refine)
+                             * prepared.protocol.temperature).softmax(0))
             for probability, name, path in zip(maps, names, files_for[2:]):
                 picture = heatmap(probability.cpu().numpy(), name)
                 written.append(atomic_write_bytes(path, picture_bytes(picture, config.figure_format, config.dpi)))
