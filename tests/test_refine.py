@@ -131,7 +131,7 @@ def test_compare_records_the_refinement(bundled_model, tmp_path):
                            pamr_dilations=(1, 2), out=tmp_path)
     result = run_compare(config, bundled_model)
     assert result.scores[0].params["refine"]["method"] == "pamr"
-    assert result.protocol["config"]["refine"] == "pamr"
+    assert result.provenance["config"]["refine"] == "pamr"
     result.write(tmp_path)
     assert '"refine"' in (tmp_path / "results.json").read_text()
 
@@ -146,7 +146,7 @@ def test_segment_with_refinement_and_heatmaps(bundled_model, tmp_path):
     config = SegmentConfig(images=(example_image_path(),), out=tmp_path, progress=False, heatmaps=True,
                            refine="pamr", pamr_iterations=3, pamr_dilations=(2, 4))
     result = run_segment(config, bundled_model)
-    assert result.summary["params"]["refine"]["iterations"] == 3
+    assert result.record["params"]["refine"]["iterations"] == 3
     labels = np.asarray(Image.open(result.files["example"][0]))
     assert labels.ndim == 2 and labels.shape == np.asarray(Image.open(example_image_path())).shape[:2]
     assert len(result.files["example"]) == 2 + len(bundled_model.info.classes)  # label map, overlay, heatmaps
