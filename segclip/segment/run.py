@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import Subset
 
 from segclip.config import check_positive, option
-from segclip.core.calibration import Calibration, load_calibration
+from segclip.core.calibration import Calibration, calibration_note, load_calibration
 from segclip.core.trace import RegisterIntervention
 from segclip.errors import ConfigError
 from segclip.io import provenance
@@ -211,6 +211,8 @@ class EvalResult:
         for s in self.scores:
             speed = "resumed" if s.images_per_second is None else f"{s.images_per_second:.2f}{note}"
             lines.append(f"| {s.method} | {s.miou:.2f} | {s.pixel_accuracy:.2f} | {speed} |")
+        if "calibration" in self.protocol:  # which calibration decided the signs and registers (issue 21)
+            lines += ["", calibration_note(self.protocol["calibration"])]
         return "\n".join(lines) + "\n"
 
     def entries(self) -> list[dict[str, Any]]:
