@@ -30,7 +30,7 @@ from segclip.analysis.statistics import (
     pass_key,
 )
 from segclip.analysis.stream import Mergeable, run_pass
-from segclip.config import check_positive, option, progress_enabled
+from segclip.config import Config, check_positive, option, progress_enabled
 from segclip.core.trace import HookSpec
 from segclip.data.classification import ImageSet, duplicate_names
 from segclip.data.images import list_images
@@ -72,7 +72,7 @@ def process_config(config: Any) -> ProcessConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
-class DatasetOptions:
+class DatasetOptions(Config):
     """The ``--dataset`` / ``--data-root`` / ``--split`` / ``--colours`` flags of a command that reads an image set.
 
     ``--dataset folder`` (the default) reads ``--images`` (or ``--data-root``) as today; ``imagenet`` and

@@ -32,7 +32,7 @@ from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from segclip.analysis.stream import Mergeable, images_digest
-from segclip.config import check_positive, option
+from segclip.config import Config, check_positive, option
 from segclip.core.trace import HookSpec
 from segclip.data.images import read_image
 from segclip.data.preprocess import clip_batch
@@ -217,7 +217,7 @@ class ImageListData(L.LightningDataModule):
 
 
 @dataclass(frozen=True, kw_only=True)
-class ProcessConfig:
+class ProcessConfig(Config):
     """How many processes run an analysis pass, how many workers feed each, and how often each checkpoints (the
     ``--devices``, ``--num-nodes``, ``--num-workers`` and ``--checkpoint-every`` flags of ``calibrate`` and
     ``analyze``).
@@ -242,6 +242,7 @@ class ProcessConfig:
                                                  "after every batch) (default: 300).")
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # field types (segclip.config.Config)
         check_positive(self, "devices", "num_nodes")
         check_positive(self, "num_workers", "checkpoint_every", allow_zero=True)
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from segclip.config import check_positive, option
+from segclip.config import Config, check_positive, option
 from segclip.errors import ConfigError, DataError, OutputError
 from segclip.io import atomic_write_csv, atomic_write_json, provenance
 from segclip.models.loading import ModelSource, resolve_model
@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class SubconceptsConfig:
+class SubconceptsConfig(Config):
     """Options of ``segclip analyze subconcepts``.
 
     Raises:
@@ -63,6 +63,7 @@ class SubconceptsConfig:
     overwrite: bool = option(False, help="replace an existing subconcepts.json in --out.")
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # field types (segclip.config.Config)
         for name in ("min_response", "max_spread", "min_distance"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 0, got {getattr(self, name)}.")

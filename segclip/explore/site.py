@@ -51,7 +51,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from segclip.config import check_positive, option
+from segclip.config import Config, check_positive, option
 from segclip.errors import ConfigError, DataError, OutputError
 from segclip.io import (
     atomic_write_bytes,
@@ -71,7 +71,7 @@ _WORD = re.compile(r"\s*(.+?)\(([+-]?[0-9.]+(?:e[+-]?[0-9]+)?)(%?)\)")
 
 
 @dataclass(frozen=True)
-class ExploreConfig:
+class ExploreConfig(Config):
     """Options of ``segclip explore``.
 
     Raises:
@@ -102,6 +102,7 @@ class ExploreConfig:
     overwrite: bool = option(False, help="replace an existing site in --out.")
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # field types (segclip.config.Config)
         if not 0 < self.keep_pairs <= 1:
             raise ConfigError(f"--keep-pairs must be in (0, 1] (a fraction of all pairs), got {self.keep_pairs}.")
         check_positive(self, "images_per_unit", "thumbnail_size", "neurons_per_shard", "landing_units",

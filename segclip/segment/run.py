@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch.utils.data import Subset
 
-from segclip.config import check_positive, option
+from segclip.config import Config, check_positive, option
 from segclip.core.calibration import Calibration, calibration_note, load_calibration
 from segclip.core.trace import RegisterIntervention
 from segclip.errors import ConfigError
@@ -55,7 +55,7 @@ RUN_ONLY = ("out", "overwrite", "batch_size", "devices", "num_nodes", "num_worke
 
 
 @dataclass(frozen=True, kw_only=True)
-class MethodOptions:
+class MethodOptions(Config):
     """Method and protocol options shared by ``eval``, ``compare`` and ``segment``."""
 
     k: int | None = option(None, help=f"neuron-head pairs kept per class, clamped to N*H (default: the paper's "
@@ -90,6 +90,7 @@ class MethodOptions:
     progress: bool = option(True, help="show a progress bar (on stderr).")
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # field types (segclip.config.Config)
         check_positive(self, "k", "short_side", "stride", "batch_size")
         check_positive(self, "registers", allow_zero=True)
 
