@@ -163,7 +163,7 @@ def check_value(name: str, hint: Any, value: Any, choices: tuple[str, ...] | Non
         checked = []
         for item in items:
             if isinstance(item, str) and not item.strip():
-                raise ConfigError(f"{label} has an empty entry in {value!r}; list non-empty values separated by "
+                raise ConfigError(f"{label} has a blank entry in {value!r}; list non-blank values separated by "
                                   "commas.")
             try:
                 if isinstance(value, str):  # entries of a comma-separated string are read as a flag's would be

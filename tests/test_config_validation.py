@@ -31,7 +31,7 @@ def test_a_string_for_a_tuple_is_split_on_commas_not_into_letters():
     assert segment(classes=["sky", "ring"]).classes == ("sky", "ring")  # a list is stored as a tuple
     assert CompareConfig(methods="maskclip,neuron-head").methods == ("maskclip", "neuron-head")
     assert SegmentConfig(images="my,file.png", out="o").images == (Path("my,file.png"),)  # one path, not split
-    for bad, why in (("sky,,ring", "empty entry"), ("sky,", "empty entry"), ("", "empty entry"),
+    for bad, why in (("sky,,ring", "blank entry"), ("sky,", "blank entry"), ("", "blank entry"),
                      (("sky", None), "needs a value"), (("sky", 3), "must be a string"),
                      ({"sky"}, "must be a list or a comma-separated string"), (b"sky", "must be a list")):
         with pytest.raises(ConfigError, match=rf"^'classes' \(--classes\).*{why}"):
@@ -91,7 +91,7 @@ def test_yaml_values_meet_the_same_checks():
                               ("checkpoint_every", "nan", "finite")):
         with pytest.raises(ConfigError, match=match):
             build_config(CalibrateConfig, {"images": "x", key: value})
-    with pytest.raises(ConfigError, match="empty entry"):
+    with pytest.raises(ConfigError, match="blank entry"):
         build_config(SegmentConfig, {**base, "classes": "sky,,ring"})
     with pytest.raises(ConfigError, match="needs a value"):
         build_config(SegmentConfig, {**base, "classes": ["sky", None]})
