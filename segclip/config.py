@@ -70,11 +70,13 @@ def convert(name: str, hint: Any, value: Any) -> Any:
     if value is None:
         if optional:
             return None
-        raise ConfigError(f"'{name}' needs a value.")
+        raise ConfigError(f"{_field_label(name)} needs a value, got None.")
     origin = typing.get_origin(inner)
     try:
         if origin is tuple:
             item = typing.get_args(inner)[0]
+            if not isinstance(value, (str, list, tuple)):
+                raise TypeError(value)  # a mapping or a number is not a list (list() would take a dict's keys)
             items = [v.strip() for v in value.split(",")] if isinstance(value, str) else list(value)
             return tuple(convert(name, item, v) for v in items)
         if inner is bool:
@@ -98,9 +100,9 @@ def convert(name: str, hint: Any, value: Any) -> Any:
                 raise ValueError(value)
             return str(value)
     except (TypeError, ValueError):
-        kind = getattr(inner, "__name__", str(inner))
-        raise ConfigError(f"'{name}' must be {'a comma-separated list' if origin is tuple else 'a ' + kind}, got "
-                          f"{value!r}.") from None
+        kinds = {int: "an integer", float: "a number", bool: "true or false", str: "a string", Path: "a path"}
+        kind = "a list or a comma-separated string" if origin is tuple else kinds.get(inner, f"a {inner}")
+        raise ConfigError(f"{_field_label(name)} must be {kind}, got {value!r}.") from None
     return value
 
 

@@ -95,8 +95,10 @@ def test_yaml_values_meet_the_same_checks():
         build_config(SegmentConfig, {**base, "classes": "sky,,ring"})
     with pytest.raises(ConfigError, match="needs a value"):
         build_config(SegmentConfig, {**base, "classes": ["sky", None]})
-    with pytest.raises(ConfigError, match="must be a"):
+    with pytest.raises(ConfigError, match=r"'batch_size' \(--batch-size\) must be an integer, got 4.5"):
         build_config(SegmentConfig, {**base, "batch_size": 4.5})
+    with pytest.raises(ConfigError, match=r"'classes' \(--classes\) must be a list or a comma-separated string"):
+        build_config(SegmentConfig, {**base, "classes": {"a": 1}})  # not the mapping's keys
 
 
 def test_every_command_config_is_validated():

@@ -8,9 +8,10 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
-from explore_data import read_shard, statistics, write_images, write_labels
+from explore_data import PLANTED_WORD, read_shard, statistics, write_images, write_labels
 
 from segclip.errors import ConfigError, DataError, OutputError, SegclipError
 from segclip.explore import ExploreConfig, run_explore
@@ -80,7 +81,11 @@ def test_label_csv_of_another_model_is_refused(tmp_path, model):
     write_labels(tmp_path / "bom", (3, 1))  # a byte-order mark (a spreadsheet's export) is not part of 'unit'
     path = tmp_path / "bom" / "label.csv"
     path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
-    assert read_labels(path, model.info)["pairs"][(3, 1)][0][0] == "zebra" or read_labels(path, model.info)["pairs"]
+    assert read_labels(path, model.info)["pairs"][(3, 1)][0][0] == PLANTED_WORD
+    for text in ("", "pair,1,1,,a(+0.1)\n"):  # empty, or rows without the header: not a label.csv
+        (tmp_path / "bad.csv").write_text(text, encoding="utf-8")
+        with pytest.raises(DataError, match="is not a label.csv of `segclip analyze label`"):
+            read_labels(tmp_path / "bad.csv", model.info)
 
 
 def hit(**changes):
@@ -186,6 +191,13 @@ def test_a_killed_first_build_reruns_and_a_foreign_staging_folder_is_refused(inp
         run_explore(small(inputs, other), model)
     assert (staging_folder(other) / "keep.txt").is_file()
     run_explore(small(inputs, other, overwrite=True), model)
+    assert (other / "index.html").is_file()
+
+    monkeypatch.chdir(other)  # the build replaces the whole folder: never the one the user stands in
+    with pytest.raises(OutputError, match="is the current folder"):
+        run_explore(small(inputs, Path("."), overwrite=True), model)
+    with pytest.raises(OutputError, match="is the current folder"):
+        run_explore(small(inputs, Path("..") / other.name / "..", overwrite=True), model)
     assert (other / "index.html").is_file()
 
 

@@ -244,11 +244,12 @@ def read_labels(path: Path, info: Any = None) -> dict[str, Any]:
         with open(csv_path, newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)
             rows = [(reader.line_num, row) for row in reader]
+            header = reader.fieldnames
     except (OSError, UnicodeDecodeError, csv.Error) as err:
         raise DataError(f"Cannot read the labels {csv_path} ({err}); pass the --out folder of `segclip analyze "
                         "label`.") from None
     columns = {"unit", "neuron", "head", "component", "words"}
-    if rows and not columns <= set(rows[0][1]):
+    if not header or not columns <= set(header):
         raise DataError(f"{csv_path} is not a label.csv of `segclip analyze label` (columns unit, neuron, head, "
                         "component, words).")
     sidecar = csv_path.with_suffix(".json")
@@ -336,10 +337,12 @@ BUILD_KEY = ".segclip-build.json"  # in a staging folder: what it is being built
 
 def staging_folder(out: Path) -> Path:
     """The folder a site is built in, next to ``out`` (same file system: the swap is a rename)."""
+    out = Path(out).resolve()
     return out.parent / f".{out.name}.explore-build"
 
 
 def _old_folder(out: Path) -> Path:
+    out = Path(out).resolve()
     return out.parent / f".{out.name}.explore-old"
 
 
@@ -393,6 +396,10 @@ def _prepare_out(out: Path, overwrite: bool, key: dict[str, Any]) -> Path:
         OutputError: ``out`` is a file, is not empty without ``overwrite``, or holds no site; the staging path is
             taken by something that is not a segclip build.
     """
+    out = out.resolve()
+    if out == Path.cwd().resolve() or out in Path.cwd().resolve().parents:
+        raise OutputError(f"--out {out} is the current folder (or holds it); the build replaces the whole folder: "
+                          "choose a folder of its own, e.g. --out site.")
     _recover(out)
     if out.exists() and not out.is_dir():
         raise OutputError(f"--out {out} is a file; choose a folder for the site.")
@@ -430,6 +437,7 @@ def _swap_in(staging: Path, out: Path) -> None:
     """Replace ``out`` by the finished build in ``staging`` atomically; the old site (if any) is removed after,
     keeping files a user added to its folder."""
     (staging / BUILD_KEY).unlink(missing_ok=True)
+    out = out.resolve()
     old = _old_folder(out)
     if out.is_dir() and any(out.iterdir()):
         if old.exists():
