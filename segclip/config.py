@@ -3,12 +3,17 @@
 A config field is declared with :func:`option`, which carries its command-line help; the command line builds its
 flags from the fields (``segclip.cli``), and a ``--config`` YAML file fills the same fields, so a YAML key and a
 flag are one and the same thing. :func:`build_config` turns a mapping of raw values (from YAML or flags) into the
-dataclass, converting types and naming the key at fault.
+dataclass, converting types and naming the key at fault. Every config derives from :class:`Config`, whose
+``__post_init__`` checks each field's value against its declared type (:func:`validate_fields`), so a config built
+from Python is held to the same rules as one built from flags or YAML.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
+import numbers
+import os
 import types
 import typing
 from collections.abc import Iterator, Mapping
@@ -68,11 +73,13 @@ def convert(name: str, hint: Any, value: Any) -> Any:
     if value is None:
         if optional:
             return None
-        raise ConfigError(f"'{name}' needs a value.")
+        raise ConfigError(f"{_field_label(name)} needs a value, got None.")
     origin = typing.get_origin(inner)
     try:
         if origin is tuple:
             item = typing.get_args(inner)[0]
+            if not isinstance(value, (str, list, tuple)):
+                raise TypeError(value)  # a mapping or a number is not a list (list() would take a dict's keys)
             items = [v.strip() for v in value.split(",")] if isinstance(value, str) else list(value)
             return tuple(convert(name, item, v) for v in items)
         if inner is bool:
@@ -96,10 +103,124 @@ def convert(name: str, hint: Any, value: Any) -> Any:
                 raise ValueError(value)
             return str(value)
     except (TypeError, ValueError):
-        kind = getattr(inner, "__name__", str(inner))
-        raise ConfigError(f"'{name}' must be {'a comma-separated list' if origin is tuple else 'a ' + kind}, got "
-                          f"{value!r}.") from None
+        kinds = {int: "an integer", float: "a number", bool: "true or false", str: "a string", Path: "a path"}
+        kind = "a list or a comma-separated string" if origin is tuple else kinds.get(inner, f"a {inner}")
+        raise ConfigError(f"{_field_label(name)} must be {kind}, got {value!r}.") from None
     return value
+
+
+def _field_label(name: str) -> str:
+    return f"'{name}' (--{name.replace('_', '-')})"
+
+
+def _describe(value: Any) -> str:
+    return f"{value!r} ({type(value).__name__})"
+
+
+def check_value(name: str, hint: Any, value: Any, choices: tuple[str, ...] | None = None) -> Any:
+    """A field's value checked against its type hint; returns it (converted where unambiguous).
+
+    Conversions: a list or a comma-separated string (``"a,b"`` -> ``("a", "b")``) for a tuple (a tuple of paths:
+    one path), a string or path-like for a ``Path``, an int for a float. Everything else that does not fit is refused, never coerced: a string is not
+    split into letters, ``None`` is not a name, a float or a string is not an integer, NaN and infinities are not
+    numbers, an empty item is not a list entry.
+
+    Args:
+        name: the field's name (for messages).
+        hint: its resolved type hint (``int``, ``float``, ``str``, ``bool``, ``Path``, ``tuple[X, ...]``, ``X | None``).
+        value: the value given.
+        choices: the allowed strings (of the value, or of each item of a tuple).
+
+    Returns:
+        The value, or its converted form.
+
+    Raises:
+        ConfigError: the value does not fit (the message names the field, the flag and what was given).
+
+    Example:
+        >>> check_value("classes", tuple[str, ...], "sky, ring")
+        ('sky', 'ring')
+        >>> check_value("batch_size", int, "8")
+        Traceback (most recent call last):
+        ...
+        segclip.errors.ConfigError: 'batch_size' (--batch-size) must be an integer, got '8' (str).
+    """
+    optional, inner = _is_optional(hint)
+    label = _field_label(name)
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{label} needs a value, got None.")
+    origin = typing.get_origin(inner)
+    if origin is tuple:
+        args = typing.get_args(inner)
+        if isinstance(value, (str, os.PathLike)) and args and args[0] is Path:
+            items: list[Any] = [value]  # one path (a file name may hold a comma)
+        elif isinstance(value, str):
+            items = [v.strip() for v in value.split(",")]
+        elif isinstance(value, (list, tuple)):
+            items = list(value)
+        else:
+            raise ConfigError(f"{label} must be a list or a comma-separated string, got {_describe(value)}.")
+        item_hint = args[0] if len(args) == 2 and args[1] is Ellipsis else None
+        if item_hint is None:  # a fixed-length tuple: not used by the configs; leave it to the config's own checks
+            return tuple(items)
+        checked = []
+        for item in items:
+            if isinstance(item, str) and not item.strip():
+                raise ConfigError(f"{label} has a blank entry in {value!r}; list non-blank values separated by "
+                                  "commas.")
+            try:
+                if isinstance(value, str):  # entries of a comma-separated string are read as a flag's would be
+                    item = convert(name, item_hint, item)
+                checked.append(check_value(name, item_hint, item, choices))
+            except ConfigError as err:
+                raise ConfigError(f"{label} entries: {str(err).removeprefix(label + ' ')}") from None
+        return tuple(checked)
+    if inner is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{label} must be True or False, got {_describe(value)}.")
+    if inner is int:
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise ConfigError(f"{label} must be an integer, got {_describe(value)}.")
+        return int(value)
+    if inner is float:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise ConfigError(f"{label} must be a number, got {_describe(value)}.")
+        if not math.isfinite(value):
+            raise ConfigError(f"{label} must be a finite number, got {value!r}.")
+        return float(value)
+    if inner is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{label} must be a string, got {_describe(value)}.")
+        if choices and value not in choices:
+            raise ConfigError(f"{label} must be one of {', '.join(choices)}, got {value!r}.")
+        return value
+    if inner is Path:
+        if isinstance(value, Path):
+            return value
+        if isinstance(value, (str, os.PathLike)) and str(os.fspath(value)).strip():
+            return Path(value)
+        raise ConfigError(f"{label} must be a path, got {_describe(value)}.")
+    return value
+
+
+def validate_fields(config: Any) -> None:
+    """Check every field of a config dataclass against its type (:func:`check_value`), in place.
+
+    Converted values (a tuple from a list or a comma-separated string, a ``Path`` from a string, a float from an
+    int) replace the given ones, also on frozen dataclasses.
+
+    Raises:
+        ConfigError: the first field whose value does not fit, named.
+    """
+    hints = field_types(type(config))
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        checked = check_value(f.name, hints[f.name], value, f.metadata.get("choices"))
+        if checked is not value:
+            object.__setattr__(config, f.name, checked)
 
 
 def build_config(cls: type[T], values: Mapping[str, Any], *, source: str = "options") -> T:
@@ -235,6 +356,29 @@ class ShortRepr:
         super().__init_subclass__(**kwargs)
         if "__repr__" not in cls.__dict__:
             cls.__repr__ = short_repr  # type: ignore[method-assign]
+
+
+class Config(ShortRepr):
+    """Base of every command config: its ``__post_init__`` validates each field by type (:func:`validate_fields`).
+
+    A config dataclass derives from it and, when it defines its own ``__post_init__``, calls
+    ``super().__post_init__()`` first, so that its range checks see values of the right type.
+
+    Example:
+        >>> @dataclasses.dataclass(frozen=True, kw_only=True)
+        ... class Demo(Config):
+        ...     classes: tuple[str, ...] = option(("a",), help="class names")
+        ...     rate: float = option(0.5, help="a rate")
+        >>> Demo(classes="sky,ring").classes
+        ('sky', 'ring')
+        >>> Demo(rate=float("nan"))
+        Traceback (most recent call last):
+        ...
+        segclip.errors.ConfigError: 'rate' (--rate) must be a finite number, got nan.
+    """
+
+    def __post_init__(self) -> None:
+        validate_fields(self)
 
 
 FIGURE_FORMATS = ("png", "svg", "pdf")

@@ -23,13 +23,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from segclip.config import ShortRepr, check_positive, option
+from segclip.config import Config, check_positive, option
 
 PROCESS_FIELDS = ("devices", "num_nodes", "num_workers")
 
 
 @dataclass(frozen=True, kw_only=True)
-class ProcessOptions(ShortRepr):
+class ProcessOptions(Config):
     """How many processes run a pass over a dataset and how many DataLoader workers feed each.
 
     Example:
@@ -49,6 +49,7 @@ class ProcessOptions(ShortRepr):
                                       "in the process).")
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # field types (segclip.config.Config)
         check_positive(self, "devices", "num_nodes")
         check_positive(self, "num_workers", allow_zero=True)
 

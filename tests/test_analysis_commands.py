@@ -220,7 +220,7 @@ def test_text_condition_with_exact_words_is_the_pca_reconstruction(statistics):
 
 @pytest.mark.parametrize("argv, message", [
     (["--units", "pairs,neuron"], "unknown: neuron.*subset of pairs, neurons, heads"),
-    (["--units", " , "], "--units got ','; use a comma-separated subset"),
+    (["--units", " , "], r"'units' \(--units\) has a blank entry"),  # the generic field check (issue 21)
     (["--units", "heads"], "need statistics"),
     (["--components", "5", "--images", "IMAGES"], "--components must be between 1 and 4"),
 ])

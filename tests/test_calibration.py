@@ -16,7 +16,7 @@ def calibrate(model, images, **options):
 def test_calibrate_and_find_again(tmp_path, caplog):
     model = small_model()
     write_images(tmp_path / "images", 6)
-    made = calibrate(model, tmp_path / "images", keep_registers=5, top_k=4, batch_size=4)
+    made = calibrate(model, tmp_path / "images", keep_registers=5, top_k=4, batch_size=4, set_default=True)
     assert made.signs.shape == (256, 4) and set(made.signs.unique().tolist()) <= {-1.0, 1.0}
     assert made.registers.dtype == torch.long and len(made.registers) == 5
     scores = made.register_scores[made.registers]
@@ -61,9 +61,9 @@ def test_calibrate_refuses_to_replace_an_artifact_without_overwrite(tmp_path):
 
     model = small_model()
     write_images(tmp_path / "images", 3)
-    first = calibrate(model, tmp_path / "images", keep_registers=2, top_k=2)
+    first = calibrate(model, tmp_path / "images", keep_registers=2, top_k=2, set_default=True)
     with pytest.raises(OutputError, match="already exists .* in the cache every later command uses.*--overwrite"):
-        calibrate(model, tmp_path / "images", keep_registers=2, top_k=2)  # the default: the cached artifact
+        calibrate(model, tmp_path / "images", keep_registers=2, top_k=2, set_default=True)  # the cached default
     out = tmp_path / "mine.safetensors"
     calibrate(model, tmp_path / "images", out=out, keep_registers=2, top_k=2)
     with pytest.raises(OutputError, match="mine.safetensors already exists"):
@@ -90,7 +90,7 @@ def test_thin_sign_margins_are_reported_and_warned_about(tmp_path, caplog):
     model = small_model()
     write_images(tmp_path / "images", 6)
     caplog.set_level(logging.WARNING)
-    made = calibrate(model, tmp_path / "images", top_k=6, keep_registers=2)
+    made = calibrate(model, tmp_path / "images", top_k=6, keep_registers=2, set_default=True)
     share = made.metadata["thin_sign_share"]
     assert 0 < share <= 1 and "thin margin" in caplog.text  # 6 images: most signs are a coin flip
     assert load_calibration(model.info).metadata["thin_sign_share"] == share
@@ -124,3 +124,86 @@ def test_signs_imported_from_the_authors_pcs(tmp_path):
         calibration_from_pcs(model, pcs.transpose(0, 1))
     with pytest.raises(ConfigError, match="exactly one"):
         CalibrateConfig(images=tmp_path, from_pcs=tmp_path / "pcs.npy")
+
+
+def test_a_throwaway_calibration_never_replaces_the_default(tmp_path, monkeypatch):
+    """Issue 21 item 6: fewer than MIN_DEFAULT_IMAGES images, or an explicit --out, leave the cached default alone
+    unless --set-default; the summary says which one was written."""
+    import segclip.analysis.calibration as calibration_module
+    from segclip.analysis.calibration import run_calibrate
+    from segclip.core import calibration as core
+    from segclip.errors import ConfigError
+
+    model = small_model()
+    write_images(tmp_path / "images", 5)
+    default = calibration_path(model.info)
+    with pytest.raises(ConfigError, match=r"on 5 images \(fewer than 256\).*--out FILE.*--set-default"):
+        calibrate(model, tmp_path / "images", keep_registers=2, top_k=2)
+    assert not default.exists()
+    with pytest.raises(ConfigError, match="is the cached default.*--set-default"):  # --out naming the default
+        calibrate(model, tmp_path / "images", out=default, keep_registers=2, top_k=2)
+    assert not default.exists()
+
+    out = tmp_path / "mine.safetensors"
+    result = run_calibrate(CalibrateConfig(images=tmp_path / "images", out=out, keep_registers=2, top_k=2,
+                                           progress=False), model)
+    assert not default.exists() and not result.default and "not the default: use it with --calibration" in \
+        result.summary()
+    assert load_calibration(model.info) is None  # later commands still see no default
+
+    # with --set-default and --out: both files, bit-identical calibrations
+    result = run_calibrate(CalibrateConfig(images=tmp_path / "images", out=tmp_path / "b.safetensors", keep_registers=2,
+                                           top_k=2, set_default=True, progress=False), model)
+    assert result.default and default.is_file() and core.statistics_path(default).is_file()
+    assert "the default every later command uses" in result.summary()
+    assert torch.equal(load_calibration(model.info).signs, load_calibration(model.info, out).signs)
+
+    # at the threshold a plain calibrate makes the default (threshold lowered to keep the test small)
+    monkeypatch.setattr(calibration_module, "MIN_DEFAULT_IMAGES", 5)
+    result = run_calibrate(CalibrateConfig(images=tmp_path / "images", keep_registers=2, top_k=2, overwrite=True,
+                                           progress=False), model)
+    assert result.path == default and result.default
+    monkeypatch.setattr(calibration_module, "MIN_DEFAULT_IMAGES", 6)
+    with pytest.raises(ConfigError, match="on 5 images"):
+        run_calibrate(CalibrateConfig(images=tmp_path / "images", keep_registers=2, top_k=2, overwrite=True,
+                                      progress=False), model)
+
+
+def test_calibration_note_names_path_hash_and_count(tmp_path):
+    """The note printed under tables and recorded in results: file, SHA-256 of its bytes, image count."""
+    import hashlib
+
+    from segclip.core.calibration import calibration_note
+
+    model = small_model()
+    write_images(tmp_path / "images", 3)
+    out = tmp_path / "c.safetensors"
+    made = calibrate(model, tmp_path / "images", out=out, keep_registers=2, top_k=2)
+    sha = hashlib.sha256(out.read_bytes()).hexdigest()  # independent of file_sha256
+    assert made.sha256 == sha and made.path == out
+    found = load_calibration(model.info, out)
+    assert found.sha256 == sha and found.to_dict()["path"] == str(out) and found.to_dict()["sha256"] == sha
+    assert calibration_note(found) == f"calibration: {out} (sha256 {sha[:12]}, 3 images)"
+    assert calibration_note(found.to_dict()) == calibration_note(found)
+    assert calibration_note(None).startswith("calibration: none")
+
+
+def test_compare_prints_and_records_the_calibration(tmp_path, capsys):
+    """`compare` prints the calibration note under its table and results.json records path, hash and count."""
+    import hashlib
+    import json
+
+    from segclip.cli import main
+    from segclip.models import load_model
+
+    model = load_model()
+    out = tmp_path / "run"
+    assert main(["compare", "--methods", "neuron-head", "--limit", "1", "--no-progress", "--out", str(out),
+                 "--batch-size", "4"]) == 0
+    printed = capsys.readouterr().out
+    shipped = load_calibration(model.info)  # the bundled model's shipped calibration
+    sha = hashlib.sha256(shipped.path.read_bytes()).hexdigest()
+    assert f"calibration: {shipped.path} (sha256 {sha[:12]}, 1000 images)" in printed.splitlines()
+    record = json.loads((out / "results.json").read_text())
+    entry = record[0] if isinstance(record, list) else record["results"][0]
+    assert entry["protocol"]["calibration"]["sha256"] == sha and entry["protocol"]["calibration"]["count"] == 1000

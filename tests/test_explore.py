@@ -173,7 +173,8 @@ def test_subconcepts_shown_on_neuron_pages(built, model, tmp_path):
     weakest = divmod(int(stats.pair_top_norm.flatten().argmin()), stats.mean_scalars.shape[1])
     hit = {"rank": 1, "neuron": weakest[0], "head": weakest[1], "score": 0.5, "overlap": 0.3, "response": 0.9,
            "spread": 0.1, "neuron_spread": 0.2, "distance": 0.4, "words": [["stripes", 0.7]], "montage": "m.png"}
-    write_result(tmp_path / "subconcepts.json", {"model": {"name": model.info.name}}, {"hits": [hit]})
+    write_result(tmp_path / "subconcepts.json", {"model": {"name": model.info.name}, "weights_hash": model.info.weights_hash},
+                 {"hits": [hit]})
     result = run_explore(ExploreConfig(statistics=config.statistics, images=config.images, out=tmp_path / "site",
                                        subconcepts=tmp_path / "subconcepts.json", keep_pairs=0.01), model)
     assert result.pairs_kept == round(0.01 * stats.pair_top_norm.numel()) + 1  # the sub-concept's page is kept

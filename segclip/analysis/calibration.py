@@ -29,6 +29,7 @@ from segclip.analysis.statistics import Statistics
 from segclip.config import ShortRepr, check_positive, option
 from segclip.core.calibration import (
     CALIBRATION_VERSION,
+    MIN_DEFAULT_IMAGES,
     Calibration,
     calibration_path,
     statistics_path,
@@ -89,7 +90,12 @@ class CalibrateConfig(DatasetOptions, ProcessConfig):
                                                 "differences, default minus zeroed, shaped (images, N)) for the "
                                                 "register neurons.")
     out: Path | None = option(None, help="artifact path (default: <segclip cache>/calibration/<model>-<weights>"
-                                         ".safetensors); the full statistics are written next to it.")
+                                         ".safetensors, the default every later command uses; needs at least "
+                                         f"{MIN_DEFAULT_IMAGES} images or --set-default); the full statistics are "
+                                         "written next to it. Use it later with --calibration.")
+    set_default: bool = option(False, help="make this calibration the cached default every later command uses, "
+                                           f"even on fewer than {MIN_DEFAULT_IMAGES} images or with --out (then "
+                                           "written to both).")
     limit: int | None = option(None, help="use at most N images (sorted by name).")
     keep_registers: int = option(32, aliases=("--registers",), help="register neurons kept in the artifact, the most "
                                  "a later --zero-registers can use (default: 32).")
@@ -127,6 +133,7 @@ class CalibrateResult(ShortRepr):
         statistics: the full statistics (also written to ``statistics_path``); None for imported PCs.
         path, statistics_path: where they were written.
         seconds: wall time of the run.
+        default: whether it is (also) the cached default every later command of the model uses.
     """
 
     calibration: Calibration
@@ -134,6 +141,7 @@ class CalibrateResult(ShortRepr):
     path: Path
     statistics_path: Path | None
     seconds: float
+    default: bool = False
 
     def summary(self) -> str:
         summary = self.calibration.to_dict()
@@ -142,22 +150,43 @@ class CalibrateResult(ShortRepr):
         return (f"calibrated {summary['model']} {source} in {self.seconds:.1f}s; "
                 f"{100 * summary['positive_signs']:.1f}% positive signs"
                 + (f" ({100 * thin:.1f}% decided by a thin margin)" if thin is not None else "")
-                + f"; register neurons {summary['registers'][:8]}...; wrote {self.path}\n")
+                + f"; register neurons {summary['registers'][:8]}...; wrote {self.path}"
+                + (" (the default every later command uses)\n" if self.default else
+                   f" (not the default: use it with --calibration {self.path})\n"))
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.calibration.to_dict(), "path": str(self.path), "statistics": str(self.statistics_path),
                 "seconds": round(self.seconds, 3)}
 
 
-def _artifact_path(config: CalibrateConfig, model: CLIPResNet) -> Path:
-    """Where the artifact goes; refuses to replace one without ``overwrite``."""
-    path = Path(config.out) if config.out is not None else calibration_path(model.info)
-    existing = [p for p in (path, statistics_path(path)) if p.exists()]
-    if existing and not config.overwrite:
-        raise OutputError(f"{existing[0]} already exists (a calibration of {model.info.name}"
-                          f"{'' if config.out else ', in the cache every later command uses'}); pass --overwrite to "
-                          "replace it, or --out for another file.")
-    return path
+def _artifact_paths(config: CalibrateConfig, model: CLIPResNet, images: int | None) -> list[Path]:
+    """Where the artifact goes (first: where it is computed; second, with ``set_default`` and ``out``: the cached
+    default it is copied to); refuses to replace one without ``overwrite``, and to make a calibration of fewer than
+    :data:`MIN_DEFAULT_IMAGES` images (``images``; None: imported PCs) or one given by ``--out`` the default
+    without ``set_default``.
+
+    Raises:
+        ConfigError: the default would change without ``set_default``. OutputError: an artifact exists.
+    """
+    default = calibration_path(model.info)
+    path = Path(config.out).expanduser() if config.out is not None else default
+    is_default = path.resolve() == default.resolve()
+    if is_default and not config.set_default:
+        if config.out is not None:
+            raise ConfigError(f"--out {config.out} is the cached default calibration every later command uses; pass "
+                              "--set-default to replace the default on purpose, or choose another --out.")
+        if images is not None and images < MIN_DEFAULT_IMAGES:
+            raise ConfigError(f"A calibration on {images} images (fewer than {MIN_DEFAULT_IMAGES}) would become the "
+                              f"cached default every later command of {model.info.name} uses; pass --out FILE to keep "
+                              "it apart (use it with --calibration FILE), or --set-default to make it the default.")
+    paths = [path] + ([default] if config.set_default and not is_default else [])
+    for target in paths:
+        existing = [p for p in (target, statistics_path(target)) if p.exists()]
+        if existing and not config.overwrite:
+            raise OutputError(f"{existing[0]} already exists (a calibration of {model.info.name}"
+                              f"{', in the cache every later command uses' if target == default else ''}); pass "
+                              "--overwrite to replace it, or --out for another file.")
+    return paths
 
 
 def _load_array(path: Path, what: str) -> np.ndarray:
@@ -226,12 +255,16 @@ def calibration_from_pcs(model: CLIPResNet, pcs: np.ndarray | torch.Tensor, sink
 
 
 def _import_pcs(config: CalibrateConfig, model: CLIPResNet, start: float) -> CalibrateResult:
-    path = _artifact_path(config, model)
+    path, *default = _artifact_paths(config, model, None)
     diffs = None if config.sink_diffs is None else _load_array(config.sink_diffs, "sink differences")
     calibration = calibration_from_pcs(model, _load_array(config.from_pcs, "PCs file"), diffs, config.keep_registers,
                                        config.register_ranking)
+    for target in default:
+        calibration.save(target)
+        log.info("calibration also saved as the default %s", target)
     calibration.save(path)
-    return CalibrateResult(calibration, None, path, None, time.perf_counter() - start)
+    return CalibrateResult(calibration, None, path, None, time.perf_counter() - start,
+                           bool(default) or path == calibration_path(model.info))
 
 
 def run_calibrate(config: CalibrateConfig, model: ModelSource) -> CalibrateResult:
@@ -248,7 +281,9 @@ def run_calibrate(config: CalibrateConfig, model: ModelSource) -> CalibrateResul
     Raises:
         DataError: the folder is missing or holds no images.
         ImageError: an image is unreadable (the images before it stay in the checkpoint).
-        ConfigError: ``registers`` above the number of neurons.
+        ConfigError: ``registers`` above the number of neurons; a calibration of fewer than
+            :data:`~segclip.core.calibration.MIN_DEFAULT_IMAGES` images, or an ``out`` naming the cached default,
+            without ``set_default``.
         OutputError: the artifact exists (without ``overwrite``) or cannot be written.
 
     Example:
@@ -270,7 +305,7 @@ def run_calibrate(config: CalibrateConfig, model: ModelSource) -> CalibrateResul
     if config.keep_registers > model.info.neurons:
         raise ConfigError(f"--keep-registers {config.keep_registers} is more than the model's {model.info.neurons} neurons; "
                           f"use at most {model.info.neurons}.")
-    path = _artifact_path(config, model)
+    path, *default = _artifact_paths(config, model, len(paths))
     checkpoint = path.with_name(path.name.removesuffix(".safetensors") + ".partial.safetensors")
     stats = collect_statistics_for(config, model, paths, checkpoint, register_variant=config.register_variant)
     calibration = calibration_from_statistics(stats, config.keep_registers, config.register_ranking)
@@ -282,7 +317,12 @@ def run_calibrate(config: CalibrateConfig, model: ModelSource) -> CalibrateResul
         log.warning("%.1f%% of the pair signs are decided by a thin margin (the top-%d deviations split close to "
                     "evenly) with %d calibration images; calibrate on more images (hundreds to thousands) for "
                     "stable signs.", 100 * thin, min(config.top_k, stats.count), stats.count)
+    for target in default:  # --set-default with --out: the cached default too
+        stats.save(statistics_path(target))
+        calibration.save(target)
+        log.info("calibration also saved as the default %s", target)
     calibration.save(path)
     checkpoint.unlink(missing_ok=True)
     log.info("calibration of %s on %d images saved to %s", model.info.name, len(paths), path)
-    return CalibrateResult(calibration, stats, path, statistics_path(path), time.perf_counter() - start)
+    return CalibrateResult(calibration, stats, path, statistics_path(path), time.perf_counter() - start,
+                           bool(default) or path == calibration_path(model.info))

@@ -31,6 +31,7 @@ from segclip.analysis.statistics import (
 )
 from segclip.analysis.stream import Mergeable, run_pass
 from segclip.config import (
+    Config,
     ShortRepr,
     check_figure_options,
     check_positive,
@@ -82,7 +83,7 @@ class AnalysisConfig(ProcessConfig):
 
 
 @dataclass(frozen=True, kw_only=True)
-class DatasetOptions(ShortRepr):
+class DatasetOptions(Config):
     """The ``--dataset`` / ``--data-root`` / ``--split`` / ``--colours`` flags of a command that reads an image set.
 
     ``--dataset folder`` (the default) reads ``--images`` (or ``--data-root``) as today; ``imagenet`` and

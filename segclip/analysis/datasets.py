@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from segclip.analysis.evaluation import read_labelled_folder
-from segclip.config import option
+from segclip.config import Config, option
 from segclip.data.classification import (
     STANFORD_CARS_IMAGES,
     ImageSet,
@@ -72,7 +72,7 @@ def read_dataset(name: str, root: str | Path, *, split: str | None = None, class
 
 
 @dataclass(frozen=True)
-class DatasetConfig:
+class DatasetConfig(Config):
     """Which dataset an analysis reads (the ``--dataset`` / ``--data-root`` family of flags).
 
     Example:
@@ -91,6 +91,7 @@ class DatasetConfig:
     class_names: Path | None = option(None, help="class-names file of a labelled folder (folder<TAB>text name)")
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # field types (segclip.config.Config)
         if self.dataset not in DATASETS:
             raise ConfigError(f"--dataset must be one of {', '.join(DATASETS)}, got '{self.dataset}'.")
         if self.data_root is None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from segclip.config import ShortRepr, option
+from segclip.config import Config, ShortRepr, option
 from segclip.data.images import read_image
 from segclip.data.preprocess import clip_batch
 from segclip.errors import ConfigError
@@ -16,7 +16,7 @@ from segclip.paths import example_image_path
 
 
 @dataclass(frozen=True)
-class DecomposeConfig(ShortRepr):
+class DecomposeConfig(Config):
     """Options of ``segclip decompose``."""
 
     images: tuple[Path, ...] = option((), positional=True, help="image files (default: the bundled example).")
@@ -25,6 +25,7 @@ class DecomposeConfig(ShortRepr):
     top: int = option(5, help="pairs listed per word (default: 5).")
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # field types (segclip.config.Config)
         if self.top < 1:
             raise ConfigError("--top must be at least 1.")
 

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from segclip.config import option
+from segclip.config import Config, option
 from segclip.errors import ConfigError
 
 METHODS = ("ks", "mmd", "classifier")
@@ -268,7 +268,7 @@ def classifier_drift(reference: np.ndarray, current: np.ndarray, *, threshold: f
 
 
 @dataclass(frozen=True)
-class DriftConfig:
+class DriftConfig(Config):
     """The drift options of ``shift``.
 
     Example:
@@ -289,6 +289,7 @@ class DriftConfig:
     seed: int = option(0, help="seed of the MMD permutations and the classifier's folds")
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # field types (segclip.config.Config)
         unknown = sorted(set(self.drift_methods) - set(METHODS))
         if unknown:
             raise ConfigError(f"--drift-methods: unknown {unknown}; use {', '.join(METHODS)}.")

@@ -27,7 +27,15 @@ from pathlib import Path
 
 import torch
 
-from segclip.config import ShortRepr, check_figure_options, check_positive, dpi_option, figure_format_option, option
+from segclip.config import (
+    Config,
+    ShortRepr,
+    check_figure_options,
+    check_positive,
+    dpi_option,
+    figure_format_option,
+    option,
+)
 from segclip.errors import ConfigError, DataError, OutputError
 from segclip.io import atomic_write_csv, provenance, write_result
 from segclip.models.loading import ModelSource, resolve_model
@@ -36,7 +44,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class SubconceptsConfig(ShortRepr):
+class SubconceptsConfig(Config):
     """Options of ``segclip analyze subconcepts``.
 
     Raises:
@@ -65,6 +73,7 @@ class SubconceptsConfig(ShortRepr):
     dpi: int = dpi_option()
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # field types (segclip.config.Config)
         for name in ("min_response", "max_spread", "min_distance"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 0, got {getattr(self, name)}.")

@@ -24,6 +24,10 @@ from segclip.paths import bundled_dir, cache_dir
 log = logging.getLogger(__name__)
 
 CALIBRATION_VERSION = 1
+MIN_DEFAULT_IMAGES = 256
+"""Fewest images a calibration needs to become the cached default without ``--set-default``: below a few hundred
+images most pair signs are a coin flip (``thin_sign_share``), and a throwaway calibration must not silently change
+every later result."""
 
 
 @dataclass
@@ -41,6 +45,7 @@ class Calibration:
         metadata: model, weights_hash, image_folder, count, top_k, version; ``register_search`` (where neurons were
             zeroed and how they were ranked; absent in artifacts before 0.2, which zeroed z + P and ranked by
             mean |change|); ``thin_sign_share`` (pairs whose sign majority is not significant).
+        path, sha256: the file it was read from or saved to, and the SHA-256 of that file (None in memory only).
     """
 
     signs: torch.Tensor
@@ -50,6 +55,8 @@ class Calibration:
     sink_attention: torch.Tensor
     metadata: dict[str, Any] = field(default_factory=dict)
     register_decrease: torch.Tensor | None = None
+    path: Path | None = None
+    sha256: str | None = None
 
     @property
     def register_search(self) -> dict[str, str]:
@@ -60,7 +67,8 @@ class Calibration:
         """Metadata and summary numbers (JSON-able): image folder, count, model, weights hash, version, registers."""
         return {**self.metadata, "registers": self.registers.tolist(),
                 "positive_signs": float((self.signs > 0).float().mean()),
-                "shape": list(self.signs.shape)}
+                "shape": list(self.signs.shape), "path": None if self.path is None else str(self.path),
+                "sha256": self.sha256}
 
     def save(self, path: str | Path) -> None:
         """Write the artifact atomically (safetensors, metadata as JSON).
@@ -74,6 +82,41 @@ class Calibration:
         if self.register_decrease is not None:
             tensors["register_decrease"] = self.register_decrease.float()
         atomic_save_tensors(Path(path), tensors, {"metadata": json.dumps(self.metadata, sort_keys=True)})
+        self.path, self.sha256 = Path(path), file_sha256(path)
+
+
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes (hex)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def calibration_note(calibration: Calibration | dict[str, Any] | None) -> str:
+    """The one line printed under every table: which calibration a command used (file, hash, image count).
+
+    Args:
+        calibration: the :class:`Calibration` used, its ``to_dict()`` record (as in a result's provenance), or None
+            (no calibration: pair signs assumed +1).
+
+    Returns:
+        ``"calibration: PATH (sha256 0123456789ab, N images)"``, or ``"calibration: none (...)"``.
+
+    Example:
+        >>> calibration_note(None)
+        'calibration: none (pair signs assumed +1, no register neurons)'
+        >>> calibration_note({"path": "/c/x.safetensors", "sha256": "0123456789abcdef", "count": 16})
+        'calibration: /c/x.safetensors (sha256 0123456789ab, 16 images)'
+    """
+    if calibration is None:
+        return "calibration: none (pair signs assumed +1, no register neurons)"
+    record = calibration.to_dict() if isinstance(calibration, Calibration) else calibration
+    count = record.get("count")
+    source = f"{count} images" if count else f"from {record.get('image_folder') or 'an unknown source'}"
+    sha = record.get("sha256")
+    return f"calibration: {record.get('path') or 'in memory'} ({'sha256 ' + sha[:12] if sha else 'unsaved'}, {source})"
 
 
 def calibration_path(info: ModelInfo) -> Path:
@@ -121,6 +164,8 @@ def load_calibration(info: ModelInfo, path: str | Path | None = None) -> Calibra
     tensors, meta = saved
     try:
         metadata = json.loads(meta["metadata"])
+        if not isinstance(metadata, dict):
+            raise ValueError("its metadata is not a mapping")
         calibration = Calibration(signs=tensors["signs"], registers=tensors["registers"].long(),
                                   mean_scalars=tensors["mean_scalars"], register_scores=tensors["register_scores"],
                                   sink_attention=tensors["sink_attention"], metadata=metadata,
@@ -128,6 +173,7 @@ def load_calibration(info: ModelInfo, path: str | Path | None = None) -> Calibra
     except (KeyError, ValueError) as err:
         log.warning("calibration %s is corrupt (%s); not using it", path, err)
         return None
+    calibration.path, calibration.sha256 = path, file_sha256(path)
     problems = []
     if metadata.get("version") != CALIBRATION_VERSION:
         problems.append(f"version {metadata.get('version')} != {CALIBRATION_VERSION}")

@@ -69,7 +69,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from segclip.config import option
+from segclip.config import Config, option
 from segclip.data.benchmarks import BENCHMARKS, DatasetStatus, find_datasets
 from segclip.errors import ConfigError, DataError, OutputError, SegclipError
 from segclip.io import atomic_write_bytes, atomic_write_text
@@ -185,7 +185,7 @@ def _refuse_existing(paths: Iterable[Path], overwrite: bool, what: str) -> None:
 # ---------------------------------------------------------------------------------------------- PASCAL Context
 
 @dataclass(frozen=True)
-class PreparePascalContextConfig:
+class PreparePascalContextConfig(Config):
     """Options of ``segclip prepare pascal_context``."""
 
     devkit: Path = option(help="the VOCdevkit folder (from VOCtrainval_03-May-2010.tar), holding VOC2010")
@@ -195,6 +195,7 @@ class PreparePascalContextConfig:
     overwrite: bool = option(False, help="replace label PNGs and split files that already exist")
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # field types (segclip.config.Config)
         if not Path(self.json).is_file():
             raise ConfigError(f"--json {self.json} is not a file; download trainval_merged.json (PASCAL in Detail) "
                               "and pass its path.")
@@ -446,7 +447,7 @@ def coco_object_lut() -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class PrepareCocoConfig:
+class PrepareCocoConfig(Config):
     """Options of ``segclip prepare coco_stuff`` and ``segclip prepare coco_object``."""
 
     root: Path = option(help="the coco_stuff164k folder, holding annotations/<split>/*.png (the stuffthingmaps)")
@@ -454,6 +455,7 @@ class PrepareCocoConfig:
     overwrite: bool = option(False, help="replace label PNGs that already exist")
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # field types (segclip.config.Config)
         if not self.splits:
             raise ConfigError("--splits needs at least one annotation folder (e.g. val2017).")
         missing = [s for s in self.splits if not (Path(self.root) / "annotations" / s).is_dir()]
@@ -588,7 +590,7 @@ def cityscapes_lut() -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class PrepareCityscapesConfig:
+class PrepareCityscapesConfig(Config):
     """Options of ``segclip prepare cityscapes``."""
 
     root: Path = option(help="the cityscapes folder, holding gtFine/<split>/<city>/*_gtFine_labelIds.png")
@@ -596,6 +598,7 @@ class PrepareCityscapesConfig:
     overwrite: bool = option(False, help="replace *_gtFine_labelTrainIds.png files that already exist")
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # field types (segclip.config.Config)
         if not self.splits:
             raise ConfigError("--splits needs at least one gtFine split (e.g. val).")
         missing = [s for s in self.splits if not (Path(self.root) / "gtFine" / s).is_dir()]
@@ -998,7 +1001,7 @@ def run_prepare_ade847(config: PrepareAde847Config) -> PrepareWideResult:
 # ---------------------------------------------------------------------------------------------- check
 
 @dataclass(frozen=True)
-class CheckConfig:
+class CheckConfig(Config):
     """Options of ``segclip prepare --check``."""
 
     data_root: Path = option(help="the data root, laid out as mmsegmentation's data/ folder")
@@ -1006,6 +1009,7 @@ class CheckConfig:
     samples: int = option(1, help="labels read per dataset to check their values")
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # field types (segclip.config.Config)
         if self.samples < 0:
             raise ConfigError(f"--samples must be at least 0, got {self.samples}.")
 

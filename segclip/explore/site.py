@@ -37,6 +37,7 @@ import csv
 import dataclasses
 import json
 import logging
+import math
 import re
 import shutil
 import time
@@ -51,7 +52,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from segclip.config import ShortRepr, check_positive, option
+from segclip.config import Config, ShortRepr, check_positive, option
 from segclip.errors import ConfigError, DataError, OutputError
 from segclip.io import (
     atomic_write_bytes,
@@ -72,7 +73,7 @@ _WORD = re.compile(r"\s*(.+?)\(([+-]?[0-9.]+(?:e[+-]?[0-9]+)?)(%?)\)")
 
 
 @dataclass(frozen=True)
-class ExploreConfig(ShortRepr):
+class ExploreConfig(Config):
     """Options of ``segclip explore``.
 
     Raises:
@@ -104,6 +105,7 @@ class ExploreConfig(ShortRepr):
     overwrite: bool = option(False, help="replace an existing site in --out.")
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # field types (segclip.config.Config)
         if not 0 < self.keep_pairs <= 1:
             raise ConfigError(f"--keep-pairs must be in (0, 1] (a fraction of all pairs), got {self.keep_pairs}.")
         check_positive(self, "images_per_unit", "thumbnail_size", "neurons_per_shard", "landing_units",
@@ -197,39 +199,103 @@ def tail_histograms(values: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarr
     return edges, counts
 
 
-def read_labels(path: Path) -> dict[str, Any]:
+def _check_source_model(path: Path, provenance: Any, info: Any, what: str) -> None:
+    """Refuse a result file whose provenance names another model (other weights) than the one explored."""
+    if info is None:
+        return
+    if not isinstance(provenance, dict):
+        raise DataError(f"{path} holds no provenance (the model it was computed for); pass the {what} of `segclip "
+                        f"analyze {what.split('.')[0]}` run on {info.name}.")
+    model = provenance.get("model") if isinstance(provenance.get("model"), dict) else {}
+    found = (model.get("name"), provenance.get("weights_hash", model.get("weights_hash")))
+    if found != (info.name, info.weights_hash):
+        raise ConfigError(f"{path} was computed for {found[0]} (weights {found[1]}), not the explored {info.name} "
+                          f"(weights {info.weights_hash}); pass the {what} of this model, or --model/--pretrained "
+                          "of that one.")
+
+
+def _unit_index(value: Any, size: int | None, csv_path: Path, line: int, column: str) -> int:
+    try:
+        index = int(str(value).strip())
+    except (TypeError, ValueError):
+        raise DataError(f"{csv_path} line {line}: column {column} is {value!r}, not an integer; pass the label.csv "
+                        "`segclip analyze label` wrote, unedited.") from None
+    if index < 0:
+        raise DataError(f"{csv_path} line {line}: {column} {index} is negative; pass the label.csv `segclip analyze "
+                        "label` wrote, unedited.")
+    if size is not None and index >= size:
+        raise ConfigError(f"{csv_path} line {line}: {column} {index} is outside the explored model's 0..{size - 1} "
+                          "(a label.csv of another model?); pass the label output of this model.")
+    return index
+
+
+def read_labels(path: Path, info: Any = None) -> dict[str, Any]:
     """Words per unit from ``segclip analyze label`` (a folder holding ``label.csv``, or that file).
+
+    Args:
+        path: the label folder, or its ``label.csv``.
+        info: the explored model's :class:`~segclip.core.info.ModelInfo`, or None: then the units must be in its
+            range, and a ``label.json`` next to the CSV must name the same model and weights.
 
     Returns:
         ``{"pairs": {(n, h): [[word, coefficient], ...]}, "neurons": {n: ...}, "heads": {h: ...},
         "head_kind": "textspan" | "pcs"}``; coefficients of TextSpan heads are variance shares in percent.
 
     Raises:
-        DataError: missing or malformed file.
+        DataError: missing or malformed file (the message names the file, the line and the fix).
+        ConfigError: labels of another model.
     """
     path = Path(path)
     csv_path = path / "label.csv" if path.is_dir() else path
     try:
         with open(csv_path, newline="", encoding="utf-8-sig") as handle:
-            rows = list(csv.DictReader(handle))
+            reader = csv.DictReader(handle)
+            rows = [(reader.line_num, row) for row in reader]
+            header = reader.fieldnames
     except (OSError, UnicodeDecodeError, csv.Error) as err:
         raise DataError(f"Cannot read the labels {csv_path} ({err}); pass the --out folder of `segclip analyze "
                         "label`.") from None
-    if rows and not {"unit", "neuron", "head", "component", "words"} <= set(rows[0]):
+    columns = {"unit", "neuron", "head", "component", "words"}
+    if not header or not columns <= set(header):
         raise DataError(f"{csv_path} is not a label.csv of `segclip analyze label` (columns unit, neuron, head, "
                         "component, words).")
+    sidecar = csv_path.with_suffix(".json")
+    if info is not None and sidecar.is_file():
+        try:
+            provenance = read_result(sidecar).get("provenance")
+        except OutputError as err:
+            raise DataError(f"Cannot read {sidecar} ({err}); pass the --out folder of `segclip analyze label`, "
+                            "unedited.") from None
+        _check_source_model(sidecar, provenance, info, "label.json")
+    neurons, heads = (None, None) if info is None else (info.neurons, info.heads)
     labels: dict[str, Any] = {"pairs": {}, "neurons": {}, "heads": {}, "head_kind": "pcs"}
-    for row in rows:
-        words = [[word.strip(), float(value)] for word, value, _ in _WORD.findall(row["words"])]
+    for line, row in rows:
+        if any(row.get(c) is None for c in columns) or None in row:
+            given = sum(value is not None for key, value in row.items() if key is not None) + len(row.get(None, []))
+            raise DataError(f"{csv_path} line {line} has {given} values for the {len(row) - (None in row)} columns "
+                            "of the header (unit, neuron, head, component, words); pass the label.csv `segclip "
+                            "analyze label` wrote, unedited.")
+        try:
+            words = [[word.strip(), float(value)] for word, value, _ in _WORD.findall(row["words"])]
+        except ValueError:
+            raise DataError(f"{csv_path} line {line}: words {row['words'][:60]!r} hold a coefficient that is not a "
+                            "number; words are written as word(+0.123).") from None
+        if any(not math.isfinite(c) for _, c in words):
+            raise DataError(f"{csv_path} line {line}: a word's coefficient is not finite; pass the label.csv "
+                            "`segclip analyze label` wrote.")
         unit = row["unit"]
         if unit == "pair":
-            labels["pairs"][(int(row["neuron"]), int(row["head"]))] = words
+            labels["pairs"][(_unit_index(row["neuron"], neurons, csv_path, line, "neuron"),
+                             _unit_index(row["head"], heads, csv_path, line, "head"))] = words
         elif unit == "neuron" and row["component"] in ("", "1"):
-            labels["neurons"][int(row["neuron"])] = words
+            labels["neurons"][_unit_index(row["neuron"], neurons, csv_path, line, "neuron")] = words
         elif unit == "head" and row["component"] in ("", "1", "textspan"):
-            labels["heads"][int(row["head"])] = words
+            labels["heads"][_unit_index(row["head"], heads, csv_path, line, "head")] = words
             if row["component"] == "textspan":
                 labels["head_kind"] = "textspan"
+        elif unit not in ("pair", "neuron", "head"):
+            raise DataError(f"{csv_path} line {line}: unit {unit!r} is not pair, neuron or head; pass the label.csv "
+                            "`segclip analyze label` wrote.")
     return labels
 
 
@@ -272,8 +338,76 @@ class _MapCollector:
         """Nothing to restore: this pass runs without checkpoints (it traces only the top images)."""
 
 
-def _prepare_out(out: Path, overwrite: bool) -> None:
-    """Refuse a non-empty ``out`` unless it is a segclip site and ``overwrite``; clear the old site's data."""
+SITE_ENTRIES = ("index.html", "assets", "data", "thumbs")  # what a build writes (and a rebuild replaces)
+BUILD_KEY = ".segclip-build.json"  # in a staging folder: what it is being built from (removed before the swap)
+
+
+def staging_folder(out: Path) -> Path:
+    """The folder a site is built in, next to ``out`` (same file system: the swap is a rename)."""
+    out = Path(out).resolve()
+    return out.parent / f".{out.name}.explore-build"
+
+
+def _old_folder(out: Path) -> Path:
+    out = Path(out).resolve()
+    return out.parent / f".{out.name}.explore-old"
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one atomic step (Linux renameat2 RENAME_EXCHANGE); False where the system has none."""
+    import ctypes
+    import os
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    return False  # e.g. a file system without RENAME_EXCHANGE: fall back to two renames
+
+
+def _move_extras(source: Path, target: Path) -> None:
+    """Move what a user kept in an old site folder (anything a build does not write) into the new one."""
+    for entry in source.iterdir():
+        if entry.name not in SITE_ENTRIES and not (target / entry.name).exists():
+            entry.rename(target / entry.name)
+
+
+def _recover(out: Path) -> None:
+    """Finish a swap that was killed halfway: the old site back at ``out`` if the new one never arrived; a leftover
+    old site (the new one is in place) removed, keeping the user's own files."""
+    old = _old_folder(out)
+    if not old.is_dir():
+        return
+    if not out.exists():
+        old.rename(out)  # killed between the two renames of the fallback: the old site is the site
+        log.warning("restored the previous site %s from an interrupted swap", out)
+        return
+    _move_extras(old, out)
+    shutil.rmtree(old)
+
+
+def _prepare_out(out: Path, overwrite: bool, key: dict[str, Any]) -> Path:
+    """Check ``out`` and make the staging folder the site is built in; the old site stays untouched until the swap.
+
+    A staging folder left by a killed build of the same inputs and options (``key``) is resumed (its thumbnails
+    are kept); one of other inputs or options is cleared; anything else there is cleared only with ``overwrite``.
+
+    Returns:
+        The staging folder.
+
+    Raises:
+        OutputError: ``out`` is a file, is not empty without ``overwrite``, or holds no site; the staging path is
+            taken by something that is not a segclip build.
+    """
+    out = out.resolve()
+    if out == Path.cwd().resolve() or out in Path.cwd().resolve().parents:
+        raise OutputError(f"--out {out} is the current folder (or holds it); the build replaces the whole folder: "
+                          "choose a folder of its own, e.g. --out site.")
+    _recover(out)
     if out.exists() and not out.is_dir():
         raise OutputError(f"--out {out} is a file; choose a folder for the site.")
     if out.is_dir() and any(out.iterdir()):
@@ -284,8 +418,66 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
         if not is_site:
             raise OutputError(f"--out {out} is not empty and holds no segclip site (no data/site.js); --overwrite "
                               "replaces sites only: choose an empty folder.")
-        for name in ("data", "thumbs", "assets"):
-            shutil.rmtree(out / name, ignore_errors=True)
+    staging = staging_folder(out)
+    if staging.exists():
+        try:
+            found = json.loads((staging / BUILD_KEY).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            found = None
+        if found is None and not overwrite:
+            raise OutputError(f"{staging} exists and is not a segclip build in progress; move it away, or pass "
+                              "--overwrite to clear it.")
+        if found == key:  # the same inputs and options (the same command, with or without --overwrite)
+            log.warning("resuming the interrupted build in %s", staging)
+        else:
+            shutil.rmtree(staging) if staging.is_dir() else staging.unlink()
+    try:
+        staging.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(staging / BUILD_KEY, json.dumps(key, sort_keys=True))
+    except OSError as err:
+        raise OutputError(f"Cannot create {staging} next to --out ({err.strerror}); choose a writable --out.") \
+            from None
+    return staging
+
+
+def _swap_in(staging: Path, out: Path) -> None:
+    """Replace ``out`` by the finished build in ``staging`` atomically; the old site (if any) is removed after,
+    keeping files a user added to its folder."""
+    (staging / BUILD_KEY).unlink(missing_ok=True)
+    out = out.resolve()
+    old = _old_folder(out)
+    if out.is_dir() and any(out.iterdir()):
+        if old.exists():
+            shutil.rmtree(old)
+        if _exchange(staging, out):  # out is the new site, staging the old one: one step
+            staging.rename(old)
+        else:
+            out.rename(old)  # a kill from here to the next line is repaired by _recover on the next run
+            staging.rename(out)
+        _move_extras(old, out)
+        shutil.rmtree(old)
+    else:
+        if out.is_dir():
+            out.rmdir()
+        staging.rename(out)
+
+
+def _build_key(config: ExploreConfig, info: Any) -> dict[str, Any]:
+    """What a staging folder's content depends on: the model, the inputs (by size and modification time) and
+    every option but ``overwrite``."""
+    def stamp(path: Path | None) -> Any:
+        if path is None:
+            return None
+        try:
+            found = Path(path).stat()
+        except OSError:
+            return str(path)
+        return [str(Path(path).resolve()), found.st_size, found.st_mtime_ns]
+
+    options = {f.name: str(getattr(config, f.name)) for f in dataclasses.fields(config) if f.name != "overwrite"}
+    return {"model": info.name, "weights_hash": info.weights_hash, "options": options,
+            "statistics": stamp(config.statistics), "images": stamp(config.images), "labels": stamp(config.labels),
+            "subconcepts": stamp(config.subconcepts), "vocabulary": stamp(config.vocabulary)}
 
 
 def _register(name: str, data: Any) -> str:
@@ -369,18 +561,52 @@ def _thumbnail(path: Path, size: int) -> bytes:
     return buffer.getvalue()
 
 
-def _read_subconcepts(path: Path | None) -> dict[int, list[dict[str, Any]]]:
+def _read_subconcepts(path: Path | None, info: Any = None) -> dict[int, list[dict[str, Any]]]:
+    """Sub-concept hits per neuron from ``subconcepts.json``; refuses a malformed file or one of another model.
+
+    Raises:
+        DataError: unreadable or malformed (the message names the file, the hit and the fix).
+        ConfigError: computed for another model or weights (``info``: the explored model's), or units out of range.
+    """
     if path is None:
         return {}
+    fix = "pass the subconcepts.json `segclip analyze subconcepts` wrote, unedited"
     try:
-        hits = read_result(path)["results"]["hits"]
-    except (OutputError, KeyError, TypeError) as err:
-        raise DataError(f"Cannot read sub-concepts {path} ({err}); pass the subconcepts.json of `segclip analyze "
-                        "subconcepts`.") from None
+        envelope = read_result(path)
+    except OutputError as err:
+        raise DataError(f"Cannot read sub-concepts {path} ({err}); {fix}.") from None
+    data = envelope.get("results")
+    if not isinstance(data, dict) or not isinstance(data.get("hits"), list):
+        raise DataError(f"{path} holds no list of hits (results: {{\"hits\": [...]}}); {fix}.")
+    _check_source_model(Path(path), envelope.get("provenance"), info, "subconcepts.json")
     by_neuron: dict[int, list[dict[str, Any]]] = {}
-    for hit in hits:
-        by_neuron.setdefault(int(hit["neuron"]), []).append(
-            {"head": int(hit["head"]), **{key: hit.get(key) for key in (
+    for number, hit in enumerate(data["hits"]):
+        where = f"{path} hit {number}"
+        if not isinstance(hit, dict):
+            raise DataError(f"{where} is {type(hit).__name__}, not an object; {fix}.")
+        units = []
+        for key, size in (("neuron", None if info is None else info.neurons),
+                          ("head", None if info is None else info.heads)):
+            value = hit.get(key)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise DataError(f"{where}: '{key}' is {value!r}, not an integer; {fix}.")
+            if value < 0 or size is not None and value >= size:
+                raise ConfigError(f"{where}: {key} {value} is outside the explored model's 0.."
+                                  f"{'?' if size is None else size - 1} (sub-concepts of another model?); {fix} "
+                                  "for this model.")
+            units.append(value)
+        for key in ("rank", "score", "overlap", "response", "spread", "neuron_spread", "distance"):
+            value = hit.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or not math.isfinite(value)):
+                raise DataError(f"{where}: '{key}' is {value!r}, not a finite number; {fix}.")
+        words = hit.get("words", [])
+        if not isinstance(words, list) or not all(
+                isinstance(w, list) and len(w) == 2 and isinstance(w[0], str) and isinstance(w[1], (int, float))
+                and not isinstance(w[1], bool) and math.isfinite(w[1]) for w in words):
+            raise DataError(f"{where}: 'words' must be a list of [word, coefficient] pairs; {fix}.")
+        by_neuron.setdefault(units[0], []).append(
+            {"head": units[1], **{key: hit.get(key) for key in (
                 "rank", "score", "overlap", "response", "spread", "neuron_spread", "distance", "words")}})
     return by_neuron
 
@@ -432,9 +658,9 @@ def run_explore(config: ExploreConfig, model: ModelSource) -> ExploreResult:
     model = resolve_model(model)
     names = check_model_statistics(stats, model, config.statistics)
     folder = Path(config.images)
-    labels = read_labels(config.labels) if config.labels is not None else None
-    subconcepts = _read_subconcepts(config.subconcepts)
-    _prepare_out(out, config.overwrite)
+    labels = read_labels(config.labels, model.info) if config.labels is not None else None
+    subconcepts = _read_subconcepts(config.subconcepts, model.info)
+    build = _prepare_out(out, config.overwrite, _build_key(config, model.info))  # the site is built here
 
     n_neurons, n_heads = stats.mean_scalars.shape
     grid = model.info.grid
@@ -482,7 +708,9 @@ def run_explore(config: ExploreConfig, model: ModelSource) -> ExploreResult:
              description="explore maps")
     position = {image: p for p, image in enumerate(traced)}
     for image, path in zip(traced, paths):
-        atomic_write_bytes(out / "thumbs" / f"{image}.jpg", _thumbnail(path, config.thumbnail_size))
+        thumbnail = build / "thumbs" / f"{image}.jpg"
+        if not thumbnail.is_file():  # kept from an interrupted build of the same inputs (written atomically)
+            atomic_write_bytes(thumbnail, _thumbnail(path, config.thumbnail_size))
 
     # numpy copies: the loops below index single values, which costs microseconds per torch scalar
     norms_of = contribution.numpy()
@@ -527,12 +755,12 @@ def run_explore(config: ExploreConfig, model: ModelSource) -> ExploreResult:
                         for image in neuron_images[:, n].tolist()],
                 "pairs": {h: pair_page(n, h) for h in ranked if kept_of[n, h]},
                 "subconcepts": subconcepts.get(n, [])}
-        atomic_write_text(out / "data" / "neurons" / f"{first // config.neurons_per_shard}.js",
+        atomic_write_text(build / "data" / "neurons" / f"{first // config.neurons_per_shard}.js",
                           _register(f"neurons/{first // config.neurons_per_shard}", {"neurons": neurons}))
         shards += 1
 
     vocabulary = _search_vocabulary(config, labels, model.info.classes)
-    atomic_write_text(out / "data" / "search.js",
+    atomic_write_text(build / "data" / "search.js",
                       _register("search", _search_index(model, stats, vocabulary, kept, config.search_results)))
 
     landing = min(config.landing_units, keep)
@@ -566,12 +794,13 @@ def run_explore(config: ExploreConfig, model: ModelSource) -> ExploreResult:
                   "command": command, "built": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                   "git_revision": git_revision(), "versions": package_versions(),
                   "images_traced": len(traced), "search_words": len(vocabulary)}}
-    atomic_write_text(out / "data" / "site.js", _register("site", site))
+    atomic_write_text(build / "data" / "site.js", _register("site", site))
     assets = resources.files("segclip.explore") / "assets"
-    atomic_write_bytes(out / "index.html", (assets / "index.html").read_bytes())
+    atomic_write_bytes(build / "index.html", (assets / "index.html").read_bytes())
     for name in ASSETS[1:]:
-        atomic_write_bytes(out / "assets" / name, (assets / name).read_bytes())
-    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+        atomic_write_bytes(build / "assets" / name, (assets / name).read_bytes())
+    size = sum(p.stat().st_size for p in build.rglob("*") if p.is_file() and p.name != BUILD_KEY)
+    _swap_in(build, out)
     seconds = time.perf_counter() - start
     log.info("explorer: %d of %d pairs, %d images, %.1f MB in %.1f s", keep, contribution.numel(), len(traced),
              size / 1e6, seconds)

@@ -26,7 +26,7 @@ from open_clip.transformer import text_global_pool
 from safetensors.torch import load_file as load_safetensors
 from tqdm import tqdm
 
-from segclip.config import option, progress_enabled
+from segclip.config import Config, option, progress_enabled
 from segclip.core.attnpool import AttentionPool
 from segclip.core.info import ModelInfo
 from segclip.core.pairs import PairDirections
@@ -576,7 +576,7 @@ def load_model(
 
 
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(Config):
     """Which model to load and where it runs (the options every model command shares)."""
 
     model: str = option(BUNDLED_NAME, help="CLIP-ResNet: segclip-tiny (bundled, the default), RN50, RN101, RN50x4, "

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from segclip.config import ShortRepr, check_positive, option
+from segclip.config import Config, check_positive, option
 from segclip.core.calibration import Calibration, load_calibration
 from segclip.core.trace import RegisterIntervention
 from segclip.errors import ConfigError
@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, kw_only=True)
-class MethodOptions(ShortRepr):
+class MethodOptions(Config):
     """Method and protocol options shared by ``eval``, ``compare`` and ``segment``."""
 
     k: int | None = option(None, help=f"neuron-head pairs kept per class, clamped to N*H (default: the paper's "
@@ -71,6 +71,7 @@ class MethodOptions(ShortRepr):
                                                            "(default: 8,16, as SCLIP and NACLIP).")
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # field types (segclip.config.Config)
         check_positive(self, "k", "short_side", "stride", "batch_size")
         check_positive(self, "zero_registers", allow_zero=True)
 
@@ -83,8 +84,7 @@ class RunOptions(MethodOptions, ProcessOptions):
     overwrite: bool = option(False, help="recompute and replace existing results in --out.")
 
     def __post_init__(self) -> None:
-        MethodOptions.__post_init__(self)
-        ProcessOptions.__post_init__(self)
+        super().__post_init__()  # cooperative: MethodOptions, then ProcessOptions, then Config's type checks
 
 
 def check_method_list(methods: tuple[str, ...]) -> None:
