@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from segclip.config import ShortRepr, check_positive, option
+from segclip.core.calibration import calibration_note
 from segclip.data.benchmarks import BENCHMARKS, SPECS, BenchmarkDataset, canonical_name, dataset_root
 from segclip.data.protocols import PROTOCOL_NAMES, benchmark_protocol
 from segclip.data.queries import read_query_file
@@ -149,8 +150,9 @@ class BenchmarkResult(ShortRepr):
                 "average_over": [d.name for d in self.datasets]}
 
     def summary(self, per_class: bool = False) -> str:
-        """The table, and with ``per_class`` each dataset's per-class IoU."""
-        text = self.table()
+        """The table and the calibration used, and with ``per_class`` each dataset's per-class IoU."""
+        first = self.datasets[0].provenance.get("calibration") if self.datasets else None
+        text = self.table() + "\n" + calibration_note(first) + "\n"
         if per_class:
             for d in self.datasets:
                 text += f"\n{d.name}\n\n" + d.table(per_class=True)

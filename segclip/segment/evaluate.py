@@ -28,6 +28,7 @@ import torch
 from torch.utils.data import Subset
 
 from segclip.config import ShortRepr
+from segclip.core.calibration import calibration_note
 from segclip.data.benchmarks import BenchmarkDataset
 from segclip.data.protocols import BenchmarkProtocol
 from segclip.errors import OutputError
@@ -144,17 +145,14 @@ class DatasetScores(ShortRepr):
         return "\n".join(lines) + "\n"
 
     def summary(self, per_class: bool = False) -> str:
-        """What ``eval`` / ``compare`` print: the table, then the dataset, protocol and calibration in one line."""
+        """What ``eval`` / ``compare`` print: the table, then the dataset and protocol, and the calibration."""
         record = self.provenance
-        calibration = record.get("calibration") or {}
         window = record.get("window") or {}
         note = (f"{self.name}, {self.scores[0].images if self.scores else 0} images; protocol "
                 f"{(record.get('protocol') or {}).get('name', '?')} (short side {window.get('short_side')}, crop "
-                f"{window.get('crop')}, stride {window.get('stride')}); calibration: "
-                + (calibration.get("path") or calibration.get("source") or "cached" if calibration else
-                   "none (pair signs assumed +1)")
+                f"{window.get('crop')}, stride {window.get('stride')})"
                 + (" (read back from the finished output folder)" if self.resumed_from_files else ""))
-        return self.table(per_class) + "\n" + note + "\n"
+        return self.table(per_class) + "\n" + note + "\n" + calibration_note(record.get("calibration")) + "\n"
 
     def to_dict(self) -> dict[str, Any]:
         """The ``results`` of ``results.json``."""
