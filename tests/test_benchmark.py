@@ -170,7 +170,8 @@ def test_benchmark_all_eight_matches_saved_predictions(e2e):
     assert max(results["table"]["neuron-head"][n] for n in BENCHMARKS) > 0  # a check on all-zero scores is empty
     lines = e2e["stdout"].splitlines()
     assert lines[0] == "| method | " + " | ".join(BENCHMARKS) + " | average |"
-    assert lines[2].startswith("| neuron-head | ") and len(lines) == 4
+    assert lines[2].startswith("| neuron-head | ") and len(lines) == 6
+    assert lines[5].startswith("calibration: none (pair signs assumed +1")  # the calibration used, under the table
     assert f"{results['table']['maskclip']['average']:.2f} |" in lines[3]
     with open(e2e["out"] / "results.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))

@@ -204,6 +204,5 @@ def test_compare_prints_and_records_the_calibration(tmp_path, capsys):
     shipped = load_calibration(model.info)  # the bundled model's shipped calibration
     sha = hashlib.sha256(shipped.path.read_bytes()).hexdigest()
     assert f"calibration: {shipped.path} (sha256 {sha[:12]}, 1000 images)" in printed.splitlines()
-    record = json.loads((out / "results.json").read_text())
-    entry = record[0] if isinstance(record, list) else record["results"][0]
-    assert entry["protocol"]["calibration"]["sha256"] == sha and entry["protocol"]["calibration"]["count"] == 1000
+    provenance = json.loads((out / "results.json").read_text())["provenance"]
+    assert provenance["calibration"]["sha256"] == sha and provenance["calibration"]["count"] == 1000

@@ -71,12 +71,12 @@ def test_label_csv_of_another_model_is_refused(tmp_path, model):
     with pytest.raises(ConfigError, match=rf"head {h} is outside"):
         read_labels(tmp_path, model.info)
     write_csv(tmp_path / "label.csv", [["pair", "1", "1", "", "a(+0.1)"]])  # in range, but label.json says RN50
-    (tmp_path / "label.json").write_text(json.dumps({"protocol": {"model": {"name": "RN50"},
-                                                                  "weights_hash": "abc"}}))
+    (tmp_path / "label.json").write_text(json.dumps({"schema": "segclip.result/2", "results": {},
+                                                     "provenance": {"model": {"name": "RN50"}, "weights_hash": "abc"}}))
     with pytest.raises(ConfigError, match=r"label.json was computed for RN50 \(weights abc\), not the explored"):
         read_labels(tmp_path, model.info)
-    (tmp_path / "label.json").write_text(json.dumps({"protocol": {"model": {"name": model.info.name},
-                                                                  "weights_hash": model.info.weights_hash}}))
+    (tmp_path / "label.json").write_text(json.dumps({"schema": "segclip.result/2", "results": {}, "provenance": {
+        "model": {"name": model.info.name}, "weights_hash": model.info.weights_hash}}))
     assert read_labels(tmp_path, model.info)["pairs"] == {(1, 1): [["a", 0.1]]}
     write_labels(tmp_path / "bom", (3, 1))  # a byte-order mark (a spreadsheet's export) is not part of 'unit'
     path = tmp_path / "bom" / "label.csv"
@@ -94,12 +94,17 @@ def hit(**changes):
     return {**base, **changes}
 
 
+def envelope(provenance, hits):
+    """A subconcepts.json as `segclip analyze subconcepts` writes it (the result envelope)."""
+    return {"schema": "segclip.result/2", "provenance": provenance, "results": {"hits": hits}}
+
+
 @pytest.mark.parametrize("data,error,match", [
     ("not json", DataError, r"Cannot read sub-concepts"),
-    ([1, 2], DataError, r"holds no list of hits"),
+    ([1, 2], DataError, r"Cannot read sub-concepts .*older segclip"),
     ({"hits": {"a": 1}}, DataError, r"holds no list of hits"),
-    ({"hits": [hit()]}, DataError, r"holds no protocol"),
-    ({"protocol": "a text", "hits": [hit()]}, DataError, r"holds no protocol"),
+    ({"hits": [hit()]}, DataError, r"holds no provenance"),
+    ({"protocol": "a text", "hits": [hit()]}, DataError, r"holds no provenance"),
     ({"protocol": "P", "hits": [7]}, DataError, r"hit 0 is int, not an object"),
     ({"protocol": "P", "hits": [hit(), hit(neuron="3")]}, DataError, r"hit 1: 'neuron' is '3', not an integer"),
     ({"protocol": "P", "hits": [hit(head=None)]}, DataError, r"hit 0: 'head' is None"),
@@ -114,8 +119,8 @@ def hit(**changes):
 ])
 def test_malformed_or_foreign_subconcepts_are_named(tmp_path, model, data, error, match):
     own = {"model": {"name": model.info.name}, "weights_hash": model.info.weights_hash}
-    if isinstance(data, dict) and data.get("protocol") == "P":
-        data = {**data, "protocol": own}
+    if isinstance(data, dict):
+        data = envelope(own if data.get("protocol") == "P" else data.get("protocol"), data.get("hits"))
     path = tmp_path / "subconcepts.json"
     path.write_text(data if isinstance(data, str) else json.dumps(data), encoding="utf-8")
     with pytest.raises(error, match=match) as caught:
@@ -125,7 +130,7 @@ def test_malformed_or_foreign_subconcepts_are_named(tmp_path, model, data, error
 
 def test_well_formed_subconcepts_are_read(tmp_path, model):
     own = {"model": {"name": model.info.name}, "weights_hash": model.info.weights_hash}
-    (tmp_path / "s.json").write_text(json.dumps({"protocol": own, "hits": [hit(), hit(neuron=5, head=2)]}))
+    (tmp_path / "s.json").write_text(json.dumps(envelope(own, [hit(), hit(neuron=5, head=2)])))
     found = _read_subconcepts(tmp_path / "s.json", model.info)
     assert sorted(found) == [3, 5] and found[5][0]["head"] == 2 and found[3][0]["words"] == [["stripes", 0.7]]
 

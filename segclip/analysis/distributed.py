@@ -237,7 +237,7 @@ class ProcessConfig(ProcessOptions):
         >>> ProcessConfig(checkpoint_every=-1)
         Traceback (most recent call last):
         ...
-        segclip.errors.ConfigError: --checkpoint-every must be at least 0, got -1.
+        segclip.errors.ConfigError: --checkpoint-every must be at least 0, got -1.0.
     """
 
     checkpoint_every: float = option(300.0, help="seconds between the checkpoints a pass writes to resume from "

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from segclip.config import ShortRepr, check_positive, option
+from segclip.config import Config, check_positive, option
 from segclip.data.synthetic import BENCHMARK_SIZE, SYNTHETIC_CLASSES, classification_set, render_scene
 from segclip.errors import ConfigError, OutputError
 
@@ -44,7 +44,7 @@ DEMO_VERSION = 1
 
 
 @dataclass(frozen=True, kw_only=True)
-class DemoDataConfig(ShortRepr):
+class DemoDataConfig(Config):
     """Options of ``segclip demo-data``."""
 
     out: Path = option(positional=True, metavar="DIR", help="the folder to write (created).")
@@ -57,6 +57,7 @@ class DemoDataConfig(ShortRepr):
     overwrite: bool = option(False, help="replace demo data written with other options.")
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # field types (segclip.config.Config)
         object.__setattr__(self, "out", Path(self.out))
         check_positive(self, "per_class", "scenes", "per_group")
         if self.image_size < 32:

@@ -678,7 +678,7 @@ def read_id_list(path: Path, what: str, fix: str) -> list[str]:
 
 
 @dataclass(frozen=True)
-class PreparePc459Config:
+class PreparePc459Config(Config):
     """Options of ``segclip prepare pc459``."""
 
     root: Path = option(help="the VOCdevkit/VOC2010 folder holding trainval/<id>.mat (the 459-class "
@@ -688,6 +688,7 @@ class PreparePc459Config:
     overwrite: bool = option(False, help="replace TIFFs that already exist")
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # field types (segclip.config.Config)
         if not (Path(self.root) / "trainval").is_dir():
             raise ConfigError(f"--root {self.root} has no trainval folder; extract the 459-class trainval.tar.gz of "
                               "PASCAL Context into VOCdevkit/VOC2010 and pass that folder.")
@@ -920,13 +921,14 @@ def ade847_convert(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.
 
 
 @dataclass(frozen=True)
-class PrepareAde847Config:
+class PrepareAde847Config(Config):
     """Options of ``segclip prepare ade847``."""
 
     root: Path = option(help="the ADE20K_2021_17_01 folder, holding index_ade20k.pkl and images/ADE/")
     overwrite: bool = option(False, help="replace images and TIFFs that already exist")
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # field types (segclip.config.Config)
         if not (Path(self.root) / "index_ade20k.pkl").is_file():
             raise ConfigError(f"--root {self.root} has no index_ade20k.pkl; extract ADE20K_2021_17_01 (the full "
                               "ADE20K) and pass that folder.")

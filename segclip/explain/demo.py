@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from segclip.config import option
+from segclip.config import Config, option
 from segclip.data.images import read_image
 from segclip.errors import ConfigError
 from segclip.explain.attribution import ImageExplainer, unit_words
@@ -44,7 +44,7 @@ OFFLINE_ENVIRONMENT = {"GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_SSR_MODE": "
 
 
 @dataclass(frozen=True, kw_only=True)
-class DemoConfig:
+class DemoConfig(Config):
     """Options of ``segclip demo``."""
 
     port: int = option(7860, help="port on 127.0.0.1 (default: 7860; 0: a free one).")
@@ -54,6 +54,7 @@ class DemoConfig:
     top: int = option(8, help="top units shown for a click (default: 8).")
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # field types (segclip.config.Config)
         if not 0 <= self.port < 65536:
             raise ConfigError(f"--port must be in 0..65535, got {self.port}.")
         if self.top < 1:
