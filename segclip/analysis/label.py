@@ -37,6 +37,7 @@ from segclip.analysis.omp import (
     label_pairs,
     read_vocabulary,
     sparse_text_condition,
+    word_dictionary,
 )
 from segclip.analysis.textspan import text_span, text_span_condition
 from segclip.config import option
@@ -69,6 +70,13 @@ class LabelConfig(DatasetOptions, AnalysisConfig):
     vocabulary: Path | None = option(None, help="word file, one per line (default: the 30,000 most common English "
                                                 "words, wordfreq).")
     vocabulary_size: int = option(30000, help="words from wordfreq (default: 30000).")
+    dictionary: str = option("authors", choices=("authors", "raw"),
+                             help="OMP dictionary: authors (the paper's: word embeddings minus their mean over the "
+                                  "vocabulary, each dimension divided by its norm over the vocabulary) or raw "
+                                  "(unit-norm word embeddings) (default: authors).")
+    word_templates: str = option("openai", choices=("openai", "maskclip", "single"),
+                                 help="templates the words are embedded with (default: openai, the authors' 80 "
+                                      "templates; single is 80x faster to embed).")
     words: int = option(64, help="m, words per unit (default: 64).")
     record: tuple[int, ...] = option((1, 2, 4, 8, 16, 32, 64),
                                      help="sparsities j at which accuracy is evaluated, each <= --words (default: "
@@ -173,7 +181,9 @@ def run_label(config: LabelConfig, model: ModelSource) -> LabelResult:
     record = sorted({r for r in config.record if 1 <= r <= config.words}) or [config.words]
     table_sparsity = min(config.table_sparsity, config.words)
     solved = sorted(set(record) | {table_sparsity})  # sparsities whose coefficients OMP returns
-    words = encode_classes(model, vocabulary, "single").to(model.device, torch.float32)
+    words = word_dictionary(model, vocabulary, config.dictionary, config.word_templates)
+    raw_words = words if config.dictionary == "raw" and config.word_templates == "single" else \
+        encode_classes(model, vocabulary, "single").to(model.device, torch.float32)  # TextSpan's own recipe
     accuracy, stats, evaluation = {}, None, None
     if read is not None:
         evaluation = labelled_set(config, model, read)
@@ -196,6 +206,7 @@ def run_label(config: LabelConfig, model: ModelSource) -> LabelResult:
             signs = None if stats is None else hashlib.sha256(stats.signs.cpu().numpy().tobytes()).hexdigest()
             key = json.dumps({"model": info.name, "weights": info.weights_hash, "words": config.words,
                               "record": solved, "signs": signs,
+                              "dictionary": config.dictionary, "word_templates": config.word_templates,
                               "vocabulary": hashlib.sha256("\n".join(vocabulary).encode()).hexdigest()})
             labels[unit] = label_pairs(model.pool, stats, words, config.words, solved, checkpoint=checkpoint, key=key)
             checkpoint.unlink(missing_ok=True)
@@ -204,7 +215,7 @@ def run_label(config: LabelConfig, model: ModelSource) -> LabelResult:
             keys = [{"neuron": n, "head": h, "component": ""} for n in range(info.neurons) for h in range(info.heads)]
         elif unit == "heads" and textspan:
             rounds = min(config.words, info.head_dim, info.embed_dim)
-            spans = text_span(model.pool, stats, words, rounds, config.pc_samples)
+            spans = text_span(model.pool, stats, raw_words, rounds, config.pc_samples)
             labels[unit] = spans.index
             conditions.update({f"heads {j} words": text_span_condition(model.pool, stats, spans, j)
                                for j in record if j <= rounds})
@@ -236,6 +247,10 @@ def run_label(config: LabelConfig, model: ModelSource) -> LabelResult:
                                 [accuracy[f"{unit} {j} words"] for j in record if f"{unit} {j} words" in accuracy])
                   for unit in units}
     results = {"accuracy": accuracy, "vocabulary": len(vocabulary), "words_per_unit": config.words,
+               "dictionary": {"authors": "word embeddings minus their vocabulary mean, each dimension divided by its "
+                                         "norm over the vocabulary (the authors' sparse_decomposition.py)",
+                              "raw": "unit-norm word embeddings"}[config.dictionary] + f" ({config.dictionary}), "
+                             f"words embedded with the {config.word_templates} templates",
                "table_sparsity": table_sparsity, "labelled": labelled, "omp_seconds": seconds,
                "signs": "calibration" if stats is not None else "+1 (no statistics)",
                **({"dataset": evaluation.description} if evaluation is not None else {})}
