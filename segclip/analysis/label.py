@@ -56,9 +56,11 @@ class LabelConfig(DatasetOptions, AnalysisConfig):
                                                 "heads (their contributions' principal components; need "
                                                 "statistics) (default: all three).")
     components: int = option(1, help="principal components labelled per neuron and per head (default: 1).")
-    pc_samples: str = option("all", choices=PC_SAMPLES,
-                             help="PCs of neurons and heads from all images or from each unit's top-k images by "
-                                  "contribution norm (paper A.2) (default: all).")
+    pc_samples: str = option("top", choices=PC_SAMPLES,
+                             help="PCs of neurons and heads as the paper labels them (top: paper A.2, the authors' "
+                                  "procedure: each unit's k = --top-k contributions farthest from its mean over all "
+                                  "images, not re-centred, majority-vote orientation) or from the covariance over "
+                                  "all images (all) (default: top, the paper's).")
     head_labels: str = option("pcs", choices=("pcs", "textspan"),
                               help="label heads by OMP of their principal components (pcs), or by TextSpan "
                                    "(Gandelsman et al. 2024: m texts greedily spanning the head's variance, from its "

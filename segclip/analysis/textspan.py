@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from segclip.analysis.components import PC_SAMPLES
+from segclip.analysis.components import PC_SAMPLES, a2_rows
 from segclip.analysis.evaluation import Condition
 from segclip.analysis.statistics import Statistics, head_values
 from segclip.core.attnpool import AttentionPool
@@ -57,10 +57,10 @@ def text_span(pool: AttentionPool, stats: Statistics, texts: torch.Tensor, round
 
     Args:
         pool: the attention pool.
-        stats: statistics with ``head_covariance`` / ``head_top_covariance`` (H, head_dim, head_dim).
+        stats: statistics with ``head_covariance`` (H, head_dim, head_dim), and for ``top`` the A.2 lists.
         texts: (V, d) text embeddings (unit norm, as CLIP's).
         rounds: m, texts per head (at most the rank of W_O^h, itself at most min(head_dim, d)).
-        samples: ``all`` images or each head's ``top`` images by contribution norm (paper A.2).
+        samples: ``all`` images or each head's ``top`` k images farthest from its mean, not re-centred (A.2).
 
     Returns:
         The :class:`HeadSpans` (float64, on ``texts.device``).
@@ -85,7 +85,11 @@ def text_span(pool: AttentionPool, stats: Statistics, texts: torch.Tensor, round
     heads, d, hd = w_o.shape
     if not 1 <= rounds <= min(hd, d):
         raise ConfigError(f"TextSpan rounds must be between 1 and {min(hd, d)} (head dim and d), got {rounds}")
-    covariance = (stats.head_covariance if samples == "all" else stats.head_top_covariance).to(device, torch.float64)
+    if samples == "all":
+        covariance = stats.head_covariance.to(device, torch.float64)
+    else:  # paper A.2: the second moment about the global mean of each head's k rows farthest from it
+        rows = a2_rows(stats, "heads").to(device, torch.float64)  # (H, k, hd)
+        covariance = torch.einsum("hkc,hke->hce", rows, rows) / rows.shape[1]
     sigma = w_o @ covariance @ w_o.transpose(1, 2)  # (H, d, d), the covariance of r[h]
     left, singular, _ = torch.linalg.svd(w_o, full_matrices=False)  # range of W_O^h: (H, d, min(d, hd))
     basis = left * (singular > singular[:, :1] * 1e-10)[:, None, :]  # (H, d, r), zero columns beyond the rank
