@@ -259,8 +259,11 @@ def run_label(config: LabelConfig, model: ModelSource) -> LabelResult:
     if stats is not None and set(units) - {"pairs"}:
         results["principal_components"] = {"per_unit": config.components,
                                            "neurons": pc_source(config.pc_samples, stats),
-                                           "heads": ("TextSpan over the covariance of " if textspan else "")
-                                           + pc_source(config.pc_samples, stats)}
+                                           "heads": pc_source(config.pc_samples, stats) if not textspan else
+                                           "TextSpan over the covariance of " + (
+                                               f"all {stats.count} images" if config.pc_samples == "all" else
+                                               f"each head's top {min(stats.top_k, stats.count)} images by "
+                                               "distance from its mean over all images (A.2's rows)")}
     return LabelResult("label", results, rows, analysis_protocol(model, config, timer(), "label"),
                        accuracy=accuracy, curves=curves, labelled=labelled, vocabulary_size=len(vocabulary),
                        title=f"Sparse text decomposition ({info.name})")
