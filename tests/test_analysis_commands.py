@@ -18,7 +18,7 @@ from segclip.analysis.omp import (
     omp,
     read_vocabulary,
 )
-from segclip.analysis.statistics import RunningStatistics, head_values
+from segclip.analysis.statistics import RunningStatistics, RunningTopDeviations, add_a2, head_values
 from segclip.analysis.units import ConceptScores, point_biserial, read_groups
 from segclip.core import PairDirections, trace_pool
 from segclip.errors import ConfigError, DataError
@@ -124,7 +124,7 @@ def test_label_heads_by_textspan(model, labelled, tmp_path):
     label = results(out, "label")
     assert label["labelled"] == {"heads": 4}
     assert label["accuracy"]["heads 32 words"] == label["accuracy"]["baseline"]  # the whole span: the output
-    assert label["principal_components"]["heads"].startswith("TextSpan over the covariance of all 6 images")
+    assert label["principal_components"]["heads"].startswith("TextSpan over the covariance of each head's top 6 images")
     table = (out / "label.csv").read_text().splitlines()
     assert len(table) == 1 + 4 and table[1].startswith("head,,0,textspan,word") and table[1].count("%)") == 3
 
@@ -177,7 +177,10 @@ def statistics():
     running = RunningStatistics(model.pool, top_k=4, registers=False)
     x = torch.rand(16, 256, 2, 2, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     running.update(trace_pool(model.pool, x), 0)
-    return model, running.finalise(), trace_pool(model.pool, x[:5])
+    stats = running.finalise()
+    second = RunningTopDeviations(model.pool, stats.mean_scalars, top_k=4)  # the A.2 pass, for --pc-samples top
+    second.update(trace_pool(model.pool, x), 0)
+    return model, add_a2(stats, second), trace_pool(model.pool, x[:5])
 
 
 @torch.no_grad()

@@ -5,7 +5,7 @@ import pytest
 import torch
 from test_analysis import random_traces, small_model
 
-from segclip.analysis.statistics import RunningStatistics, head_contributions
+from segclip.analysis.statistics import RunningStatistics, RunningTopDeviations, add_a2, head_contributions
 from segclip.analysis.textspan import text_span, text_span_condition
 from segclip.errors import ConfigError
 
@@ -19,7 +19,11 @@ def setup():
         running.update(trace, 10 * i)
     words = torch.nn.functional.normalize(torch.randn(300, 32, generator=torch.Generator().manual_seed(1),
                                                       dtype=torch.float64), dim=-1)
-    return model, running.finalise(), traces, words
+    stats = running.finalise()
+    second = RunningTopDeviations(model.pool, stats.mean_scalars, top_k=8)  # the A.2 pass
+    for i, trace in enumerate(traces):
+        second.update(trace, 10 * i)
+    return model, add_a2(stats, second), traces, words
 
 
 def reference_text_span(data: torch.Tensor, texts: torch.Tensor, span: torch.Tensor, rounds: int):
@@ -50,7 +54,8 @@ def test_text_span_from_covariance_equals_the_algorithm_on_explicit_contribution
     w_o = model.pool.pool.c_proj.weight.view(32, 4, 64)
     for head in range(4):
         data = contributions[:, head]
-        if samples == "top":  # each head's top-k images by |r[h]|
+        if samples == "top":  # A.2's rows: each head's k images farthest from its mean over all images
+            data = data - data.mean(0)
             data = data[data.norm(dim=-1).argsort(descending=True)[:stats.top_k]]
         chosen, variances = reference_text_span(data, words, w_o[:, head], 6)
         assert spans.index[head].tolist() == chosen

@@ -94,14 +94,16 @@ def main() -> None:
     run("calibrate", ["calibrate", "--images", "scenes", "--out", "calibration.safetensors"], log)
     stats = Statistics.load(statistics_path(Path("calibration.safetensors")))
     reuse = ["--statistics", STATISTICS]
+    # the words are embedded with one prompt, not label's default 80 templates (80x the text encoding on CPU)
     commands = {f"{name} {kind}": ["analyze", name, "--images", folder, *reuse, "--out", f"runs/{name}-{kind}",
-                                   *(["--fractions", FRACTIONS] if name == "ablate" else [])]
+                                   *(["--fractions", FRACTIONS] if name == "ablate" else []),
+                                   *(["--word-templates", "single"] if name == "label" else [])]
                 for name in ("reconstruct", "ablate", "label") for kind, (folder, _) in LABELLED.items()}
     commands |= {
         "label classes": ["analyze", "label", "--vocabulary", "classes.txt", "--words", "3", "--record", "1,2,3",
-                          *reuse, "--out", "runs/label-classes"],
+                          "--word-templates", "single", *reuse, "--out", "runs/label-classes"],
         "label textspan": ["analyze", "label", "--units", "heads", "--head-labels", "textspan", "--images",
-                           LABELLED["noisy"][0], *reuse, "--out", "runs/label-textspan"],
+                           LABELLED["noisy"][0], "--word-templates", "single", *reuse, "--out", "runs/label-textspan"],
         "top-images": ["analyze", "top-images", "--images", "scenes", *reuse, "--out", "runs/top-images"],
         "shift": ["analyze", "shift", "--images", "shift/images", "--groups", "shift/groups.csv", "--concepts",
                   args.concept, "--out", "runs/shift"],
@@ -115,7 +117,7 @@ def main() -> None:
         shutil.copy(out / f"{commands[key][1]}.png", docs / f"analysis_{commands[key][1]}.png")
     os.chdir(ROOT)
 
-    protocol = results["reconstruct clean"]["protocol"]
+    protocol = results["reconstruct clean"]["provenance"]
     info = protocol["model"]
 
     def header(*keys: str) -> list[str]:
@@ -176,7 +178,10 @@ def main() -> None:
     record = list(dict.fromkeys(int(key.split()[1]) for key in label["accuracy"] if key != "baseline"))
     found = {kind: results[f"label {kind}"]["results"]["accuracy"] for kind in LABELLED}
     lines += ["", f"**Label** (paper Figure 2, Table 2): every unit's direction written as a sparse combination of "
-              f"m = {label['words_per_unit']} of the {label['vocabulary']:,} most common English words (OMP); "
+              f"m = {label['words_per_unit']} of the {label['vocabulary']:,} most common English words (OMP over "
+              "the authors' dictionary: the word embeddings minus their vocabulary mean, each dimension divided by "
+              "its norm over the vocabulary; here each word is embedded with one prompt rather than the default 80 "
+              "templates, to keep this CPU run short); "
               "zero-shot accuracy (%) when each unit is replaced by its first j words (baseline "
               + ", ".join(f"{found[kind]['baseline']:.1f} ({kind})" for kind in LABELLED)
               + "; neurons and heads through their first principal component). OMP took "

@@ -60,17 +60,17 @@ def main() -> None:
         start = time.perf_counter()
         run(["compare", "--dataset", "synthetic", "--out", f"{tmp}/compare", *limit])
         compare_seconds = time.perf_counter() - start
-        results = json.loads(Path(f"{tmp}/compare/results.json").read_text())
+        envelope = json.loads(Path(f"{tmp}/compare/results.json").read_text())
+        results, protocol = envelope["results"]["scores"], envelope["provenance"]
         sweep = {}
         for k in args.ks.split(","):
             run(["eval", "--dataset", "synthetic", "--method", "neuron-head", "--k", k, "--out", f"{tmp}/k{k}", *limit])
-            sweep[k] = json.loads(Path(f"{tmp}/k{k}/results.json").read_text())[0]["miou"]
+            sweep[k] = json.loads(Path(f"{tmp}/k{k}/results.json").read_text())["results"]["scores"][0]["miou"]
         run(["segment", str(example_image_path()), "--classes", ",".join(model.info.classes), "--out", f"{tmp}/seg"])
         (ROOT / "docs").mkdir(exist_ok=True)
         shutil.copy(f"{tmp}/seg/{example_image_path().stem}_overlay.png", ROOT / "docs" / "synthetic_overlay.png")
 
     first = results[0]
-    protocol = first["protocol"]
     window = protocol["window"]
     info = protocol["model"]
     lines = [

@@ -250,6 +250,13 @@ def collect_statistics_for(config: Any, model: CLIPResNet, paths: list[Path], ch
         lambda m: RunningStatistics(m.pool, top_k=config.top_k, register_variant=register_variant),
         key=pass_key(config.top_k, True, register_variant), checkpoint=checkpoint, description="statistics")
     stats = running.finalise()
+    from segclip.analysis.statistics import RunningTopDeviations, a2_checkpoint_path, a2_key, add_a2  # issue 20
+
+    mean = stats.mean_scalars  # the same on every process (run_accumulator sends rank 0's state)
+    add_a2(stats, run_accumulator(config, model, paths,
+                                  lambda m: RunningTopDeviations(m.pool, mean, top_k=config.top_k),
+                                  key=a2_key(config.top_k, mean), checkpoint=a2_checkpoint_path(checkpoint),
+                                  description="statistics (A.2 pass)"))
     stats.metadata = {"model": model.info.name, "weights_hash": model.info.weights_hash,
                       "image_folder": str(Path(paths[0]).parent.resolve()) if paths else "",
                       "images": [Path(p).name for p in paths], "register_variant": register_variant}
@@ -338,7 +345,8 @@ def evaluate(config: AnalysisConfig, model: CLIPResNet, name: str, conditions: d
 def pc_source(samples: str, stats: Statistics) -> str:
     """Which samples principal components came from, for result files."""
     return (f"all {stats.count} images" if samples == "all" else
-            f"top {min(stats.top_k, stats.count)} images by contribution norm (paper A.2)")
+            f"top {min(stats.top_k, stats.count)} images by distance of the contribution from its mean over all "
+            "images, not re-centred, majority-vote orientation (paper A.2, the authors' svd_over_dataset.py)")
 
 
 @dataclass

@@ -343,9 +343,28 @@ def collect_statistics_distributed(model: CLIPResNet, paths: list[Path], *, top_
         key=pass_key(top_k, registers, register_variant),
         devices=devices, num_nodes=num_nodes, num_workers=num_workers, batch_size=batch_size,
         checkpoint_every=checkpoint_every, checkpoint=checkpoint, progress=progress)
+    stats = result.accumulator.finalise(top_fraction=top_fraction, top_images=top_images) if result.is_primary \
+        else None
+    # the A.2 pass (RunningTopDeviations) ranks by the distance to the mean over all images: rank 0's, sent to all
+    import torch.distributed as dist
+
+    from segclip.analysis.statistics import RunningTopDeviations, a2_checkpoint_path, a2_key, add_a2
+
+    mean = stats.mean_scalars.cpu() if stats is not None else None
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        box = [mean]
+        dist.broadcast_object_list(box, src=0)
+        mean = box[0]
+    a2_checkpoint = None if checkpoint is None else a2_checkpoint_path(checkpoint)
+    second = run_distributed_pass(
+        model, paths, lambda m: RunningTopDeviations(m.pool, mean, top_k=top_k), key=a2_key(top_k, mean),
+        devices=devices, num_nodes=num_nodes, num_workers=num_workers, batch_size=batch_size,
+        checkpoint_every=checkpoint_every, checkpoint=a2_checkpoint, progress=progress)
     if not result.is_primary:
         return None
-    stats = result.accumulator.finalise(top_fraction=top_fraction, top_images=top_images)
+    add_a2(stats, second.accumulator)
+    if a2_checkpoint is not None:
+        remove_checkpoints(a2_checkpoint, second.world_size)
     stats.metadata = {"model": model.info.name, "weights_hash": model.info.weights_hash,
                       "image_folder": str(Path(paths[0]).parent.resolve()) if paths else "",
                       "images": [Path(p).name for p in paths], "register_variant": register_variant}

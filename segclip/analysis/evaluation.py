@@ -137,7 +137,7 @@ def neuron_pca_condition(pool: AttentionPool, stats: Statistics, components: int
     Args:
         pool, stats: the pool and calibration statistics.
         components: principal components per neuron.
-        samples: ``all`` images or each neuron's ``top`` images by norm (paper A.2); see
+        samples: ``all`` images or ``top`` (paper A.2, the authors' procedure); see
             :func:`~segclip.analysis.components.principal_components`.
     """
     projectors = principal_components(pool, stats, "neurons", components, samples).projector()  # (N, H, H)

@@ -37,6 +37,7 @@ from segclip.analysis.omp import (
     label_pairs,
     read_vocabulary,
     sparse_text_condition,
+    word_dictionary,
 )
 from segclip.analysis.textspan import text_span, text_span_condition
 from segclip.config import option
@@ -55,9 +56,11 @@ class LabelConfig(DatasetOptions, AnalysisConfig):
                                                 "heads (their contributions' principal components; need "
                                                 "statistics) (default: all three).")
     components: int = option(1, help="principal components labelled per neuron and per head (default: 1).")
-    pc_samples: str = option("all", choices=PC_SAMPLES,
-                             help="PCs of neurons and heads from all images or from each unit's top-k images by "
-                                  "contribution norm (paper A.2) (default: all).")
+    pc_samples: str = option("top", choices=PC_SAMPLES,
+                             help="PCs of neurons and heads as the paper labels them (top: paper A.2, the authors' "
+                                  "procedure: each unit's k = --top-k contributions farthest from its mean over all "
+                                  "images, not re-centred, majority-vote orientation) or from the covariance over "
+                                  "all images (all) (default: top, the paper's).")
     head_labels: str = option("pcs", choices=("pcs", "textspan"),
                               help="label heads by OMP of their principal components (pcs), or by TextSpan "
                                    "(Gandelsman et al. 2024: m texts greedily spanning the head's variance, from its "
@@ -69,6 +72,13 @@ class LabelConfig(DatasetOptions, AnalysisConfig):
     vocabulary: Path | None = option(None, help="word file, one per line (default: the 30,000 most common English "
                                                 "words, wordfreq).")
     vocabulary_size: int = option(30000, help="words from wordfreq (default: 30000).")
+    dictionary: str = option("authors", choices=("authors", "raw"),
+                             help="OMP dictionary: authors (the paper's: word embeddings minus their mean over the "
+                                  "vocabulary, each dimension divided by its norm over the vocabulary) or raw "
+                                  "(unit-norm word embeddings) (default: authors).")
+    word_templates: str = option("openai", choices=("openai", "maskclip", "single"),
+                                 help="templates the words are embedded with (default: openai, the authors' 80 "
+                                      "templates; single is 80x faster to embed).")
     words: int = option(64, help="m, words per unit (default: 64).")
     record: tuple[int, ...] = option((1, 2, 4, 8, 16, 32, 64),
                                      help="sparsities j at which accuracy is evaluated, each <= --words (default: "
@@ -184,7 +194,9 @@ def run_label(config: LabelConfig, model: ModelSource) -> LabelResult:
     record = sorted({r for r in config.record if 1 <= r <= config.words}) or [config.words]
     table_sparsity = min(config.table_sparsity, config.words)
     solved = sorted(set(record) | {table_sparsity})  # sparsities whose coefficients OMP returns
-    words = encode_classes(model, vocabulary, "single").to(model.device, torch.float32)
+    words = word_dictionary(model, vocabulary, config.dictionary, config.word_templates)
+    raw_words = words if config.dictionary == "raw" and config.word_templates == "single" else \
+        encode_classes(model, vocabulary, "single").to(model.device, torch.float32)  # TextSpan's own recipe
     accuracy, stats, evaluation = {}, None, None
     if read is not None:
         evaluation = labelled_set(config, model, read)
@@ -207,6 +219,7 @@ def run_label(config: LabelConfig, model: ModelSource) -> LabelResult:
             signs = None if stats is None else hashlib.sha256(stats.signs.cpu().numpy().tobytes()).hexdigest()
             key = json.dumps({"model": info.name, "weights": info.weights_hash, "words": config.words,
                               "record": solved, "signs": signs,
+                              "dictionary": config.dictionary, "word_templates": config.word_templates,
                               "vocabulary": hashlib.sha256("\n".join(vocabulary).encode()).hexdigest()})
             labels[unit] = label_pairs(model.pool, stats, words, config.words, solved, checkpoint=checkpoint, key=key)
             checkpoint.unlink(missing_ok=True)
@@ -215,7 +228,7 @@ def run_label(config: LabelConfig, model: ModelSource) -> LabelResult:
             keys = [{"neuron": n, "head": h, "component": ""} for n in range(info.neurons) for h in range(info.heads)]
         elif unit == "heads" and textspan:
             rounds = min(config.words, info.head_dim, info.embed_dim)
-            spans = text_span(model.pool, stats, words, rounds, config.pc_samples)
+            spans = text_span(model.pool, stats, raw_words, rounds, config.pc_samples)
             labels[unit] = spans.index
             conditions.update({f"heads {j} words": text_span_condition(model.pool, stats, spans, j)
                                for j in record if j <= rounds})
@@ -247,14 +260,21 @@ def run_label(config: LabelConfig, model: ModelSource) -> LabelResult:
                                 [accuracy[f"{unit} {j} words"] for j in record if f"{unit} {j} words" in accuracy])
                   for unit in units}
     results = {"accuracy": accuracy, "vocabulary": len(vocabulary), "words_per_unit": config.words,
+               "dictionary": {"authors": "word embeddings minus their vocabulary mean, each dimension divided by its "
+                                         "norm over the vocabulary (the authors' sparse_decomposition.py)",
+                              "raw": "unit-norm word embeddings"}[config.dictionary] + f" ({config.dictionary}), "
+                             f"words embedded with the {config.word_templates} templates",
                "table_sparsity": table_sparsity, "labelled": labelled, "omp_seconds": seconds,
                "signs": "calibration" if stats is not None else "+1 (no statistics)",
                **({"dataset": evaluation.description} if evaluation is not None else {})}
     if stats is not None and set(units) - {"pairs"}:
         results["principal_components"] = {"per_unit": config.components,
                                            "neurons": pc_source(config.pc_samples, stats),
-                                           "heads": ("TextSpan over the covariance of " if textspan else "")
-                                           + pc_source(config.pc_samples, stats)}
+                                           "heads": pc_source(config.pc_samples, stats) if not textspan else
+                                           "TextSpan over the covariance of " + (
+                                               f"all {stats.count} images" if config.pc_samples == "all" else
+                                               f"each head's top {min(stats.top_k, stats.count)} images by "
+                                               "distance from its mean over all images (A.2's rows)")}
     return LabelResult("label", results, rows, analysis_provenance(model, config, timer(), "label"),
                        accuracy=accuracy, curves=curves, labelled=labelled, vocabulary_size=len(vocabulary),
                        title=f"Sparse text decomposition ({info.name})")

@@ -64,6 +64,54 @@ def read_vocabulary(path: str | Path | None = None, size: int = 30000) -> list[s
     return [line.strip() for line in lines]
 
 
+DICTIONARIES = ("authors", "raw")
+
+
+def centre_dictionary(words: torch.Tensor) -> torch.Tensor:
+    """The authors' OMP dictionary from word embeddings: every word minus the vocabulary mean, then every embedding
+    dimension (column) divided by its norm over the vocabulary (``sparse_decomposition.py`` of
+    edmundbu/clip-neur-attn-decomposition; SecondOrderLens' ``compute_sparse_decomposition.py`` also multiplies by
+    100, which leaves OMP's choice of words unchanged). Rows are then not of unit norm, and OMP selects by the raw
+    correlation |r . t|, as scikit-learn's ``orthogonal_mp`` does.
+
+    Args:
+        words: (V, d) word embeddings (V >= 2).
+
+    Returns:
+        (V, d) in the input's dtype (computed in float64); a column constant over the vocabulary stays zero.
+
+    Example:
+        >>> words = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+        >>> centre_dictionary(words).norm(dim=0)
+        tensor([1., 1.])
+    """
+    centred = words.double() - words.double().mean(0)
+    return (centred / centred.norm(dim=0, keepdim=True).clamp_min(1e-300)).to(words.dtype)
+
+
+def word_dictionary(model, vocabulary: list[str], dictionary: str = "authors",
+                    templates: str = "openai") -> torch.Tensor:
+    """The OMP dictionary of ``vocabulary``: its unit-norm text embeddings (averaged over ``templates``), centred
+    and column-normalised by :func:`centre_dictionary` for ``dictionary="authors"``, or as they are for ``"raw"``.
+
+    The authors embed their text set with the 80 OpenAI ImageNet templates (``text_set_projection.py``:
+    ``--use_templates`` is ``type=bool`` with default True, so any value given on the command line is also True).
+
+    Returns:
+        (V, d) float32 on the model's device.
+
+    Raises:
+        ConfigError: unknown ``dictionary`` or template set.
+    """
+    from segclip.errors import ConfigError
+    from segclip.models.text import encode_classes
+
+    if dictionary not in DICTIONARIES:
+        raise ConfigError(f"unknown --dictionary '{dictionary}'; use one of {', '.join(DICTIONARIES)}")
+    words = encode_classes(model, vocabulary, templates).to(model.device, torch.float32)
+    return centre_dictionary(words) if dictionary == "authors" else words
+
+
 @torch.no_grad()
 def omp(targets: torch.Tensor, dictionary: torch.Tensor, atoms: int, record: Sequence[int] | None = None,
         ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:

@@ -41,9 +41,11 @@ class ReconstructConfig(LabelledConfig):
     """Options of ``segclip analyze reconstruct``."""
 
     components: int = option(4, help="neuron principal components up to (default: 4).")
-    pc_samples: str = option("all", choices=PC_SAMPLES,
-                             help="neuron PCs from the covariance over all images, or over each neuron's top-k "
-                                  "images by contribution norm (paper A.2; k = --top-k) (default: all).")
+    pc_samples: str = option("top", choices=PC_SAMPLES,
+                             help="neuron PCs as the paper's Table 1 computes them (top: paper A.2, the authors' "
+                                  "procedure: the SVD of each neuron's k = --top-k contributions farthest from its "
+                                  "mean over all images, not re-centred, majority-vote orientation), or from the "
+                                  "covariance over all images (all) (default: top, the paper's).")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -111,7 +113,8 @@ def run_reconstruct(config: ReconstructConfig, model: ModelSource) -> Reconstruc
         conditions[f"neurons {p} PC"] = neuron_pca_condition(model.pool, stats, p, config.pc_samples)
     accuracy = evaluate(config, model, "reconstruct", conditions, labelled)
     results = {"accuracy": accuracy, "images": len(labelled.paths), "statistics_images": stats.count,
-               "neuron_pcs_from": pc_source(config.pc_samples, stats), "dataset": labelled.description}
+               "neuron_pcs_from": pc_source(config.pc_samples, stats), "pc_samples": config.pc_samples,
+               "paper_procedure": config.pc_samples == "top", "dataset": labelled.description}
     return ReconstructResult("reconstruct", results, [{"condition": k, "accuracy": v} for k, v in accuracy.items()],
                              analysis_provenance(model, config, timer(), "reconstruct"), accuracy=accuracy,
                              title=f"Reconstruction ({model.info.name}, {len(labelled.paths)} images)")

@@ -41,7 +41,7 @@ from segclip.errors import CacheError, ConfigError, DataError
 from segclip.io import atomic_save_tensors, read_tensors
 from segclip.models.loading import CLIPResNet
 
-STATISTICS_VERSION = 4  # 4: register search zeroes activations (before P) and keeps the signed mean too
+STATISTICS_VERSION = 5  # 5: the A.2 lists (second pass); 4: register search zeroes activations (before P)
 STATE_LAYOUT = 3  # of the running state in checkpoints; 2: top lists along the last dim; 3: pair lists in float32
 PENDING_IMAGES = 256  # at most this many images wait to enter the top lists together ...
 PENDING_BYTES = 1 << 27  # ... and at most about this much of their values (128 MB; 163 images of RN50)
@@ -367,6 +367,137 @@ class RunningStatistics:
             else torch.zeros_like(s["register_decrease_sum"]))
 
 
+def a2_key(top_k: int, mean_scalars: torch.Tensor) -> dict[str, Any]:
+    """What a checkpoint of the A.2 pass (:class:`RunningTopDeviations`) must match: its k and the global mean
+    it ranks by (a hash of its bytes)."""
+    import hashlib
+
+    digest = hashlib.sha256(mean_scalars.detach().cpu().double().contiguous().numpy().tobytes()).hexdigest()
+    return {"kind": "statistics-a2", "version": STATISTICS_VERSION, "top_k": top_k, "mean": digest}
+
+
+class RunningTopDeviations:
+    """The second pass of paper A.2: per neuron and per head, the k images whose contribution lies farthest from
+    its mean over all images, with their coordinates about the mean.
+
+    The authors (``svd_over_dataset.py``, ``--top_k_pca 50``) centre every image's contribution r_u at the global
+    mean, keep the k rows of largest |r_u - mean| and take the SVD of those rows as they are (not re-centred).
+    Here r_n - mean = W_n (alpha[n, :] - mean_n) and r_h - mean = W_O^h (v^h - mean_v), so
+    |r_u - mean|^2 = (x - m)^T G_u (x - m) with the Gram G_u = W_u^T W_u, and each list carries x - m (q values,
+    not d). The ranking needs the mean over *all* images, known only after the first pass, and cannot be exact in
+    one pass with bounded memory for q >= 2: which points are farthest from a centre depends on the centre's
+    direction (points on a circle: each is the farthest for some centre), and images still to come move the mean
+    anywhere. So this is an exact second pass with the mean fixed. Lists are sorted by (distance, image index),
+    ties to the lower index (``np.argsort`` of the authors leaves ties to its sort), so merging processes' lists
+    is exact and order-free.
+
+    Args:
+        pool: the model's attention pool.
+        mean_scalars: (N, H) mean alpha over all images (the first pass's ``mean_scalars``).
+        top_k: rows per unit (the authors' ``--top_k_pca``, 50).
+        dtype: accumulation dtype.
+
+    Example:
+        >>> from segclip.models import load_model
+        >>> model = load_model("RN50", "none")
+        >>> trace = model.trace(torch.randn(3, 3, 224, 224))
+        >>> running = RunningTopDeviations(model.pool, trace.pair_scalars.double().mean(0), top_k=2)
+        >>> running.update(trace, first=0)
+        >>> running.state["neuron_samples"].shape
+        torch.Size([2048, 2, 32])
+    """
+
+    def __init__(self, pool: AttentionPool, mean_scalars: torch.Tensor, *, top_k: int = 50,
+                 dtype: torch.dtype = torch.float64):
+        if top_k < 1:
+            raise ValueError("top_k must be at least 1")
+        device = pool.pool.c_proj.weight.device
+        self.pool, self.top_k, self.dtype = pool, top_k, dtype
+        self.heads = pool.heads.to(dtype)
+        self.mean = mean_scalars.to(device, dtype)  # (N, H)
+        self.value_mean = head_values(pool, self.mean[None], self.heads)[0]  # (H, hd): v^h is affine in alpha
+        self.neuron_gram = pair_constants(pool, dtype)["gram"]  # (N, H, H)
+        self.head_gram = torch.einsum("hdc,hde->hce", self.heads.w_o, self.heads.w_o)  # (H, hd, hd)
+        n, h, hd = pool.neurons, pool.num_heads, pool.head_dim
+        self._state = {"count": torch.zeros(1, dtype=torch.long, device=device),
+                       "neuron_values": torch.zeros(n, 0, dtype=dtype, device=device),
+                       "neuron_images": torch.zeros(n, 0, dtype=torch.long, device=device),
+                       "neuron_samples": torch.zeros(n, 0, h, dtype=dtype, device=device),
+                       "head_values": torch.zeros(h, 0, dtype=dtype, device=device),
+                       "head_images": torch.zeros(h, 0, dtype=torch.long, device=device),
+                       "head_samples": torch.zeros(h, 0, hd, dtype=dtype, device=device)}
+
+    @property
+    def state(self) -> dict[str, torch.Tensor]:
+        return self._state
+
+    def _push(self, name: str, values: torch.Tensor, images: torch.Tensor, samples: torch.Tensor) -> None:
+        s = self._state
+        s[f"{name}_values"], (s[f"{name}_images"], s[f"{name}_samples"]) = _merge_top(
+            s[f"{name}_values"], [s[f"{name}_images"], s[f"{name}_samples"]], values, [images, samples],
+            self.top_k, largest=True)
+
+    @torch.inference_mode()
+    def update(self, trace: Trace, first: int) -> None:
+        """Add a batch of B images whose indices are ``first .. first + B - 1``."""
+        alpha = trace.pair_scalars.to(self.dtype)  # (B, N, H)
+        index = torch.arange(first, first + alpha.shape[0], device=alpha.device)
+        self._state["count"] += alpha.shape[0]
+        centred = (alpha - self.mean).transpose(0, 1)  # (N, B, H)
+        distance = torch.einsum("nbh,nhk,nbk->nb", centred, self.neuron_gram, centred).clamp_min(0).sqrt()
+        self._push("neuron", distance, index.expand_as(distance), centred)
+        values = (head_values(self.pool, alpha, self.heads) - self.value_mean).transpose(0, 1)  # (H, B, hd)
+        distance = torch.einsum("hbc,hce,hbe->hb", values, self.head_gram, values).clamp_min(0).sqrt()
+        self._push("head", distance, index.expand_as(distance), values)
+
+    @torch.inference_mode()
+    def merge(self, other: RunningTopDeviations) -> None:
+        """Add another state computed on other images (with global image indices) into this one."""
+        self._state["count"] = self._state["count"] + other.state["count"]
+        for name in ("neuron", "head"):
+            self._push(name, other.state[f"{name}_values"], other.state[f"{name}_images"],
+                       other.state[f"{name}_samples"])
+
+    def count_value(self) -> int:
+        return int(self._state["count"].item())
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return dict(self._state)
+
+    @torch.inference_mode()
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        wrong = [key for key in self._state if key not in state or state[key].dim() != self._state[key].dim()
+                 or state[key].shape[0] != self._state[key].shape[0]]
+        if wrong:
+            raise CacheError(f"A.2 checkpoint lacks or has other shapes for {wrong[:3]}; delete it and run again")
+        device = self._state["count"].device
+        self._state = {key: state[key].to(device, self._state[key].dtype) for key in self._state}
+
+    def finalise(self) -> dict[str, torch.Tensor]:
+        """The Statistics fields ``neuron_a2_samples`` (k, N, H), ``neuron_a2_images`` (k, N), ``head_a2_samples``
+        (k, H, hd), ``head_a2_images`` (k, H): farthest first, k = min(top_k, images)."""
+        s = self._state
+        return {"neuron_a2_samples": s["neuron_samples"].movedim(1, 0).contiguous(),
+                "neuron_a2_images": s["neuron_images"].T.contiguous(),
+                "head_a2_samples": s["head_samples"].movedim(1, 0).contiguous(),
+                "head_a2_images": s["head_images"].T.contiguous()}
+
+
+def a2_checkpoint_path(checkpoint: Path) -> Path:
+    """Where the A.2 pass checkpoints, next to the first pass's ``checkpoint``."""
+    checkpoint = Path(checkpoint)
+    return checkpoint.with_name(checkpoint.name.removesuffix(".safetensors") + ".a2.safetensors")
+
+
+def add_a2(stats: Statistics, running: RunningTopDeviations) -> Statistics:
+    """``stats`` with the A.2 lists of ``running`` (whose pass saw the same images)."""
+    if running.count_value() != stats.count:
+        raise ValueError(f"the A.2 pass saw {running.count_value()} images, the statistics {stats.count}")
+    for key, value in running.finalise().items():
+        setattr(stats, key, value)
+    return stats
+
+
 def _moments(samples: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and covariance over the list dim: (U, k, q) -> (U, q), (U, q, q)."""
     mean = samples.mean(1)
@@ -434,6 +565,10 @@ class Statistics:
         register_scores: (N,) mean |change| of the sink attention (mean over heads) when the neuron is zeroed.
         register_decrease: (N,) mean decrease of it (signed: default minus zeroed).
         metadata: free-form JSON-able provenance (model, weights hash, image folder, image names).
+        neuron_a2_samples, neuron_a2_images: (k, N, H), (k, N) alpha[n, :] - mean of each neuron's k images with
+            the largest |r[n] - mean| (paper A.2, :class:`RunningTopDeviations`), farthest first; None without the
+            second pass.
+        head_a2_samples, head_a2_images: (k, H, head_dim), (k, H) the same for v^h - mean of the heads.
     """
 
     count: int
@@ -462,6 +597,10 @@ class Statistics:
     register_scores: torch.Tensor
     register_decrease: torch.Tensor
     metadata: dict[str, Any] = field(default_factory=dict)
+    neuron_a2_samples: torch.Tensor | None = None
+    neuron_a2_images: torch.Tensor | None = None
+    head_a2_samples: torch.Tensor | None = None
+    head_a2_images: torch.Tensor | None = None
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {f.name: getattr(self, f.name) for f in fields(self) if isinstance(getattr(self, f.name), torch.Tensor)}
@@ -514,7 +653,8 @@ class Statistics:
         if meta.get("version") != STATISTICS_VERSION:
             raise CacheError(f"Statistics file {path} has version {meta.get('version')}, expected "
                              f"{STATISTICS_VERSION}; compute it again.")
-        names = [f.name for f in fields(cls) if f.name not in ("count", "top_k", "norm_k", "metadata")]
+        names = [f.name for f in fields(cls) if f.name not in ("count", "top_k", "norm_k", "metadata")
+                 and (f.name in tensors or "_a2_" not in f.name)]  # the A.2 lists are optional
         if set(names) - set(tensors):
             raise CacheError(f"Statistics file {path} lacks {sorted(set(names) - set(tensors))}; compute it again.")
         values = {key: tensors[key].long() if key.endswith("_images") else
@@ -546,8 +686,10 @@ def check_model_statistics(stats: Statistics, model: CLIPResNet, path: str | Pat
 def collect_statistics(model: CLIPResNet, paths: list[Path], *, top_k: int = 50, registers: bool = True,
                        register_variant: str = "activations", top_fraction: float = 0.01, top_images: int = 10,
                        batch_size: int = 8, checkpoint_every: float = 300.0, checkpoint: Path | None = None,
-                       progress: bool = True) -> Statistics:
-    """One resumable pass over ``paths`` -> :class:`Statistics` (the calibration and analysis code path).
+                       progress: bool = True, a2: bool = True) -> Statistics:
+    """Two resumable passes over ``paths`` -> :class:`Statistics` (the calibration and analysis code path): the
+    streaming statistics, then (``a2``) the A.2 lists ranked by the distance to the first pass's mean
+    (:class:`RunningTopDeviations`; its checkpoint is :func:`a2_checkpoint_path` of ``checkpoint``).
 
     Args:
         model: the loaded model.
@@ -555,6 +697,7 @@ def collect_statistics(model: CLIPResNet, paths: list[Path], *, top_k: int = 50,
         top_k, registers, register_variant: see :class:`RunningStatistics`.
         top_fraction, top_images: see :meth:`RunningStatistics.finalise`.
         batch_size, checkpoint_every, checkpoint, progress: see :func:`segclip.analysis.stream.run_pass`.
+        a2: run the second pass (needed by ``--pc-samples top``).
 
     Returns:
         The statistics, ``metadata`` holding the model, weights hash and image names.
@@ -566,6 +709,15 @@ def collect_statistics(model: CLIPResNet, paths: list[Path], *, top_k: int = 50,
     run_pass(model, paths, running, key=pass_key(top_k, registers, register_variant), checkpoint=checkpoint,
              batch_size=batch_size, checkpoint_every=checkpoint_every, progress=progress, description="statistics")
     stats = running.finalise(top_fraction=top_fraction, top_images=top_images)
+    if a2:
+        second = RunningTopDeviations(model.pool, stats.mean_scalars, top_k=top_k)
+        a2_checkpoint = None if checkpoint is None else a2_checkpoint_path(checkpoint)
+        run_pass(model, paths, second, key=a2_key(top_k, stats.mean_scalars), checkpoint=a2_checkpoint,
+                 batch_size=batch_size, checkpoint_every=checkpoint_every, progress=progress,
+                 description="statistics (A.2 pass)")
+        add_a2(stats, second)
+        if a2_checkpoint is not None:
+            a2_checkpoint.unlink(missing_ok=True)
     stats.metadata = {"model": model.info.name, "weights_hash": model.info.weights_hash,
                       "image_folder": str(Path(paths[0]).parent.resolve()) if paths else "",
                       "images": [Path(p).name for p in paths], "register_variant": register_variant}

@@ -57,6 +57,12 @@ class SubconceptsConfig(Config):
     vocabulary: Path | None = option(None, help="word file, one per line (default: the most common English words, "
                                                 "wordfreq).")
     vocabulary_size: int = option(30000, help="words from wordfreq without --vocabulary (default: 30000).")
+    dictionary: str = option("authors", choices=("authors", "raw"),
+                             help="OMP dictionary: authors (word embeddings minus their vocabulary mean, each "
+                                  "dimension divided by its norm over the vocabulary, as the paper) or raw (unit-norm "
+                                  "embeddings) (default: authors).")
+    word_templates: str = option("openai", choices=("openai", "maskclip", "single"),
+                                 help="templates the words are embedded with (default: openai, the authors' 80).")
     top_images: int = option(10, help="t, top images compared per unit (at most the statistics' list; default 10).")
     min_response: float = option(0.5, help="least response of the neuron to the pair's images, relative to its own "
                                            "top images (default: 0.5).")
@@ -253,12 +259,11 @@ def run_subconcepts(config: SubconceptsConfig, model: ModelSource) -> Subconcept
         >>> result.pairs, result.json.name
         (4096, 'subconcepts.json')
     """
-    from segclip.analysis.omp import omp, read_vocabulary
+    from segclip.analysis.omp import omp, read_vocabulary, word_dictionary
     from segclip.analysis.statistics import Statistics, check_model_statistics
     from segclip.analysis.stream import run_pass
     from segclip.data.images import read_image
     from segclip.data.preprocess import centre_crop
-    from segclip.models.text import encode_classes
     from segclip.viz.plots import montage
 
     start = time.perf_counter()
@@ -294,7 +299,7 @@ def run_subconcepts(config: SubconceptsConfig, model: ModelSource) -> Subconcept
     chosen = [divmod(i, heads) for i in ranked]
     labels: list[list[tuple[str, float]]] = []
     if chosen:
-        words = encode_classes(model, vocabulary, "single").float().cpu()
+        words = word_dictionary(model, vocabulary, config.dictionary, config.word_templates).float().cpu()
         targets = torch.nn.functional.normalize(torch.stack([scores.difference[n, h] for n, h in chosen]).float(),
                                                 dim=-1)
         index, coefficients = omp(targets, words, atoms)
@@ -320,7 +325,8 @@ def run_subconcepts(config: SubconceptsConfig, model: ModelSource) -> Subconcept
     json_path = write_result(
         out / "subconcepts.json",
         provenance(model.info, config, analysis="subconcepts", seconds=round(seconds, 3), images_traced=len(paths),
-                   top_images=t, vocabulary=len(vocabulary)),
+                   top_images=t, vocabulary=len(vocabulary), dictionary=config.dictionary,
+                   word_templates=config.word_templates),
         {"found": found, "pairs": int(scores.hit.numel()),
          "hits": [{**dataclasses.asdict(hit), "words": [list(w) for w in hit.words],
                    "montage": str(hit.montage.relative_to(out))} for hit in hits]})

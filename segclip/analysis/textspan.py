@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from segclip.analysis.components import PC_SAMPLES
+from segclip.analysis.components import PC_SAMPLES, a2_rows
 from segclip.analysis.evaluation import Condition
 from segclip.analysis.statistics import Statistics, head_values
 from segclip.core.attnpool import AttentionPool
@@ -40,7 +40,7 @@ class HeadSpans:
             head; zero where a head's outputs span fewer than m dimensions).
         variance: (H, m) variance of the head's contribution along each direction when it was chosen.
         total_variance: (H,) trace of the head's covariance (explained share: variance / total).
-        samples: ``all`` or ``top`` (the covariance over each head's top-k images by contribution norm).
+        samples: ``all`` or ``top`` (the covariance of each head's A.2 rows, its k images farthest from its mean).
     """
 
     index: torch.Tensor
@@ -57,10 +57,11 @@ def text_span(pool: AttentionPool, stats: Statistics, texts: torch.Tensor, round
 
     Args:
         pool: the attention pool.
-        stats: statistics with ``head_covariance`` / ``head_top_covariance`` (H, head_dim, head_dim).
+        stats: statistics with ``head_covariance`` (H, head_dim, head_dim), and for ``top`` the A.2 lists.
         texts: (V, d) text embeddings (unit norm, as CLIP's).
         rounds: m, texts per head (at most the rank of W_O^h, itself at most min(head_dim, d)).
-        samples: ``all`` images or each head's ``top`` images by contribution norm (paper A.2).
+        samples: ``all`` images or each head's ``top`` k images farthest from its mean over all images (the A.2
+            rows; TextSpan scores texts by variance, so over these rows about their own mean).
 
     Returns:
         The :class:`HeadSpans` (float64, on ``texts.device``).
@@ -85,7 +86,12 @@ def text_span(pool: AttentionPool, stats: Statistics, texts: torch.Tensor, round
     heads, d, hd = w_o.shape
     if not 1 <= rounds <= min(hd, d):
         raise ConfigError(f"TextSpan rounds must be between 1 and {min(hd, d)} (head dim and d), got {rounds}")
-    covariance = (stats.head_covariance if samples == "all" else stats.head_top_covariance).to(device, torch.float64)
+    if samples == "all":
+        covariance = stats.head_covariance.to(device, torch.float64)
+    else:  # each head's A.2 rows (the k farthest from its mean over all images); TextSpan scores by variance, so
+        rows = a2_rows(stats, "heads").to(device, torch.float64)  # (H, k, hd) ... their own covariance
+        rows = rows - rows.mean(1, keepdim=True)
+        covariance = torch.einsum("hkc,hke->hce", rows, rows) / rows.shape[1]
     sigma = w_o @ covariance @ w_o.transpose(1, 2)  # (H, d, d), the covariance of r[h]
     left, singular, _ = torch.linalg.svd(w_o, full_matrices=False)  # range of W_O^h: (H, d, min(d, hd))
     basis = left * (singular > singular[:, :1] * 1e-10)[:, None, :]  # (H, d, r), zero columns beyond the rank
