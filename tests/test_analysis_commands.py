@@ -103,7 +103,7 @@ def test_label_sink_top_images_shift_run(model, labelled, tmp_path):
     write_images(flat, 6, seed=5)
     run("analyze", "sink", "--images", str(flat), "--show-registers", "4", "--out", str(out / "sink"))
     assert len(results(out / "sink", "sink")["registers"]) == 4
-    run("analyze", "top-images", "--images", str(flat), "--count", "3", "--units", "2", "--out", str(out / "top"))
+    run("analyze", "top-images", "--images", str(flat), "--images-per-unit", "3", "--top", "2", "--out", str(out / "top"))
     assert (out / "top" / "top-images-montage.png").is_file()
     assert results(out / "top", "top-images")["images_per_unit"] == 3
     groups = tmp_path / "groups.csv"

@@ -13,7 +13,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def test_decompose_bundled_example(capsys):
-    assert main(["decompose", "--words", "ring,star", "--top", "2"]) == 0
+    assert main(["decompose", "--texts", "ring,star", "--top", "2"]) == 0
     out = capsys.readouterr().out
     error = float(re.search(r"sum of pairs \+ biases - encode_image\| = ([0-9.e+-]+)", out).group(1))
     scale = float(re.search(r"max \|embedding\| ([0-9.e+-]+)", out).group(1))
@@ -37,7 +37,7 @@ def test_config_file(capsys, tmp_path):
     assert main(["decompose", "--config", str(config)]) == 0
     out = capsys.readouterr().out
     assert "'sky'" in out and out.count("    (") == 1
-    assert main(["decompose", "--config", str(config), "--words", "sand"]) == 0  # the command line wins
+    assert main(["decompose", "--config", str(config), "--texts", "sand"]) == 0  # the command line wins
     assert "'sand'" in capsys.readouterr().out
     config.write_text("topp: 1\n")
     assert main(["decompose", "--config", str(config)]) == 2

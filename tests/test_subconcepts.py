@@ -94,7 +94,7 @@ def test_run_subconcepts_recovers_planted_pair(model, tmp_path):
     stats.save(tmp_path / "planted.safetensors")
     (tmp_path / "words.txt").write_text("\n".join(("ball", "star", "sky", "grass", "box", "ring")) + "\n")
     config = SubconceptsConfig(statistics=tmp_path / "planted.safetensors", images=tmp_path / "images",
-                               out=tmp_path / "out", vocabulary=tmp_path / "words.txt", top_images=8, words=2,
+                               out=tmp_path / "out", vocabulary=tmp_path / "words.txt", images_per_unit=8, words=2,
                                min_response=0.0)
     result = run_subconcepts(config, model)
     assert result.found == 1 and [(hit.neuron, hit.head) for hit in result.hits] == [(n, h)]

@@ -20,8 +20,9 @@ class DecomposeConfig(Config):
     """Options of ``segclip decompose``."""
 
     images: tuple[Path, ...] = option((), positional=True, help="image files (default: the bundled example).")
-    words: tuple[str, ...] = option((), help="comma-separated words (default: the bundled model's classes, or "
-                                             "'dog,cat,car').")
+    texts: tuple[str, ...] = option((), aliases=("--words",),
+                                    help="comma-separated words or phrases (default: the bundled model's classes, or "
+                                         "'dog,cat,car').")
     top: int = option(5, help="pairs listed per word (default: 5).")
 
     def __post_init__(self) -> None:
@@ -106,7 +107,7 @@ def run_decompose(config: DecomposeConfig, model: ModelSource) -> DecomposeResul
 
     Example:
         >>> from segclip.models import load_model
-        >>> result = run_decompose(DecomposeConfig(words=("ball",), top=2), load_model())
+        >>> result = run_decompose(DecomposeConfig(texts=("ball",), top=2), load_model())
         >>> result.errors["pairs"] < 1e-3 * result.errors["scale"]
         True
     """
@@ -115,7 +116,7 @@ def run_decompose(config: DecomposeConfig, model: ModelSource) -> DecomposeResul
     model = resolve_model(model)
     info = model.info
     images = clip_batch(pixels, info.image_size)
-    words = list(config.words) or list((info.classes or ("dog", "cat", "car"))[:4])
+    words = list(config.texts) or list((info.classes or ("dog", "cat", "car"))[:4])
     texts = encode_classes(model, words, "openai").to(model.dtype)
     errors = identity_errors(model, images)
     with torch.inference_mode():

@@ -61,7 +61,7 @@ class ShiftConfig(DatasetOptions, AnalysisConfig):
                                           "colour with --colours; class).")
     concepts: tuple[str, ...] = option(help="comma-separated concept words (a dataset's 0/1 concept labels of the "
                                             "same name, e.g. convertible, are their ground truth).")
-    pairs: int = option(5, help="top pairs per concept (default: 5).")
+    top: int = option(5, aliases=("--pairs",), help="top pairs per concept (default: 5).")
     templates: str = option("openai", choices=tuple(TEMPLATE_SETS),
                             help="templates of the concept texts (default: openai).")
     reference_group: str | None = option(None, help="reference group of the drift tests (default: the first group "
@@ -79,8 +79,8 @@ class ShiftConfig(DatasetOptions, AnalysisConfig):
         super().__post_init__()
         if not [c for c in self.concepts if c.strip()]:
             raise ConfigError("--concepts needs at least one word.")
-        if self.pairs < 1:
-            raise ConfigError(f"--pairs must be at least 1, got {self.pairs}.")
+        if self.top < 1:
+            raise ConfigError(f"--top must be at least 1, got {self.top}.")
         self.drift()
         if self.dataset == "folder" and self.data_root is None:
             if self.images is None or self.groups is None:
@@ -218,14 +218,14 @@ def run_shift(config: ShiftConfig, model: ModelSource) -> ShiftResult:
         raise ConfigError(f"--reference-group '{drift.reference}' does not occur; groups are {names}.")
     model = resolve_model(model)
     texts = encode_classes(model, concepts, config.templates).to(model.device, model.dtype)
-    pairs = concept_pairs(model.pool, texts, config.pairs)
+    pairs = concept_pairs(model.pool, texts, config.top)
     with_vectors = bool({"mmd", "classifier"} & set(drift.drift_methods))
     count = len(paths)
     accumulator = run_accumulator(
         config, model, paths,
         lambda m: ShiftAccumulator(ConceptScores(m.pool, pairs, count),
                                    ConceptVectors(m.pool, pairs, count) if with_vectors else None),
-        key={"kind": "shift", "concepts": concepts, "pairs": config.pairs, "vectors": with_vectors},
+        key={"kind": "shift", "concepts": concepts, "pairs": config.top, "vectors": with_vectors},
         checkpoint=config.out / "shift.partial.safetensors", description="shift")
     scores = accumulator.scores.scores
     member = np.array(groups)

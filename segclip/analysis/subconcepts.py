@@ -63,7 +63,7 @@ class SubconceptsConfig(Config):
                                   "embeddings) (default: authors).")
     word_templates: str = option("openai", choices=("openai", "maskclip", "single"),
                                  help="templates the words are embedded with (default: openai, the authors' 80).")
-    top_images: int = option(10, help="t, top images compared per unit (at most the statistics' list; default 10).")
+    images_per_unit: int = option(10, aliases=("--top-images",), help="t, top images compared per unit (at most the statistics' list; default 10).")
     min_response: float = option(0.5, help="least response of the neuron to the pair's images, relative to its own "
                                            "top images (default: 0.5).")
     max_overlap: float = option(0.8, help="most top images shared with the neuron, as a fraction (default: 0.8).")
@@ -85,7 +85,7 @@ class SubconceptsConfig(Config):
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 0, got {getattr(self, name)}.")
         if not 0 <= self.max_overlap <= 1:
             raise ConfigError(f"--max-overlap must be in [0, 1], got {self.max_overlap}.")
-        check_positive(self, "vocabulary_size", "top_images", "words", "max_hits", "tile", "batch_size")
+        check_positive(self, "vocabulary_size", "images_per_unit", "words", "max_hits", "tile", "batch_size")
         check_figure_options(self)
 
 
@@ -276,7 +276,7 @@ def run_subconcepts(config: SubconceptsConfig, model: ModelSource) -> Subconcept
     names = check_model_statistics(stats, model, config.statistics)
     vocabulary = read_vocabulary(config.vocabulary, config.vocabulary_size)
     atoms = min(config.words, len(vocabulary), model.info.embed_dim)
-    t = min(config.top_images, stats.pair_top_images.shape[0], stats.neuron_top_images.shape[0])
+    t = min(config.images_per_unit, stats.pair_top_images.shape[0], stats.neuron_top_images.shape[0])
     neuron_images, pair_images = stats.neuron_top_images[:t].cpu(), stats.pair_top_images[:t].cpu()
     traced = torch.cat([neuron_images.flatten(), pair_images.flatten()]).unique()  # sorted
     folder = Path(config.images)

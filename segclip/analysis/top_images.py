@@ -32,15 +32,15 @@ class TopImagesConfig(DatasetOptions, AnalysisConfig):
     """Options of ``segclip analyze top-images``."""
 
     images: Path | None = option(None, help="image folder (or --dataset with --data-root).")
-    units: int = option(3, help="top units of each kind shown (default: 3).")
-    count: int = option(10, help="images per unit (default: 10).")
+    top: int = option(3, aliases=("--units",), help="top units of each kind shown (default: 3).")
+    images_per_unit: int = option(10, aliases=("--count",), help="top images shown per unit (default: 10).")
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.dataset_config() is None:
             raise ConfigError("Give --images (an image folder) or --dataset with --data-root.")
-        if self.units < 1 or self.count < 1:
-            raise ConfigError("--units and --count must be at least 1.")
+        if self.top < 1 or self.images_per_unit < 1:
+            raise ConfigError("--top and --images-per-unit must be at least 1.")
 
 
 @dataclass
@@ -89,7 +89,7 @@ def run_top_images(config: TopImagesConfig, model: ModelSource) -> TopImagesResu
         >>> from segclip.models import load_model
         >>> folder = Path(tempfile.mkdtemp())
         >>> _ = write_scene_folder(folder / "scenes", 6, seed=2)
-        >>> config = TopImagesConfig(images=folder / "scenes", out=folder / "out", count=3, progress=False)
+        >>> config = TopImagesConfig(images=folder / "scenes", out=folder / "out", images_per_unit=3, progress=False)
         >>> result = run_top_images(config, load_model())
         >>> sorted(result.results["mean_inertia"])
         ['heads', 'neurons', 'pairs']
@@ -107,16 +107,16 @@ def run_top_images(config: TopImagesConfig, model: ModelSource) -> TopImagesResu
     embeddings = run_accumulator(config, model, paths, lambda m: Embeddings(len(paths), m.info.embed_dim),
                                  key={"kind": "embeddings"}, checkpoint=config.out / "embeddings.partial.safetensors",
                                  description="embeddings")
-    count = min(config.count, stats.pair_top_images.shape[0])
+    count = min(config.images_per_unit, stats.pair_top_images.shape[0])
     pair_inertia = inertia(embeddings.values, stats.pair_top_images[:count])
     neuron_inertia = inertia(embeddings.values, stats.neuron_top_images[:count])
     head_inertia = inertia(embeddings.values, stats.head_top_images[:count])
     info = model.info
     units = [("neuron", n, stats.neuron_top_images[:count, n], neuron_inertia[n])
-             for n in stats.neuron_top_norm.topk(min(config.units, info.neurons)).indices.tolist()]
+             for n in stats.neuron_top_norm.topk(min(config.top, info.neurons)).indices.tolist()]
     units += [("head", h, stats.head_top_images[:count, h], head_inertia[h])
-              for h in stats.head_top_norm.topk(min(config.units, info.heads)).indices.tolist()]
-    for flat in stats.pair_top_norm.flatten().topk(config.units).indices.tolist():
+              for h in stats.head_top_norm.topk(min(config.top, info.heads)).indices.tolist()]
+    for flat in stats.pair_top_norm.flatten().topk(config.top).indices.tolist():
         n, h = divmod(flat, info.heads)
         units.append(("pair", f"{n}:{h}", stats.pair_top_images[:count, n, h], pair_inertia[n, h]))
     shown = [(kind, index, [paths[i] for i in images.tolist()], value.item()) for kind, index, images, value in units]

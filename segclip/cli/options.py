@@ -68,6 +68,12 @@ def _deprecated(old: str, new: str) -> type[argparse.Action]:
     return Deprecated
 
 
+def deprecated_names(cls: type) -> dict[str, str]:
+    """``{old field name: field name}`` from the fields' deprecated flag aliases (``--registers`` -> ...)."""
+    return {alias.lstrip("-").replace("-", "_"): field.name for field in dataclasses.fields(cls)
+            for alias in field.metadata.get("aliases", ())}
+
+
 def config_fields(cls: type) -> set[str]:
     return {f.name for f in dataclasses.fields(cls)}
 
@@ -98,7 +104,12 @@ def split_values(values: dict[str, Any], classes: list[type], source: str) -> li
     parts: list[dict[str, Any]] = [{} for _ in classes]
     unknown = []
     for key, value in values.items():
+        key = str(key).replace("-", "_")
         for part, cls in zip(parts, classes):
+            renamed = deprecated_names(cls)
+            if key in renamed:  # a deprecated name (a YAML key of an older version): the field it became
+                print(f"segclip: warning: {source}: {key} is deprecated; use {renamed[key]}.", file=sys.stderr)
+                key = renamed[key]
             if key in config_fields(cls):
                 part[key] = value
                 break
