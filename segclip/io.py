@@ -9,6 +9,7 @@ file raises :class:`~segclip.errors.DataError`.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -216,15 +217,33 @@ def provenance(model_info: Any, config: Any, **extra: Any) -> dict[str, Any]:
             **to_jsonable(extra)}
 
 
+def tensors_checksum(tensors: Mapping[str, Any]) -> str:
+    """sha256 over the tensors' names, dtypes, shapes and bytes, in name order (what :func:`read_tensors` checks)."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        value = tensors[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{value.dtype}|{tuple(value.shape)}\n".encode())
+        digest.update(value.view(-1).view(torch_uint8()).numpy().tobytes() if value.numel() else b"")
+    return digest.hexdigest()
+
+
+def torch_uint8() -> Any:
+    import torch
+
+    return torch.uint8
+
+
 def atomic_save_tensors(path: str | os.PathLike, tensors: Mapping[str, Any], metadata: Mapping[str, str]) -> Path:
-    """Write a safetensors file atomically (tensors moved to the CPU, made contiguous).
+    """Write a safetensors file atomically (tensors moved to the CPU, made contiguous), with a checksum of its
+    contents in the metadata (``content_sha256``) that :func:`read_tensors` verifies.
 
     Raises:
         OutputError: the file cannot be written.
     """
     from safetensors.torch import save
 
-    data = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=dict(metadata))
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    data = save(tensors, metadata={**dict(metadata), "content_sha256": tensors_checksum(tensors)})
     return atomic_write_bytes(path, data)
 
 
@@ -234,7 +253,12 @@ def read_tensors(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, str
 
     try:
         with safe_open(str(path), framework="pt") as handle:
-            return {key: handle.get_tensor(key) for key in handle.keys()}, dict(handle.metadata() or {})
+            tensors, metadata = {key: handle.get_tensor(key) for key in handle.keys()}, dict(handle.metadata() or {})
     except Exception as err:  # a damaged file fails in many ways
         log.warning("%s is unreadable (%s: %s); not using it", path, type(err).__name__, err)
         return None
+    expected = metadata.pop("content_sha256", None)
+    if expected is not None and tensors_checksum(tensors) != expected:
+        log.warning("%s is damaged (its contents do not match their checksum); not using it", path)
+        return None
+    return tensors, metadata

@@ -7,6 +7,8 @@ analysis resumes when run again.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -44,7 +46,7 @@ from segclip.core.trace import HookSpec
 from segclip.data.classification import ImageSet, duplicate_names
 from segclip.data.images import list_images
 from segclip.errors import ConfigError, OutputError
-from segclip.io import atomic_write_csv, atomic_write_json, provenance, write_result
+from segclip.io import atomic_write_csv, atomic_write_json, provenance, to_jsonable, write_result
 from segclip.models.loading import CLIPResNet
 from segclip.models.text import TEMPLATE_SETS
 from segclip.models.zero_shot import TIE_RULE, encode_classification_names
@@ -271,7 +273,7 @@ def statistics_for(config: AnalysisConfig, model: CLIPResNet, paths: list[Path])
         ConfigError: ``config.statistics`` belongs to another model.
     """
     path = Path(config.statistics) if config.statistics else config.out / "statistics.safetensors"
-    if path.is_file():
+    if path.is_file() and (config.statistics or not config.overwrite):  # --overwrite recomputes our own
         stats = Statistics.load(path)
         same_model = (stats.metadata.get("model"), stats.metadata.get("weights_hash")) == \
             (model.info.name, model.info.weights_hash)
@@ -332,12 +334,33 @@ def labelled_set(config: LabelledConfig, model: CLIPResNet, read: tuple[ImageSet
     return LabelledSet(data.paths, data.labels, data.class_names, calibration, texts, description)
 
 
+CHECKPOINT_FREE = ("out", "overwrite", "progress", "devices", "num_nodes", "num_workers", "checkpoint_every",
+                   "figure_format", "dpi")
+
+
+def pass_inputs(config: Any, *tensors: torch.Tensor) -> str:
+    """sha256 of everything besides the images that decides a pass's numbers: every option that changes them (the
+    config without :data:`CHECKPOINT_FREE`), the contents of a given ``--statistics`` file, and ``tensors`` (class
+    texts, labels). A checkpoint of other inputs is not resumed."""
+    digest = hashlib.sha256(json.dumps({k: v for k, v in to_jsonable(config).items() if k not in CHECKPOINT_FREE},
+                                       sort_keys=True, default=str).encode())
+    statistics = getattr(config, "statistics", None)
+    if statistics is not None and Path(statistics).is_file():
+        with open(statistics, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 24), b""):
+                digest.update(block)
+    for tensor in tensors:
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
 def evaluate(config: AnalysisConfig, model: CLIPResNet, name: str, conditions: dict[str, Condition],
              labelled: LabelledSet) -> dict[str, float]:
     """Zero-shot accuracy (%) of every condition in one resumable pass over the labelled images."""
     accumulator = run_accumulator(config, model, labelled.paths,
                                   lambda m: ConditionAccuracy(conditions, labelled.texts, labelled.labels),
-                                  key={"kind": name, "conditions": list(conditions)},
+                                  key={"kind": name, "conditions": list(conditions),
+                                       "inputs": pass_inputs(config, labelled.texts, labelled.labels)},
                                   checkpoint=config.out / f"{name}.partial.safetensors", description=name)
     return accumulator.accuracies()
 

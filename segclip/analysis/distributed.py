@@ -137,6 +137,12 @@ class AccumulatorTask(L.LightningModule):
                            "batch_size": self.batch_size, "rank": self.global_rank,
                            "world_size": self.trainer.world_size}, sort_keys=True, default=str)
 
+    def done_images(self, batches: int) -> str:
+        """:func:`~segclip.analysis.stream.images_digest` (names and sizes) of this process's first ``batches``."""
+        sampler = ShardBatches(len(self.paths), self.batch_size, self.global_rank, self.trainer.world_size)
+        done = [self.paths[i] for b, batch in enumerate(sampler) if b < batches for i in batch]
+        return images_digest(done, sizes=True)
+
     def _path(self) -> Path | None:
         if self.checkpoint is None:
             return None
@@ -149,7 +155,8 @@ class AccumulatorTask(L.LightningModule):
         path = self._path()
         if path is not None and path.is_file():
             saved = read_tensors(path)
-            if saved is not None and saved[1].get("key") == self.full_key():
+            if saved is not None and saved[1].get("key") == self.full_key() and saved[1].get("done_images") == \
+                    self.done_images(int(saved[1].get("done_batches", 0))):  # the images it holds: the same files
                 self.accumulator.load_state_dict(saved[0])
                 self.done_batches = int(saved[1]["done_batches"])
                 log.info("rank %d resumes from %s: %d batches done", self.global_rank, path, self.done_batches)
@@ -164,7 +171,8 @@ class AccumulatorTask(L.LightningModule):
         path = self._path()
         if path is not None and self.accumulator is not None and self.done_batches > self.saved_batches:
             atomic_save_tensors(path, self.accumulator.state_dict(),
-                                {"key": self.full_key(), "done_batches": str(self.done_batches)})
+                                {"key": self.full_key(), "done_batches": str(self.done_batches),
+                                 "done_images": self.done_images(self.done_batches)})
         self.saved_batches, self.saved_at = self.done_batches, time.monotonic()
 
     def predict_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:

@@ -83,12 +83,17 @@ def merge_rows(mine: torch.Tensor, other: torch.Tensor, done_mine: torch.Tensor,
     return merged
 
 
-def images_digest(paths: Sequence[Path]) -> str:
-    """sha256 over the image names, in order: a checkpoint is only resumed on the same image list (a file
-    repaired in place after an unreadable-image error keeps its place)."""
+def images_digest(paths: Sequence[Path], sizes: bool = False) -> str:
+    """sha256 over the image names, in order (and with ``sizes``, their file sizes): a checkpoint is only resumed
+    on the same image list, and only if the images it already holds are the same files (:func:`done_digest`); a
+    file repaired in place after an unreadable-image error keeps its place."""
     digest = hashlib.sha256()
     for path in paths:
-        digest.update(f"{Path(path).name}\n".encode())
+        try:
+            size = Path(path).stat().st_size if sizes else 0
+        except OSError:
+            size = -1
+        digest.update(f"{Path(path).name}|{size}\n".encode())
     return digest.hexdigest()
 
 
@@ -124,7 +129,9 @@ def run_pass(model: CLIPResNet, paths: Sequence[Path], accumulator: Accumulator,
     done = 0
     if checkpoint is not None and Path(checkpoint).is_file():
         saved = read_tensors(Path(checkpoint))
-        if saved is not None and saved[1].get("key") == full_key:
+        same_done = saved is not None and saved[1].get("done_images") == images_digest(
+            paths[:int(saved[1].get("done", 0))], sizes=True)  # the images it holds: the same files
+        if saved is not None and saved[1].get("key") == full_key and same_done:
             accumulator.load_state_dict(saved[0])
             done = int(saved[1]["done"])
             log.info("resuming %s from %s: %d of %d images done", description, checkpoint, done, len(paths))
@@ -141,7 +148,8 @@ def run_pass(model: CLIPResNet, paths: Sequence[Path], accumulator: Accumulator,
     def save() -> None:  # the state after image ``done``, unless it is saved already
         nonlocal saved_done, saved_at
         if checkpoint is not None and done > saved_done:
-            atomic_save_tensors(Path(checkpoint), accumulator.state_dict(), {"key": full_key, "done": str(done)})
+            atomic_save_tensors(Path(checkpoint), accumulator.state_dict(),
+                                {"key": full_key, "done": str(done), "done_images": images_digest(paths[:done], True)})
         saved_done, saved_at = done, time.monotonic()
 
     for start in range(done, len(paths), batch_size):
