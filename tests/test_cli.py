@@ -50,7 +50,8 @@ def test_config_file(capsys, tmp_path):
 def readme_commands() -> list[str]:
     """The ``segclip ...`` commands of the README's quick start, exactly as written."""
     text = README.read_text(encoding="utf-8")
-    commands = []
+    text = text[text.index("## Quick start"):text.index("\n## ", text.index("## Quick start") + 3)]
+    commands = []  # the analysis and explorer sections run in order in tests/test_readme_sections.py
     for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
         for line in block.replace("\\\n", " ").splitlines():
             for part in line.split("&&"):
