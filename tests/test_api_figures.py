@@ -164,7 +164,7 @@ def test_segment_writes_wide_label_maps(model, tmp_path, fillers, threshold, mod
         assert (saved >= 288).mean() > 0.5  # mostly the planted classes, all above 255
     else:
         assert (saved == len(names)).mean() > 0.5  # the background value, whatever the width
-    summary = json.loads((tmp_path / "segment.json").read_text())
+    summary = json.loads((tmp_path / "segment.json").read_text())["results"]
     assert summary["label_format"].startswith("16-bit" if mode == "I;16" else "palette")
 
 

@@ -21,7 +21,7 @@ def test_explain_writes_figure_and_json(tmp_path, capsys):
             "--method", "maskclip", "--templates", "single", "--remove", "2", "--out", str(out)]
     assert main(args) == 0
     data = json.loads((out / "explain.json").read_text())
-    assert set(data) == {"provenance", "results"}
+    assert set(data) == {"schema", "provenance", "results", "summary"} and data["schema"] == "segclip.result/2"
     attribution = data["results"]["attribution"]
     assert attribution["target"] == "water" and attribution["where"] == {"pixel": [60, 200]}
     assert attribution["sum_of_contributions"] == pytest.approx(attribution["logit"], abs=1e-5)

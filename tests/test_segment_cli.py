@@ -207,7 +207,7 @@ def test_segment_writes_labels_overlays_heatmaps(tiny, tmp_path):
     assert labels.shape == (70, 90) and labels.max() < 3
     assert Image.open(out / "gray_overlay.png").size[0] > 60  # image plus legend strip
     assert len(list((out / "heatmaps" / "gray").glob("*.png"))) == 3
-    summary = json.loads((out / "segment.json").read_text())
+    summary = json.loads((out / "segment.json").read_text())["results"]
     assert summary["params"]["text"]["centring_applied"].startswith("reference vocabulary (3 classes")
     assert main(["segment", *map(str, paths), "--classes", "cat,dog", "--out", str(out)]) == 2  # existing outputs
     assert main(["segment", str(paths[0]), "--classes", "cat,dog", "--out", str(out), "--overwrite",
@@ -284,3 +284,20 @@ def test_bad_label_mid_run_keeps_finished_images(tiny, data, tmp_path, capsys):
     assert compare(data, out, "--methods", "maskclip", "--batch-size", "1") == 2
     assert "outside the expected range" in capsys.readouterr().err
     assert sorted(p.stem for p in (out / "partial").glob("*.npy")) == ["2008_000000", "2008_000001"]
+
+
+def test_a_finished_segment_rerun_is_read_back(tmp_path, capsys):
+    """The same `segment` command twice: the second prints the stored summary and exits 0 (nothing rewritten);
+    other options would replace something different: refused."""
+    from segclip.paths import example_image_path
+
+    args = ["segment", str(example_image_path()), "--classes", "sand,water", "--out", str(tmp_path / "o"),
+            "--templates", "single", "--no-progress"]
+    assert main(args) == 0
+    envelope = json.loads((tmp_path / "o" / "segment.json").read_text())
+    assert envelope["schema"] == "segclip.result/2" and envelope["provenance"]["config"]["classes"] == ["sand", "water"]
+    written = (tmp_path / "o" / "example.png").stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(args) == 0 and "read back" in capsys.readouterr().out
+    assert (tmp_path / "o" / "example.png").stat().st_mtime_ns == written
+    assert main([*args, "--k", "7"]) == 2 and "--overwrite" in capsys.readouterr().err

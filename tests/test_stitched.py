@@ -141,7 +141,7 @@ def test_segment_memory_is_bounded_on_a_48_megapixel_image(tmp_path: Path):
     assert peak < SEGMENT_RSS_BUDGET, f"peak RSS {peak / 2**30:.2f} GB"
     labels = np.asarray(Image.open(tmp_path / "out" / "large.png"))
     assert labels.shape == MEGAPIXELS_48 and labels.max() < 59
-    summary = json.loads((tmp_path / "out" / "segment.json").read_text())
+    summary = json.loads((tmp_path / "out" / "segment.json").read_text())["results"]
     assert summary["images"] == [str(picture)]
     peak = _peak_rss_of(["segment", str(picture), "--classes", "a,b,c", "--heatmaps", "--out",
                          str(tmp_path / "heat"), "--no-progress"])

@@ -89,9 +89,9 @@ class StoredResult:
 
 
 def finished_analysis(config: Any, model_config: Any, result_file: str | None) -> StoredResult | None:
-    """The stored result of an analysis run with the same model and options (a finished command re-run prints it
-    and exits 0); None when there is none, it differs, or ``--overwrite`` asks to recompute. An older layout or a
-    different run is left to the analysis itself, which refuses to replace it."""
+    """The stored result of an analysis (or ``segment``) run with the same model and options (a finished command
+    re-run prints it and exits 0); None when there is none, it differs, or ``--overwrite`` asks to recompute. An older
+    layout or a different run is left to the command itself, which refuses to replace it."""
     if result_file is None or getattr(config, "overwrite", True) or getattr(config, "out", None) is None:
         return None
     path = Path(config.out) / result_file
@@ -166,7 +166,7 @@ COMMANDS: tuple[Command, ...] = (
             "with a legend and, with --heatmaps, one probability heatmap per class. Text embeddings of fewer than "
             "10 classes are centred against a reference vocabulary (the bundled model's classes or the 59 PASCAL "
             "Context names), not over the class list.",
-            SegmentConfig, lambda c, m, v: run_segment(c, m)),
+            SegmentConfig, lambda c, m, v: run_segment(c, m), result_file="segment.json"),
     Command("calibrate", "compute pair signs, mean pair scalars and register neurons",
             "Stream an image folder once (resumable) and save the calibration artifact used by the neuron-head "
             "method: pair signs, mean pair scalars, register neurons, plus the full statistics.",

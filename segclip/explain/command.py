@@ -17,7 +17,7 @@ from segclip.errors import ConfigError, DataError, OutputError
 from segclip.explain.attribution import Attribution, ImageExplainer, unit_words
 from segclip.explain.intervention import Comparison, UnitIntervention
 from segclip.explore.site import read_labels
-from segclip.io import atomic_write_json, read_lines
+from segclip.io import read_lines, write_result
 from segclip.models.loading import ModelSource, resolve_model
 from segclip.models.text import check_class_names
 from segclip.segment.methods import METHODS
@@ -98,7 +98,7 @@ class ExplainResult:
         removed = 0 if self.intervention is None else len(self.intervention.heads) + len(self.intervention.pairs)
         figure = explain_figure(out / "explain.png", self.image, self.attribution, self.attribution.names,
                                 self.before, after, removed, self.region)
-        data = atomic_write_json(out / "explain.json", {"provenance": self.provenance, "results": self.results()})
+        data = write_result(out / "explain.json", self.provenance, self.results(), self.summary())
         return [figure, data]
 
     def summary(self) -> str:

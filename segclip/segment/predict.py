@@ -11,7 +11,7 @@ from segclip.config import ShortRepr, check_figure_options, dpi_option, figure_f
 from segclip.data.images import check_image
 from segclip.data.images import ImageFolderDataset
 from segclip.errors import ConfigError, OutputError
-from segclip.io import atomic_write_bytes, atomic_write_json, read_lines
+from segclip.io import atomic_write_bytes, read_lines, write_result
 from segclip.models.loading import ModelSource, resolve_model
 from segclip.models.text import check_class_names
 from segclip.process import make_trainer, quiet_lightning, run_loop
@@ -85,8 +85,10 @@ class SegmentResult(ShortRepr):
     record: dict[str, Any]
 
     def write(self, out: str | Path) -> list[Path]:
-        """Write ``segment.json`` (the label maps and overlays are written while segmenting)."""
-        return [atomic_write_json(Path(out) / "segment.json", self.record)]
+        """Write ``segment.json`` in the result envelope (the label maps and overlays are written while
+        segmenting)."""
+        results = {k: v for k, v in self.record.items() if k != "protocol"}
+        return [write_result(Path(out) / "segment.json", self.record.get("protocol", {}), results, self.summary())]
 
     def summary(self) -> str:
         return f"segmented {len(self.files)} image(s): {sum(len(f) for f in self.files.values())} files\n"
