@@ -217,6 +217,9 @@ def provenance(model_info: Any, config: Any, **extra: Any) -> dict[str, Any]:
             **to_jsonable(extra)}
 
 
+PACKED_METADATA = "segclip"  # the one metadata key of the safetensors files segclip writes (a JSON object)
+
+
 def tensors_checksum(tensors: Mapping[str, Any]) -> str:
     """sha256 over the tensors' names, dtypes, shapes and bytes, in name order (what :func:`read_tensors` checks)."""
     digest = hashlib.sha256()
@@ -243,7 +246,9 @@ def atomic_save_tensors(path: str | os.PathLike, tensors: Mapping[str, Any], met
     from safetensors.torch import save
 
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    data = save(tensors, metadata={**dict(metadata), "content_sha256": tensors_checksum(tensors)})
+    # one metadata key: safetensors writes a map's keys in random order, and the same state must give the same bytes
+    packed = json.dumps({**dict(metadata), "content_sha256": tensors_checksum(tensors)}, sort_keys=True)
+    data = save(tensors, metadata={PACKED_METADATA: packed})
     return atomic_write_bytes(path, data)
 
 
@@ -257,6 +262,12 @@ def read_tensors(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, str
     except Exception as err:  # a damaged file fails in many ways
         log.warning("%s is unreadable (%s: %s); not using it", path, type(err).__name__, err)
         return None
+    if PACKED_METADATA in metadata:
+        try:
+            metadata = json.loads(metadata[PACKED_METADATA])
+        except ValueError:
+            log.warning("%s is damaged (unreadable metadata); not using it", path)
+            return None
     expected = metadata.pop("content_sha256", None)
     if expected is not None and tensors_checksum(tensors) != expected:
         log.warning("%s is damaged (its contents do not match their checksum); not using it", path)

@@ -12,10 +12,9 @@ from pathlib import Path
 
 import torch
 from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
-from safetensors import safe_open
 
 from segclip.errors import ConfigError, OutputError
-from segclip.io import atomic_save_tensors
+from segclip.io import atomic_save_tensors, read_tensors
 from segclip.models.loading import CLIPResNet, encode_tokens
 from segclip.paths import cache_dir
 
@@ -115,17 +114,15 @@ def checksum(tensor: torch.Tensor) -> str:
 def _read_cached(path: Path, meta: str, shape: tuple[int, int]) -> torch.Tensor | None:
     """The cached embeddings, or None (with a warning saying why) when the entry is stale or damaged: its key must
     match and its tensor bytes must match the checksum stored with them."""
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            stored = handle.metadata() or {}
-            if stored.get("key") != meta:
-                log.warning("text-embedding cache %s is stale; rebuilding it", path)
-                return None
-            embeddings = handle.get_tensor("embeddings")
-    except Exception as err:  # a damaged file can fail in many ways
-        log.warning("text-embedding cache %s is unreadable (%s); rebuilding it", path, err)
+    saved = read_tensors(path)  # None (with a warning) when unreadable or damaged
+    if saved is None:
         return None
-    if tuple(embeddings.shape) != shape or stored.get("sha256") != checksum(embeddings):
+    tensors, stored = saved
+    if stored.get("key") != meta:
+        log.warning("text-embedding cache %s is stale; rebuilding it", path)
+        return None
+    embeddings = tensors.get("embeddings")
+    if embeddings is None or tuple(embeddings.shape) != shape or stored.get("sha256") != checksum(embeddings):
         log.warning("text-embedding cache %s is damaged (its bytes do not match their checksum); rebuilding it",
                     path)
         return None
