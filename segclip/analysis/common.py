@@ -46,7 +46,7 @@ from segclip.core.trace import HookSpec
 from segclip.data.classification import ImageSet, duplicate_names
 from segclip.data.images import list_images
 from segclip.errors import ConfigError, OutputError
-from segclip.io import atomic_write_csv, atomic_write_json, provenance, to_jsonable, write_result
+from segclip.io import atomic_write_csv, provenance, to_jsonable, write_result
 from segclip.models.loading import CLIPResNet
 from segclip.models.text import TEMPLATE_SETS
 from segclip.models.zero_shot import TIE_RULE, encode_classification_names

@@ -29,7 +29,7 @@ from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from segclip.analysis.stream import Mergeable, images_digest
-from segclip.config import Config, check_positive, option
+from segclip.config import check_positive, option
 from segclip.core.trace import HookSpec
 from segclip.data.images import read_image
 from segclip.data.preprocess import clip_batch

@@ -3,7 +3,6 @@ the class scores, the top units with their words and maps, the segmentation befo
 the numbers as JSON; config -> run -> result -> write."""
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any

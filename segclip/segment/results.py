@@ -14,7 +14,6 @@ ends with the same numbers (integer confusion matrices summed in any order are e
 """
 from __future__ import annotations
 
-import csv
 import io
 import json
 import os
@@ -28,7 +27,7 @@ import torch
 from PIL import Image
 
 from segclip.errors import CacheError, OutputError
-from segclip.io import atomic_write_bytes, to_jsonable
+from segclip.io import atomic_write_bytes
 from segclip.viz.palette import label_png
 
 RESULT_FILES = ("results.json", "results.csv")
