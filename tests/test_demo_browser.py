@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+from headless_chromium import CHROMEDRIVER, CHROMIUM, start_chromium
+
 INSTALL = 'apt-get install -y chromium chromium-driver && pip install selenium "segclip[demo]"'
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 CLASSES = ["sand", "water", "star", "ring", "sky"]
@@ -28,7 +29,6 @@ webdriver = pytest.importorskip("selenium.webdriver", reason=f"selenium is not i
 if not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()):
     pytest.skip(f"Chromium is absent ({CHROMIUM}, {CHROMEDRIVER}); install it: {INSTALL}", allow_module_level=True)
 
-from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
@@ -58,16 +58,9 @@ def server(model):
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", "--window-size=1400,1800",
-                 "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",  # offline: nothing else resolves
-                 f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    driver = start_chromium(tmp_path_factory.mktemp("chromium-profile"), "1400,1800",
+                            "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",  # offline: nothing else
+                            logs=("browser", "performance"))
     yield driver
     driver.quit()
 
