@@ -25,8 +25,6 @@ from typing import Any
 
 from segclip.config import Config, check_positive, option
 
-PROCESS_FIELDS = ("devices", "num_nodes", "num_workers")
-
 
 @dataclass(frozen=True, kw_only=True)
 class ProcessOptions(Config):
